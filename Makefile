@@ -1,0 +1,47 @@
+# volcache: `make run` serves on 127.0.0.1:8470; `make test` installs what the tests need and
+# runs them all. Cargo's build directory may live elsewhere (CARGO_TARGET_DIR); the built
+# plugins always land in target/plugins/ here.
+SHELL := /bin/bash
+export CARGO_TERM_COLOR ?= never
+CARGO ?= cargo
+PLUGIN_DIR := $(CURDIR)/target/plugins
+TEST_PLUGIN_DIR := $(CURDIR)/target/test-plugins
+export VOLCACHE_PLUGIN_DIR := $(PLUGIN_DIR)
+export VOLCACHE_TEST_PLUGIN_DIR := $(TEST_PLUGIN_DIR)
+
+.PHONY: all run test plugins test-plugins deps lint bench fmt clean
+
+all: plugins
+	$(CARGO) build --release -p volcache
+
+## Every crate in plugins/ -> target/plugins/<name>.wasm (a component).
+plugins:
+	scripts/build-plugins.sh plugins $(PLUGIN_DIR)
+
+## The adversarial plugins the tests load -> target/test-plugins/<name>.wasm.
+test-plugins:
+	scripts/build-plugins.sh tests/plugins $(TEST_PLUGIN_DIR)
+
+## System packages the tests use (idempotent; needs root on a fresh machine).
+deps:
+	scripts/install-deps.sh
+
+run: plugins
+	$(CARGO) run --release -p volcache -- serve
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+test: deps plugins test-plugins lint
+	$(CARGO) test --workspace --all-targets --locked
+
+## Benchmarks print tables of side-by-side ratios; see README.md.
+bench: plugins
+	$(CARGO) bench -p volcache --bench policy
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	rm -rf target

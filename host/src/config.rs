@@ -1,0 +1,211 @@
+//! Configuration: a TOML file read into [`RawConfig`] (serde, Cinder option names where they
+//! exist), then validated into [`Config`] before anything starts. Every error names its key.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::policy::{Builtin, CinderLimits, EngineOptions, PolicySource, PolicySpec, SizeBasis, Slot};
+
+/// The address `volcache serve` listens on unless told otherwise: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub admin_token: Option<String>,
+    #[serde(default)]
+    pub cache: RawCache,
+    #[serde(default)]
+    pub policy: RawPolicy,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub image_volume_cache_max_size_gb: Option<u64>,
+    pub image_volume_cache_max_count: Option<u64>,
+    pub size_basis: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub memory_limit_mib: Option<u64>,
+    pub call_deadline_ms: Option<u64>,
+    #[serde(default)]
+    pub slots: BTreeMap<String, RawSlot>,
+}
+
+/// `[policy.slots.<slot>]`: exactly one of `builtin` and `plugin`, plus `params`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSlot {
+    pub builtin: Option<String>,
+    pub plugin: Option<PathBuf>,
+    #[serde(default)]
+    pub params: BTreeMap<String, toml::Value>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub admin_token: Option<String>,
+    pub limits: CinderLimits,
+    pub engine: EngineOptions,
+    pub slots: Vec<(Slot, PolicySpec)>,
+}
+
+impl Config {
+    /// Reads and validates `path`, or the defaults when `None` (state under ./var).
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let raw = match path {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                toml::from_str(&text)
+                    .map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })?
+            }
+            None => RawConfig::default(),
+        };
+        raw.validate()
+    }
+}
+
+impl RawConfig {
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let listen = self.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen: SocketAddr = listen
+            .parse()
+            .map_err(|_| invalid("listen", format!("{listen:?} is not an address such as {DEFAULT_LISTEN}")))?;
+        let state_dir = self.state_dir.unwrap_or_else(|| PathBuf::from("var"));
+        if let Some(token) = &self.admin_token {
+            if token.len() < 16 {
+                return Err(invalid("admin_token", "must be at least 16 characters"));
+            }
+        }
+        let basis = match self.cache.size_basis.as_deref() {
+            None | Some("provisioned") => SizeBasis::Provisioned,
+            Some("allocated") => SizeBasis::Allocated,
+            Some(other) => {
+                return Err(invalid("cache.size_basis", format!("expected provisioned or allocated, got {other:?}")))
+            }
+        };
+        let limits = CinderLimits {
+            max_size_gb: self.cache.image_volume_cache_max_size_gb.unwrap_or(0),
+            max_count: self.cache.image_volume_cache_max_count.unwrap_or(0),
+            basis,
+        };
+        let mut engine = EngineOptions { cache_dir: Some(state_dir.join("plugin-cache")), ..EngineOptions::default() };
+        if let Some(mib) = self.policy.memory_limit_mib {
+            if !(1..=4096).contains(&mib) {
+                return Err(invalid("policy.memory_limit_mib", "must be between 1 and 4096"));
+            }
+            engine.memory_limit_bytes =
+                usize::try_from(mib << 20).map_err(|_| invalid("policy.memory_limit_mib", "too large"))?;
+        }
+        if let Some(ms) = self.policy.call_deadline_ms {
+            if !(1..=60_000).contains(&ms) {
+                return Err(invalid("policy.call_deadline_ms", "must be between 1 and 60000"));
+            }
+            engine.call_deadline = Duration::from_millis(ms);
+        }
+        let mut slots = Vec::new();
+        for (name, raw) in self.policy.slots {
+            let key = format!("policy.slots.{name}");
+            let slot: Slot = name.parse().map_err(|e: String| invalid(&key, e))?;
+            let source = match (raw.builtin, raw.plugin) {
+                (Some(b), None) => PolicySource::Builtin(
+                    b.parse::<Builtin>().map_err(|e| invalid(format!("{key}.builtin"), e.to_string()))?,
+                ),
+                (None, Some(path)) => PolicySource::File(path),
+                _ => return Err(invalid(&key, "set exactly one of `builtin` and `plugin`")),
+            };
+            let params = raw
+                .params
+                .into_iter()
+                .map(|(k, v)| {
+                    let value = match v {
+                        toml::Value::String(s) => s,
+                        toml::Value::Integer(i) => i.to_string(),
+                        toml::Value::Boolean(b) => b.to_string(),
+                        toml::Value::Float(f) => f.to_string(),
+                        _ => return Err(invalid(format!("{key}.params.{k}"), "must be a string, number or boolean")),
+                    };
+                    Ok((k, value))
+                })
+                .collect::<Result<_, _>>()?;
+            slots.push((slot, PolicySpec { source, params }));
+        }
+        Ok(Config { listen, state_dir, admin_token: self.admin_token, limits, engine, slots })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_serve_loopback_with_builtins() {
+        let c = RawConfig::default().validate().unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert!(c.slots.is_empty());
+        assert_eq!(c.limits, CinderLimits::default());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("listen = \"nowhere\"", "listen"),
+            ("[cache]\nsize_basis = \"gb\"", "cache.size_basis"),
+            ("[policy]\ncall_deadline_ms = 0", "policy.call_deadline_ms"),
+            ("[policy.slots.evict]\nbuiltin = \"lru\"", "policy.slots.evict"),
+            ("[policy.slots.eviction]\nbuiltin = \"lfu\"", "policy.slots.eviction.builtin"),
+            ("[policy.slots.eviction]\nbuiltin = \"lru\"\nplugin = \"x.wasm\"", "policy.slots.eviction"),
+        ];
+        for (text, key) in cases {
+            let err = toml::from_str::<RawConfig>(text).unwrap().validate().unwrap_err();
+            assert!(err.to_string().starts_with(key), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<RawConfig>("[cache]\nimage_volume_cache_max_sizegb = 3").is_err());
+    }
+
+    #[test]
+    fn slot_params_become_strings() {
+        let c = toml::from_str::<RawConfig>(
+            "[policy.slots.capacity]\nbuiltin = \"quota\"\nparams = { image_volume_cache_max_count = 5 }",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(c.slots[0].1.params, vec![("image_volume_cache_max_count".to_string(), "5".to_string())]);
+    }
+}

@@ -1,0 +1,185 @@
+//! Cache policies: sandboxed WebAssembly components (or their built-in native twins) that decide
+//! what is cached and what is evicted.
+//!
+//! Data flow for one cache fill: the cache service builds a [`Candidate`] and a [`View`] of its
+//! scope and asks [`PolicySet::plan`], which calls the three slots in order (admission ->
+//! capacity -> eviction), validates every answer, and answers with a [`Plan`]. A slot holds
+//! either a built-in policy ([`Builtin`]) or a [`WasmPlugin`]; any plugin failure (trap, timeout,
+//! memory cap, invalid answer) is counted and that request is decided by the built-in policy of
+//! the same slot, i.e. by Cinder's semantics. Slots are swapped atomically at run time
+//! ([`PolicySet::swap`]) after the candidate plugin has been compiled, type-checked, configured
+//! and smoke-tested; in-flight decisions finish on the plugin they started with.
+
+mod bindings;
+mod builtin;
+mod engine;
+mod plugin;
+mod slots;
+mod stats;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+pub use builtin::Builtin;
+pub use engine::{Compiled, EngineOptions, PolicyEngine};
+pub use plugin::{inspect, interface_name, Inspection, PluginInfo, WasmPlugin};
+pub use slots::{Decided, DecidedBy, Plan, PolicySet, PolicySource, PolicySpec, SlotStatus};
+pub use stats::SlotStats;
+pub use volcache_policy_core::{CinderLimits, Entry, Need, SizeBasis};
+
+/// The WIT package version this host implements.
+pub const WIT_VERSION: &str = "0.1.0";
+
+/// The three policy slots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Slot {
+    Admission,
+    Capacity,
+    Eviction,
+}
+
+impl Slot {
+    pub const ALL: [Slot; 3] = [Slot::Admission, Slot::Capacity, Slot::Eviction];
+
+    /// The WIT interface that fills this slot.
+    pub fn interface(self) -> &'static str {
+        match self {
+            Slot::Admission => "admission",
+            Slot::Capacity => "capacity",
+            Slot::Eviction => "eviction",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.interface())
+    }
+}
+
+impl FromStr for Slot {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Slot::ALL
+            .into_iter()
+            .find(|slot| slot.interface() == s)
+            .ok_or_else(|| format!("unknown policy slot {s:?}: expected admission, capacity or eviction"))
+    }
+}
+
+/// The image a request would cache, as policies see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub image_id: String,
+    pub size_gib: u64,
+    pub virtual_size_bytes: u64,
+    pub allocated_bytes: u64,
+}
+
+impl Candidate {
+    pub(crate) fn size(&self) -> volcache_policy_core::CandidateSize {
+        volcache_policy_core::CandidateSize { size_gib: self.size_gib, allocated_bytes: self.allocated_bytes }
+    }
+}
+
+/// A snapshot of one cache scope. Entries are kept sorted by id so answers can be checked
+/// without building a map.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    entries: Vec<Entry>,
+    pub now_ms: u64,
+}
+
+impl View {
+    pub fn new(mut entries: Vec<Entry>, now_ms: u64) -> Self {
+        entries.sort_unstable_by_key(|e| e.id);
+        entries.dedup_by_key(|e| e.id);
+        View { entries, now_ms }
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Entry> {
+        self.entries.binary_search_by_key(&id, |e| e.id).ok().map(|i| &self.entries[i])
+    }
+}
+
+/// Something that happened to the cache, for plugins that export `events`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PolicyEvent {
+    Hit { id: u64, now_ms: u64 },
+    Insert(Entry),
+    Evict { id: u64 },
+}
+
+/// Why a plugin could not be loaded into a slot. The old plugin, if any, keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("could not set up the wasm engine: {0:#}")]
+    Engine(#[source] wasmtime::Error),
+    #[error("plugin cache {path}: {source}")]
+    Cache { path: PathBuf, source: std::io::Error },
+    #[error("reading plugin {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("not a policy component: {0}")]
+    NotAComponent(String),
+    #[error("invalid component: {0:#}")]
+    Compile(#[source] wasmtime::Error),
+    #[error("plugin imports `{0}`, which volcache does not provide: policies get no WASI and may only import volcache:policy/host")]
+    ForbiddenImport(String),
+    #[error("cannot link plugin: {0:#}")]
+    Link(#[source] wasmtime::Error),
+    #[error("plugin cannot fill the {slot} slot: {detail}")]
+    WrongSlot { slot: Slot, detail: String },
+    #[error("built-in policy {name:?} cannot fill the {slot} slot (it fills {fills})")]
+    BuiltinWrongSlot { name: &'static str, slot: Slot, fills: Slot },
+    #[error("unknown built-in policy {0:?}: expected max-size, quota or lru")]
+    UnknownBuiltin(String),
+    #[error("plugin failed to start: {0}")]
+    Instantiate(#[source] CallError),
+    #[error("plugin rejected its configuration: {0}")]
+    Configure(String),
+    #[error("invalid parameters for the built-in policy: {0}")]
+    BuiltinParams(String),
+    #[error("smoke test failed: {0}")]
+    Smoke(#[source] CallError),
+}
+
+/// Why one call into a plugin gave no usable answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("deadline exceeded (the call ran too long and was interrupted)")]
+    Timeout,
+    #[error("memory cap exceeded")]
+    MemoryLimit,
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("invalid answer: {0}")]
+    InvalidAnswer(String),
+    #[error("exports do not match the contract: {0}")]
+    Incompatible(String),
+    #[error("rejected its configuration: {0}")]
+    Rejected(String),
+}
+
+impl CallError {
+    /// A short stable label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::Timeout => "timeout",
+            CallError::MemoryLimit => "memory",
+            CallError::Trap(_) => "trap",
+            CallError::InvalidAnswer(_) => "invalid-answer",
+            CallError::Incompatible(_) => "incompatible",
+            CallError::Rejected(_) => "config",
+        }
+    }
+}

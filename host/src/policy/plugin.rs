@@ -1,0 +1,415 @@
+//! One loaded policy component: its type-checked exports, and the live instance calls go to.
+//!
+//! Every call runs in a fresh-or-healthy instance with a memory cap and an epoch deadline. A
+//! trap, timeout or memory overrun becomes a [`CallError`]; the instance is then dropped (a
+//! trapped instance refuses further calls anyway) and the next call instantiates and configures
+//! a new one from the pre-linked `InstancePre` (~0.1 ms).
+#![forbid(unsafe_code)]
+
+use std::sync::Mutex;
+
+use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
+use wasmtime::{ResourceLimiter, Store, Trap};
+
+use super::bindings::{self, admission, capacity, events, eviction, plugin, Level};
+use super::engine::PolicyEngine;
+use super::{CallError, LoadError, Slot};
+
+/// Longest log line a plugin may write, and how many lines one instance may write per call.
+const LOG_LINE_MAX: usize = 1024;
+const LOG_LINES_PER_CALL: u32 = 16;
+
+/// What a plugin reports about itself.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub summary: String,
+}
+
+/// Store data of one instance: its limiter and its log budget.
+pub(crate) struct HostState {
+    limiter: MemoryCap,
+    log_budget: u32,
+    log_dropped: u64,
+    label: String,
+    // Required by the component model's resource machinery even though the WIT has no resources.
+    _table: ResourceTable,
+}
+
+/// Enforces the memory cap and remembers that it did, so a trap can be reported as such.
+struct MemoryCap {
+    limit: usize,
+    exceeded: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.exceeded = true;
+            return Err(wasmtime::format_err!("memory cap of {} bytes reached", self.limit));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        // Tables of 8-byte slots count against the same cap.
+        if desired.saturating_mul(8) > self.limit {
+            self.exceeded = true;
+            return Err(wasmtime::format_err!("table cap of {} entries reached", self.limit / 8));
+        }
+        Ok(true)
+    }
+}
+
+impl bindings::volcache::policy::types::Host for HostState {}
+
+impl bindings::volcache::policy::host::Host for HostState {
+    fn log(&mut self, level: Level, message: String) {
+        if self.log_budget == 0 {
+            self.log_dropped += 1;
+            return;
+        }
+        self.log_budget -= 1;
+        let mut message = message;
+        if message.len() > LOG_LINE_MAX {
+            let mut cut = LOG_LINE_MAX;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let plugin = self.label.as_str();
+        match level {
+            Level::Error => tracing::error!(plugin, "{message}"),
+            Level::Warn => tracing::warn!(plugin, "{message}"),
+            Level::Info => tracing::info!(plugin, "{message}"),
+            Level::Debug => tracing::debug!(plugin, "{message}"),
+            Level::Trace => tracing::trace!(plugin, "{message}"),
+        }
+    }
+}
+
+/// The export handles of the interfaces a component has; a missing optional one is `None`.
+#[derive(Clone)]
+struct Exports {
+    plugin: plugin::GuestIndices,
+    admission: Option<admission::GuestIndices>,
+    capacity: Option<capacity::GuestIndices>,
+    eviction: Option<eviction::GuestIndices>,
+    events: Option<events::GuestIndices>,
+}
+
+struct Live {
+    store: Store<HostState>,
+    plugin: plugin::Guest,
+    admission: Option<admission::Guest>,
+    capacity: Option<capacity::Guest>,
+    eviction: Option<eviction::Guest>,
+    events: Option<events::Guest>,
+}
+
+/// A loaded, configured policy component that fills one slot.
+pub struct WasmPlugin {
+    engine: PolicyEngine,
+    pre: InstancePre<HostState>,
+    exports: Exports,
+    params: Vec<(String, String)>,
+    slot: Slot,
+    pub(crate) info: PluginInfo,
+    pub(crate) digest: String,
+    live: Mutex<Option<Live>>,
+}
+
+impl std::fmt::Debug for WasmPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmPlugin")
+            .field("slot", &self.slot)
+            .field("info", &self.info)
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Interface names as a component exports them, e.g. `volcache:policy/eviction@0.1.0`.
+pub fn interface_name(interface: &str) -> String {
+    format!("volcache:policy/{interface}@{}", super::WIT_VERSION)
+}
+
+/// Checks that a component only imports what the host provides: the policy `host` and `types`
+/// interfaces. Anything else (WASI above all) is refused by name.
+pub(crate) fn check_imports(engine: &PolicyEngine, component: &Component) -> Result<(), LoadError> {
+    let ty = component.component_type();
+    for (name, _) in ty.imports(engine.engine()) {
+        let allowed = ["host", "types"].iter().any(|i| {
+            let prefix = format!("volcache:policy/{i}@");
+            name.strip_prefix(&prefix).is_some_and(|v| v.starts_with("0.1."))
+        });
+        if !allowed {
+            return Err(LoadError::ForbiddenImport(name.to_string()));
+        }
+    }
+    Ok(())
+}
+
+impl WasmPlugin {
+    /// Links, instantiates and configures `component` for `slot`, type-checking every export the
+    /// slot needs. `label` names the plugin in logs.
+    pub(crate) fn new(
+        engine: &PolicyEngine,
+        component: &Component,
+        digest: String,
+        slot: Slot,
+        params: Vec<(String, String)>,
+    ) -> Result<Self, LoadError> {
+        check_imports(engine, component)?;
+        let mut linker: Linker<HostState> = Linker::new(engine.engine());
+        bindings::AnyPolicy::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(LoadError::Link)?;
+        let pre = linker.instantiate_pre(component).map_err(LoadError::Link)?;
+        let missing = |interface: &str, e: wasmtime::Error| LoadError::WrongSlot {
+            slot,
+            detail: format!("{} ({e:#})", interface_name(interface)),
+        };
+        let exports = Exports {
+            plugin: plugin::GuestIndices::new(&pre).map_err(|e| missing("plugin", e))?,
+            admission: admission::GuestIndices::new(&pre).ok(),
+            capacity: capacity::GuestIndices::new(&pre).ok(),
+            eviction: eviction::GuestIndices::new(&pre).ok(),
+            events: events::GuestIndices::new(&pre).ok(),
+        };
+        let has_slot = match slot {
+            Slot::Admission => exports.admission.is_some(),
+            Slot::Capacity => exports.capacity.is_some(),
+            Slot::Eviction => exports.eviction.is_some(),
+        };
+        if !has_slot {
+            return Err(LoadError::WrongSlot {
+                slot,
+                detail: format!("the component does not export {}", interface_name(slot.interface())),
+            });
+        }
+        let mut plugin = WasmPlugin {
+            engine: engine.clone(),
+            pre,
+            exports,
+            params,
+            slot,
+            info: PluginInfo { name: String::new(), version: String::new(), summary: String::new() },
+            digest,
+            live: Mutex::new(None),
+        };
+        let mut live = plugin.instantiate().map_err(|e| match e {
+            CallError::Rejected(reason) => LoadError::Configure(reason),
+            CallError::Incompatible(detail) => LoadError::WrongSlot { slot, detail },
+            other => LoadError::Instantiate(other),
+        })?;
+        let info =
+            plugin.guarded(&mut live, |live| live.plugin.call_info(&mut live.store)).map_err(LoadError::Instantiate)?;
+        plugin.info = PluginInfo { name: info.name, version: info.version, summary: info.summary };
+        *plugin.live.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(live);
+        Ok(plugin)
+    }
+
+    pub fn has_events(&self) -> bool {
+        self.exports.events.is_some()
+    }
+
+    /// A new instance, type-checked and configured.
+    fn instantiate(&self) -> Result<Live, CallError> {
+        let options = self.engine.options();
+        let state = HostState {
+            limiter: MemoryCap { limit: options.memory_limit_bytes, exceeded: false },
+            log_budget: LOG_LINES_PER_CALL,
+            log_dropped: 0,
+            label: format!("{}:{}", self.slot, self.info.name),
+            _table: ResourceTable::new(),
+        };
+        let mut store = Store::new(self.engine.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(self.engine.deadline_ticks());
+        let instance = self.pre.instantiate(&mut store).map_err(|e| classify(&store, e))?;
+        // `load` type-checks each exported function against the contract.
+        let load = |interface: &str| {
+            move |e: wasmtime::Error| CallError::Incompatible(format!("{}: {e:#}", interface_name(interface)))
+        };
+        let mut live = Live {
+            plugin: self.exports.plugin.load(&mut store, &instance).map_err(load("plugin"))?,
+            admission: self
+                .exports
+                .admission
+                .as_ref()
+                .map(|i| i.load(&mut store, &instance))
+                .transpose()
+                .map_err(load("admission"))?,
+            capacity: self
+                .exports
+                .capacity
+                .as_ref()
+                .map(|i| i.load(&mut store, &instance))
+                .transpose()
+                .map_err(load("capacity"))?,
+            eviction: self
+                .exports
+                .eviction
+                .as_ref()
+                .map(|i| i.load(&mut store, &instance))
+                .transpose()
+                .map_err(load("eviction"))?,
+            events: self
+                .exports
+                .events
+                .as_ref()
+                .map(|i| i.load(&mut store, &instance))
+                .transpose()
+                .map_err(load("events"))?,
+            store,
+        };
+        let params = self.params.clone();
+        self.guarded(&mut live, |live| live.plugin.call_configure(&mut live.store, &params))?
+            .map_err(CallError::Rejected)?;
+        Ok(live)
+    }
+
+    /// Runs `f` against a live instance under a fresh deadline and log budget, classifying any
+    /// failure.
+    fn guarded<R>(&self, live: &mut Live, f: impl FnOnce(&mut Live) -> wasmtime::Result<R>) -> Result<R, CallError> {
+        live.store.set_epoch_deadline(self.engine.deadline_ticks());
+        live.store.data_mut().log_budget = LOG_LINES_PER_CALL;
+        let result = f(live);
+        let dropped = std::mem::take(&mut live.store.data_mut().log_dropped);
+        if dropped > 0 {
+            tracing::warn!(plugin = %live.store.data().label, dropped, "plugin log lines dropped (limit {LOG_LINES_PER_CALL} per call)");
+        }
+        result.map_err(|e| classify(&live.store, e))
+    }
+
+    /// Calls into the live instance (creating one if needed); on any failure the instance is
+    /// discarded so the next call starts clean.
+    fn call<R>(&self, f: impl FnOnce(&mut Live) -> wasmtime::Result<R>) -> Result<R, CallError> {
+        let mut slot = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut live = match slot.take() {
+            Some(live) => live,
+            None => self.instantiate()?,
+        };
+        let result = self.guarded(&mut live, f);
+        if result.is_ok() {
+            *slot = Some(live);
+        }
+        result
+    }
+
+    pub(crate) fn admit(
+        &self,
+        candidate: &bindings::Candidate,
+        view: &bindings::View,
+    ) -> Result<Result<(), String>, CallError> {
+        self.call(|live| match &live.admission {
+            Some(g) => g.call_admit(&mut live.store, candidate, view),
+            None => Err(wasmtime::format_err!("no admission export")),
+        })
+    }
+
+    pub(crate) fn shortfall(
+        &self,
+        candidate: &bindings::Candidate,
+        view: &bindings::View,
+    ) -> Result<Result<bindings::Need, String>, CallError> {
+        self.call(|live| match &live.capacity {
+            Some(g) => g.call_shortfall(&mut live.store, candidate, view),
+            None => Err(wasmtime::format_err!("no capacity export")),
+        })
+    }
+
+    pub(crate) fn victims(&self, need: bindings::Need, view: &bindings::View) -> Result<Vec<u64>, CallError> {
+        self.call(|live| match &live.eviction {
+            Some(g) => g.call_victims(&mut live.store, need, view),
+            None => Err(wasmtime::format_err!("no eviction export")),
+        })
+    }
+
+    /// Delivers an event to a plugin that exports `events`; others ignore it.
+    pub(crate) fn notify(&self, event: &super::PolicyEvent) -> Result<(), CallError> {
+        if !self.has_events() {
+            return Ok(());
+        }
+        self.call(|live| {
+            let Some(g) = &live.events else { return Ok(()) };
+            match event {
+                super::PolicyEvent::Hit { id, now_ms } => g.call_on_hit(&mut live.store, *id, *now_ms),
+                super::PolicyEvent::Insert(entry) => g.call_on_insert(&mut live.store, bindings::Entry::from(entry)),
+                super::PolicyEvent::Evict { id } => g.call_on_evict(&mut live.store, *id),
+            }
+        })
+    }
+}
+
+/// Turns a wasmtime error into what happened, in an operator's words.
+fn classify(store: &Store<HostState>, error: wasmtime::Error) -> CallError {
+    if store.data().limiter.exceeded {
+        return CallError::MemoryLimit;
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => CallError::Timeout,
+        Some(trap) => CallError::Trap(trap.to_string()),
+        None => CallError::Trap(format!("{error:#}")),
+    }
+}
+
+/// What a component is, as `volcache plugin inspect` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Inspection {
+    pub size_bytes: usize,
+    pub digest: String,
+    /// WIT packages of the exported interfaces, e.g. `volcache:policy@0.1.0`.
+    pub packages: Vec<String>,
+    pub exports: Vec<String>,
+    pub imports: Vec<String>,
+    /// Slots the component can fill.
+    pub slots: Vec<Slot>,
+    pub events: bool,
+    /// What the plugin says of itself (`None` when it cannot be instantiated).
+    pub info: Option<PluginInfo>,
+    /// Why the component cannot be used as a policy, if it cannot.
+    pub problem: Option<String>,
+}
+
+/// Reads a component's interface without trusting it: compiles it, lists its imports and
+/// exports, and (when it fills a slot) asks it for its `info` inside the sandbox.
+pub fn inspect(engine: &PolicyEngine, bytes: &[u8]) -> Result<Inspection, LoadError> {
+    let compiled = engine.compile(bytes)?;
+    let ty = compiled.component.component_type();
+    let exports: Vec<String> = ty.exports(engine.engine()).map(|(name, _)| name.to_string()).collect();
+    let imports: Vec<String> = ty.imports(engine.engine()).map(|(name, _)| name.to_string()).collect();
+    let mut packages: Vec<String> = exports
+        .iter()
+        .filter_map(|name| {
+            let (package, rest) = name.split_once('/')?;
+            let version = rest.split_once('@').map(|(_, v)| format!("@{v}")).unwrap_or_default();
+            Some(format!("{package}{version}"))
+        })
+        .collect();
+    packages.dedup();
+    let slots: Vec<Slot> = Slot::ALL.into_iter().filter(|s| exports.contains(&interface_name(s.interface()))).collect();
+    let events = exports.contains(&interface_name("events"));
+    let (info, problem) = match slots.first() {
+        Some(&slot) => match WasmPlugin::new(engine, &compiled.component, compiled.digest.clone(), slot, Vec::new()) {
+            Ok(p) => (Some(p.info.clone()), None),
+            Err(e) => (None, Some(e.to_string())),
+        },
+        None => {
+            (None, Some(format!("exports none of {}", Slot::ALL.map(|s| interface_name(s.interface())).join(", "))))
+        }
+    };
+    Ok(Inspection {
+        size_bytes: bytes.len(),
+        digest: compiled.digest,
+        packages,
+        exports,
+        imports,
+        slots,
+        events,
+        info,
+        problem,
+    })
+}

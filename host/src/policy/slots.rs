@@ -1,0 +1,495 @@
+//! The three policy slots of one cache scope: what fills each, how a decision is made, checked
+//! and, when a plugin fails, made again by the built-in policy.
+#![forbid(unsafe_code)]
+
+use std::cell::OnceCell;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use volcache_policy_core as cinder;
+
+use super::bindings;
+use super::builtin::{self, Builtin};
+use super::engine::PolicyEngine;
+use super::plugin::{PluginInfo, WasmPlugin};
+use super::stats::{SlotStats, StatsSnapshot};
+use super::{CallError, Candidate, CinderLimits, Entry, LoadError, Need, PolicyEvent, Slot, View};
+
+/// Where a slot's policy comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PolicySource {
+    Builtin(Builtin),
+    File(PathBuf),
+    /// Component bytes, e.g. uploaded through the API.
+    Bytes(Vec<u8>),
+}
+
+/// What to load into a slot: the policy and its own parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicySpec {
+    pub source: PolicySource,
+    /// Slot parameters, passed to the plugin after the backend's Cinder options.
+    pub params: Vec<(String, String)>,
+}
+
+impl PolicySpec {
+    pub fn builtin(b: Builtin) -> Self {
+        PolicySpec { source: PolicySource::Builtin(b), params: Vec::new() }
+    }
+}
+
+/// Who made a decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecidedBy {
+    /// The slot holds a built-in policy.
+    Builtin,
+    /// The slot's plugin answered and its answer was valid.
+    Plugin,
+    /// The plugin failed; the built-in policy decided instead.
+    Fallback(CallError),
+}
+
+/// A decision and who made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decided<T> {
+    pub value: T,
+    pub by: DecidedBy,
+}
+
+/// The outcome of asking all three slots about one candidate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Cache it, after evicting `victims` (possibly none).
+    Cache { need: Need, victims: Vec<u64> },
+    /// Do not cache it; `slot` said so for `reason`.
+    Skip { slot: Slot, reason: String },
+}
+
+/// What fills one slot right now.
+enum Filler {
+    Builtin(Builtin),
+    Wasm(WasmPlugin),
+}
+
+struct Filled {
+    filler: Filler,
+    source: String,
+    params: Vec<(String, String)>,
+    /// Limits used by this slot's built-in policy, and by the fallback when a plugin fails.
+    limits: CinderLimits,
+}
+
+/// One slot's state for operators.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SlotStatus {
+    pub slot: Slot,
+    /// "builtin" or "wasm".
+    pub kind: &'static str,
+    pub name: String,
+    pub version: String,
+    pub summary: String,
+    /// sha256 of the component, for wasm plugins.
+    pub digest: Option<String>,
+    /// "builtin", the file path, or "upload".
+    pub source: String,
+    pub params: Vec<(String, String)>,
+    pub stats: StatsSnapshot,
+}
+
+/// The policy slots of one cache scope.
+#[derive(Debug)]
+pub struct PolicySet {
+    engine: PolicyEngine,
+    base_params: Vec<(String, String)>,
+    base_limits: CinderLimits,
+    slots: [RwLock<Arc<Filled>>; 3],
+    stats: [SlotStats; 3],
+    swapping: Mutex<()>,
+}
+
+impl std::fmt::Debug for Filled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Filled").field("source", &self.source).finish_non_exhaustive()
+    }
+}
+
+/// A view converted to the wire type once, on first use by a plugin.
+struct Wire<'a> {
+    view: &'a View,
+    wire: OnceCell<bindings::View>,
+}
+
+impl<'a> Wire<'a> {
+    fn new(view: &'a View) -> Self {
+        Wire { view, wire: OnceCell::new() }
+    }
+    fn get(&self) -> &bindings::View {
+        self.wire.get_or_init(|| bindings::View {
+            entries: self.view.entries().iter().map(bindings::Entry::from).collect(),
+            now_ms: self.view.now_ms,
+        })
+    }
+}
+
+fn wire_candidate(c: &Candidate) -> bindings::Candidate {
+    bindings::Candidate {
+        image_id: c.image_id.clone(),
+        size_gib: c.size_gib,
+        virtual_size_bytes: c.virtual_size_bytes,
+        allocated_bytes: c.allocated_bytes,
+    }
+}
+
+/// The Cinder options as plugin parameters.
+fn limit_params(limits: &CinderLimits) -> Vec<(String, String)> {
+    let basis = match limits.basis {
+        cinder::SizeBasis::Provisioned => "provisioned",
+        cinder::SizeBasis::Allocated => "allocated",
+    };
+    vec![
+        (cinder::KEY_MAX_SIZE_GB.to_string(), limits.max_size_gb.to_string()),
+        (cinder::KEY_MAX_COUNT.to_string(), limits.max_count.to_string()),
+        (cinder::KEY_SIZE_BASIS.to_string(), basis.to_string()),
+    ]
+}
+
+impl PolicySet {
+    /// Built-in policies in every slot, with the backend's Cinder limits.
+    pub fn new(engine: PolicyEngine, limits: CinderLimits) -> Self {
+        let filled = |slot: Slot| {
+            RwLock::new(Arc::new(Filled {
+                filler: Filler::Builtin(Builtin::for_slot(slot)),
+                source: "builtin".into(),
+                params: Vec::new(),
+                limits,
+            }))
+        };
+        PolicySet {
+            engine,
+            base_params: limit_params(&limits),
+            base_limits: limits,
+            slots: Slot::ALL.map(filled),
+            stats: Default::default(),
+            swapping: Mutex::new(()),
+        }
+    }
+
+    pub fn engine(&self) -> &PolicyEngine {
+        &self.engine
+    }
+
+    pub fn limits(&self) -> CinderLimits {
+        self.base_limits
+    }
+
+    fn current(&self, slot: Slot) -> Arc<Filled> {
+        self.slots[slot.index()].read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Loads, configures and smoke-tests `spec` for `slot` without installing it.
+    fn prepare(&self, slot: Slot, spec: PolicySpec) -> Result<Filled, LoadError> {
+        let mut params = self.base_params.clone();
+        params.extend(spec.params.iter().cloned());
+        let merged = || CinderLimits::from_params(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let (filler, source) = match spec.source {
+            PolicySource::Builtin(b) => {
+                b.check_slot(slot)?;
+                merged().map_err(|e| LoadError::BuiltinParams(e.to_string()))?;
+                (Filler::Builtin(b), "builtin".to_string())
+            }
+            PolicySource::File(path) => {
+                let bytes = std::fs::read(&path).map_err(|source| LoadError::Read { path: path.clone(), source })?;
+                (Filler::Wasm(self.load_wasm(slot, &bytes, params.clone())?), path.display().to_string())
+            }
+            PolicySource::Bytes(bytes) => {
+                (Filler::Wasm(self.load_wasm(slot, &bytes, params.clone())?), "upload".to_string())
+            }
+        };
+        // A plugin's own parameters need not make sense to the built-in; its fallback then keeps
+        // the backend's limits.
+        let limits = merged().unwrap_or(self.base_limits);
+        let filled = Filled { filler, source, params: spec.params, limits };
+        if let Filler::Wasm(plugin) = &filled.filler {
+            smoke_test(slot, plugin).map_err(LoadError::Smoke)?;
+        }
+        Ok(filled)
+    }
+
+    fn load_wasm(&self, slot: Slot, bytes: &[u8], params: Vec<(String, String)>) -> Result<WasmPlugin, LoadError> {
+        let compiled = self.engine.compile(bytes)?;
+        WasmPlugin::new(&self.engine, &compiled.component, compiled.digest, slot, params)
+    }
+
+    /// Checks `spec` the way a swap would (compile, type-check, configure, smoke test) without
+    /// installing it.
+    pub fn check(&self, slot: Slot, spec: PolicySpec) -> Result<SlotStatus, LoadError> {
+        let filled = self.prepare(slot, spec)?;
+        Ok(status_of(slot, &filled, StatsSnapshot::default()))
+    }
+
+    /// Replaces what fills `slot`. The candidate is fully prepared first; a failure leaves the
+    /// old policy serving. Decisions already running finish on the old policy.
+    pub fn swap(&self, slot: Slot, spec: PolicySpec) -> Result<SlotStatus, LoadError> {
+        let _one_swap_at_a_time = self.swapping.lock().unwrap_or_else(|p| p.into_inner());
+        let filled = Arc::new(self.prepare(slot, spec)?);
+        let status = status_of(slot, &filled, self.stats[slot.index()].snapshot());
+        *self.slots[slot.index()].write().unwrap_or_else(|p| p.into_inner()) = filled;
+        tracing::info!(%slot, policy = %status.name, version = %status.version, source = %status.source, "policy slot swapped");
+        Ok(status)
+    }
+
+    pub fn status(&self) -> Vec<SlotStatus> {
+        Slot::ALL
+            .iter()
+            .map(|&slot| status_of(slot, &self.current(slot), self.stats[slot.index()].snapshot()))
+            .collect()
+    }
+
+    /// Runs a plugin call with timing, failure counting and logging.
+    fn timed<T>(
+        &self,
+        slot: Slot,
+        plugin: &WasmPlugin,
+        call: impl FnOnce() -> Result<T, CallError>,
+    ) -> Result<T, CallError> {
+        let stats = &self.stats[slot.index()];
+        let started = Instant::now();
+        let result = call();
+        stats.record_call(started.elapsed());
+        if let Err(error) = &result {
+            stats.record_failure(error);
+            stats.record_fallback();
+            tracing::warn!(%slot, plugin = %plugin.info.name, kind = error.kind(), %error,
+                "policy plugin failed; this request is decided by the built-in policy");
+        }
+        result
+    }
+
+    /// Slot *admission*: `Ok` caches, `Err(reason)` does not.
+    pub fn admit(&self, candidate: &Candidate, view: &View) -> Decided<Result<(), String>> {
+        self.admit_wire(candidate, &Wire::new(view))
+    }
+
+    fn admit_wire(&self, candidate: &Candidate, view: &Wire<'_>) -> Decided<Result<(), String>> {
+        let filled = self.current(Slot::Admission);
+        let plugin = match &filled.filler {
+            Filler::Builtin(_) => {
+                return Decided { value: builtin::admit(&filled.limits, candidate), by: DecidedBy::Builtin }
+            }
+            Filler::Wasm(plugin) => plugin,
+        };
+        match self.timed(Slot::Admission, plugin, || plugin.admit(&wire_candidate(candidate), view.get())) {
+            Ok(value) => Decided { value: value.map_err(bounded), by: DecidedBy::Plugin },
+            Err(e) => Decided { value: builtin::admit(&filled.limits, candidate), by: DecidedBy::Fallback(e) },
+        }
+    }
+
+    /// Slot *capacity*: what must be freed first, or `Err(reason)` when it can never fit.
+    pub fn shortfall(&self, candidate: &Candidate, view: &View) -> Decided<Result<Need, String>> {
+        self.shortfall_wire(candidate, &Wire::new(view))
+    }
+
+    fn shortfall_wire(&self, candidate: &Candidate, view: &Wire<'_>) -> Decided<Result<Need, String>> {
+        let filled = self.current(Slot::Capacity);
+        let fallback = || builtin::shortfall(&filled.limits, candidate, view.view);
+        let plugin = match &filled.filler {
+            Filler::Builtin(_) => return Decided { value: fallback(), by: DecidedBy::Builtin },
+            Filler::Wasm(plugin) => plugin,
+        };
+        match self.timed(Slot::Capacity, plugin, || plugin.shortfall(&wire_candidate(candidate), view.get())) {
+            Ok(value) => Decided { value: value.map(Need::from).map_err(bounded), by: DecidedBy::Plugin },
+            Err(e) => Decided { value: fallback(), by: DecidedBy::Fallback(e) },
+        }
+    }
+
+    /// Slot *eviction*: the entries to evict to cover `need`, or `None` when nothing can (every
+    /// candidate victim is pinned): then the image is not cached and nothing is evicted.
+    pub fn victims(&self, need: Need, view: &View) -> Decided<Option<Vec<u64>>> {
+        self.victims_wire(need, &Wire::new(view))
+    }
+
+    fn victims_wire(&self, need: Need, view: &Wire<'_>) -> Decided<Option<Vec<u64>>> {
+        let fallback = || {
+            let ids = builtin::victims(need, view.view);
+            check_victims(need, view.view, &ids).ok().map(|()| ids)
+        };
+        if need.is_zero() {
+            return Decided { value: Some(Vec::new()), by: DecidedBy::Builtin };
+        }
+        let filled = self.current(Slot::Eviction);
+        let plugin = match &filled.filler {
+            Filler::Builtin(_) => return Decided { value: fallback(), by: DecidedBy::Builtin },
+            Filler::Wasm(plugin) => plugin,
+        };
+        let answer = self.timed(Slot::Eviction, plugin, || {
+            let ids = plugin.victims(need.into(), view.get())?;
+            check_victims(need, view.view, &ids).map(|()| ids)
+        });
+        match answer {
+            Ok(ids) => Decided { value: Some(ids), by: DecidedBy::Plugin },
+            Err(e) => Decided { value: fallback(), by: DecidedBy::Fallback(e) },
+        }
+    }
+
+    /// Asks admission, then capacity, then (only if something must go) eviction.
+    pub fn plan(&self, candidate: &Candidate, view: &View) -> Plan {
+        let wire = Wire::new(view);
+        if let Err(reason) = self.admit_wire(candidate, &wire).value {
+            return Plan::Skip { slot: Slot::Admission, reason };
+        }
+        let need = match self.shortfall_wire(candidate, &wire).value {
+            Ok(need) => need,
+            Err(reason) => return Plan::Skip { slot: Slot::Capacity, reason },
+        };
+        match self.victims_wire(need, &wire).value {
+            Some(victims) => Plan::Cache { need, victims },
+            None => Plan::Skip {
+                slot: Slot::Eviction,
+                reason: format!(
+                    "no eviction frees enough: need {} {} and {} entries, and the rest is pinned",
+                    need.amount,
+                    unit(need.basis),
+                    need.entries
+                ),
+            },
+        }
+    }
+
+    /// Tells every plugin that exports `events` what happened. A failure here only discards the
+    /// plugin's instance; no decision depends on it.
+    pub fn notify(&self, event: &PolicyEvent) {
+        let mut seen: Vec<*const WasmPlugin> = Vec::new();
+        for slot in Slot::ALL {
+            let filled = self.current(slot);
+            let Filler::Wasm(plugin) = &filled.filler else { continue };
+            if !plugin.has_events() || seen.contains(&(plugin as *const WasmPlugin)) {
+                continue;
+            }
+            seen.push(plugin);
+            if let Err(error) = plugin.notify(event) {
+                self.stats[slot.index()].record_failure(&error);
+                tracing::warn!(%slot, plugin = %plugin.info.name, %error, "policy plugin failed on an event hook");
+            }
+        }
+    }
+}
+
+fn unit(basis: cinder::SizeBasis) -> &'static str {
+    match basis {
+        cinder::SizeBasis::Provisioned => "GiB",
+        cinder::SizeBasis::Allocated => "bytes",
+    }
+}
+
+/// A reason string from a plugin, cut to a length fit for logs and API answers.
+fn bounded(mut reason: String) -> String {
+    const MAX: usize = 512;
+    if reason.len() > MAX {
+        let mut cut = MAX;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push('…');
+    }
+    reason
+}
+
+/// A victim list is valid when every id is a distinct, unpinned entry of the view and together
+/// they cover `need`.
+pub(crate) fn check_victims(need: Need, view: &View, ids: &[u64]) -> Result<(), CallError> {
+    let invalid = |msg: String| Err(CallError::InvalidAnswer(msg));
+    if ids.len() > view.entries().len() {
+        return invalid(format!(
+            "{} victims named, but the cache has only {} entries",
+            ids.len(),
+            view.entries().len()
+        ));
+    }
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        return invalid(format!("entry {} named twice", w[0]));
+    }
+    let mut freed = 0u64;
+    for &id in ids {
+        let entry: &Entry = match view.get(id) {
+            Some(e) => e,
+            None => return invalid(format!("entry {id} is not in the cache")),
+        };
+        if entry.pinned {
+            return invalid(format!("entry {id} is pinned"));
+        }
+        freed = freed.saturating_add(cinder::EntryView::size_in(entry, need.basis));
+    }
+    if !cinder::covers(freed, ids.len(), need) {
+        return invalid(format!(
+            "victims free {freed} {} and {} entries; {} {} and {} entries are needed",
+            unit(need.basis),
+            ids.len(),
+            need.amount,
+            unit(need.basis),
+            need.entries
+        ));
+    }
+    Ok(())
+}
+
+/// One decision on a small made-up cache, answered validly, before a plugin may serve.
+fn smoke_test(slot: Slot, plugin: &WasmPlugin) -> Result<(), CallError> {
+    let entries = (1..=3u64)
+        .map(|i| Entry {
+            id: i,
+            size_gib: i,
+            allocated_bytes: i << 29,
+            last_used_ms: 1_000 * i,
+            created_ms: 500 * i,
+            hits: i,
+            pinned: false,
+        })
+        .collect();
+    let view = View::new(entries, 10_000);
+    let wire = Wire::new(&view);
+    let candidate = Candidate {
+        image_id: "volcache-smoke-test".into(),
+        size_gib: 1,
+        virtual_size_bytes: 1 << 30,
+        allocated_bytes: 1 << 29,
+    };
+    match slot {
+        Slot::Admission => plugin.admit(&wire_candidate(&candidate), wire.get()).map(drop),
+        Slot::Capacity => plugin.shortfall(&wire_candidate(&candidate), wire.get()).map(drop),
+        Slot::Eviction => {
+            let need = Need { amount: 0, basis: cinder::SizeBasis::Provisioned, entries: 1 };
+            let ids = plugin.victims(need.into(), wire.get())?;
+            check_victims(need, &view, &ids)
+        }
+    }
+}
+
+fn status_of(slot: Slot, filled: &Filled, stats: StatsSnapshot) -> SlotStatus {
+    let (kind, info, digest) = match &filled.filler {
+        Filler::Builtin(b) => (
+            "builtin",
+            PluginInfo {
+                name: b.name().to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                summary: format!("built-in {} policy (Cinder semantics)", b.slot()),
+            },
+            None,
+        ),
+        Filler::Wasm(p) => ("wasm", p.info.clone(), Some(p.digest.clone())),
+    };
+    SlotStatus {
+        slot,
+        kind,
+        name: info.name,
+        version: info.version,
+        summary: info.summary,
+        digest,
+        source: filled.source.clone(),
+        params: filled.params.clone(),
+        stats,
+    }
+}

@@ -1,0 +1,82 @@
+//! `lru`: Cinder's eviction policy as a volcache plugin.
+//!
+//! Slot *eviction*: given what must be freed (`need`) and the cache's entries (`view`), name the
+//! least-recently-used unpinned entries, oldest first, ties broken by the lower id, just enough to
+//! cover the need. This file is the whole plugin; the rule itself is shared with the host's
+//! built-in fallback through `volcache-policy-core`, so wasm and native decide identically.
+#![no_std]
+
+extern crate alloc;
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use volcache_policy_core as cinder;
+
+// Generates Rust types and traits from the WIT contract, for the world this plugin fills.
+wit_bindgen::generate!({ path: "../../wit", world: "eviction-policy" });
+
+use exports::volcache::policy::{eviction, plugin};
+use volcache::policy::types::{Entry, Need, SizeBasis, View};
+
+// The policy core reads the WIT-generated entries in place: no copy of 10,000 records.
+impl cinder::EntryView for Entry {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn size_gib(&self) -> u64 {
+        self.size_gib
+    }
+    fn allocated_bytes(&self) -> u64 {
+        self.allocated_bytes
+    }
+    fn last_used_ms(&self) -> u64 {
+        self.last_used_ms
+    }
+    fn pinned(&self) -> bool {
+        self.pinned
+    }
+}
+
+struct Lru;
+
+impl plugin::Guest for Lru {
+    fn info() -> plugin::PluginInfo {
+        plugin::PluginInfo {
+            name: "lru".to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            summary: "evicts least-recently-used entries first (Cinder)".to_string(),
+        }
+    }
+
+    // LRU has no settings of its own; the Cinder limits are the capacity slot's business.
+    fn configure(_params: Vec<(String, String)>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl eviction::Guest for Lru {
+    fn victims(need: Need, view: View) -> Vec<u64> {
+        let need = cinder::Need {
+            amount: need.amount,
+            basis: match need.basis {
+                SizeBasis::Provisioned => cinder::SizeBasis::Provisioned,
+                SizeBasis::Allocated => cinder::SizeBasis::Allocated,
+            },
+            entries: need.entries,
+        };
+        cinder::lru_victims(need, &view.entries)
+    }
+}
+
+export!(Lru);
+
+// A no_std component needs an allocator and a panic handler; a panic becomes a wasm trap, which
+// the host contains and answers with its built-in policy.
+#[global_allocator]
+static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    core::arch::wasm32::unreachable()
+}

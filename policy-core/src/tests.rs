@@ -1,0 +1,137 @@
+extern crate std;
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn entry(id: u64, size_gib: u64, last_used_ms: u64) -> Entry {
+    Entry { id, size_gib, allocated_bytes: size_gib * GIB / 2, last_used_ms, ..Entry::default() }
+}
+
+fn limits(max_size_gb: u64, max_count: u64) -> CinderLimits {
+    CinderLimits { max_size_gb, max_count, basis: SizeBasis::Provisioned }
+}
+
+fn cand(size_gib: u64) -> CandidateSize {
+    CandidateSize { size_gib, allocated_bytes: size_gib * GIB / 2 }
+}
+
+#[test]
+fn max_size_zero_means_unlimited() {
+    assert_eq!(admit(&limits(0, 0), cand(10_000)), Ok(()));
+}
+
+#[test]
+fn max_size_admits_equal_and_rejects_larger() {
+    assert_eq!(admit(&limits(10, 0), cand(10)), Ok(()));
+    assert!(matches!(admit(&limits(10, 0), cand(11)), Err(Rejection::LargerThanCache { size: 11, limit: 10, .. })));
+}
+
+#[test]
+fn shortfall_counts_bytes_and_entries_like_cinder() {
+    let entries = [entry(1, 3, 10), entry(2, 4, 20)];
+    // 3 + 4 + 5 = 12 GiB against 10: free 2 GiB; 2 + 1 entries against 2: free one.
+    let need = shortfall(&limits(10, 2), cand(5), &entries).unwrap();
+    assert_eq!(need, Need { amount: 2, basis: SizeBasis::Provisioned, entries: 1 });
+    assert!(shortfall(&limits(0, 0), cand(5), &entries).unwrap().is_zero());
+}
+
+#[test]
+fn shortfall_rejects_a_candidate_larger_than_the_cache() {
+    assert!(shortfall(&limits(4, 0), cand(5), &[] as &[Entry]).is_err());
+}
+
+#[test]
+fn allocated_basis_counts_bytes() {
+    let l = CinderLimits { max_size_gb: 1, max_count: 0, basis: SizeBasis::Allocated };
+    let entries = [entry(1, 2, 1)]; // allocates 1 GiB
+    let need = shortfall(&l, CandidateSize { size_gib: 8, allocated_bytes: 4096 }, &entries).unwrap();
+    assert_eq!(need, Need { amount: 4096, basis: SizeBasis::Allocated, entries: 0 });
+}
+
+#[test]
+fn lru_takes_oldest_first_breaks_ties_by_id_and_skips_pinned() {
+    let mut pinned = entry(1, 1, 0);
+    pinned.pinned = true;
+    let entries = [pinned, entry(5, 1, 50), entry(3, 1, 30), entry(4, 1, 30), entry(2, 1, 90)];
+    let need = Need { amount: 3, basis: SizeBasis::Provisioned, entries: 0 };
+    assert_eq!(lru_victims(need, &entries), vec![3, 4, 5]);
+}
+
+#[test]
+fn lru_returns_nothing_for_zero_need_and_everything_unpinned_when_short() {
+    let entries = [entry(1, 1, 1), entry(2, 1, 2)];
+    assert!(lru_victims(Need::default(), &entries).is_empty());
+    let huge = Need { amount: 100, basis: SizeBasis::Provisioned, entries: 0 };
+    assert_eq!(lru_victims(huge, &entries), vec![1, 2]);
+}
+
+#[test]
+fn params_parse_cinder_names_and_name_the_bad_key() {
+    let l = CinderLimits::from_params([
+        (KEY_MAX_SIZE_GB, "10"),
+        ("unrelated", "x"),
+        (KEY_MAX_COUNT, " 3 "),
+        (KEY_SIZE_BASIS, "allocated"),
+    ])
+    .unwrap();
+    assert_eq!(l, CinderLimits { max_size_gb: 10, max_count: 3, basis: SizeBasis::Allocated });
+    let err = CinderLimits::from_params([(KEY_MAX_COUNT, "-1")]).unwrap_err();
+    assert!(std::format!("{err}").contains(KEY_MAX_COUNT));
+    assert!(CinderLimits::from_params([(KEY_SIZE_BASIS, "gb")]).is_err());
+}
+
+fn arb_entries() -> impl Strategy<Value = Vec<Entry>> {
+    prop::collection::vec((1u64..20, 0u64..50, any::<bool>()), 0..40).prop_map(|raw| {
+        raw.into_iter()
+            .enumerate()
+            .map(|(i, (size, used, pin))| Entry {
+                id: i as u64 + 1,
+                size_gib: size,
+                allocated_bytes: size * 1000,
+                last_used_ms: used,
+                pinned: pin && i % 5 == 0,
+                ..Entry::default()
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    /// After evicting what LRU chose and inserting the candidate, both limits hold, or else no
+    /// choice at all could have made them hold; and the choice is minimal and least-recent first.
+    #[test]
+    fn quota_plus_lru_keeps_limits(entries in arb_entries(), max_size in 0u64..120,
+                                    max_count in 0u64..30, size in 1u64..25) {
+        let l = limits(max_size, max_count);
+        let Ok(need) = shortfall(&l, cand(size), &entries) else {
+            prop_assert!(max_size > 0 && size > max_size);
+            return Ok(());
+        };
+        let victims = lru_victims(need, &entries);
+        let freed: u64 = entries.iter().filter(|e| victims.contains(&e.id)).map(|e| e.size_gib).sum();
+        let unpinned: Vec<&Entry> = entries.iter().filter(|e| !e.pinned).collect();
+        prop_assert!(victims.iter().all(|v| unpinned.iter().any(|e| e.id == *v)));
+        if covers(freed, victims.len(), need) {
+            let left: Vec<&Entry> = entries.iter().filter(|e| !victims.contains(&e.id)).collect();
+            let total: u64 = left.iter().map(|e| e.size_gib).sum::<u64>() + size;
+            prop_assert!(max_size == 0 || total <= max_size);
+            prop_assert!(max_count == 0 || left.len() as u64 + 1 <= max_count);
+            if let Some((last, rest)) = victims.split_last() {
+                let without: u64 = freed - entries.iter().find(|e| e.id == *last).unwrap().size_gib;
+                prop_assert!(!covers(without, rest.len(), need), "victim list is not minimal");
+            }
+        } else {
+            prop_assert_eq!(victims.len(), unpinned.len(), "gave up while entries were left");
+        }
+        // Every victim was used no later than every unpinned survivor.
+        let newest_victim = entries.iter().filter(|e| victims.contains(&e.id)).map(|e| (e.last_used_ms, e.id)).max();
+        let oldest_survivor = unpinned.iter().filter(|e| !victims.contains(&e.id)).map(|e| (e.last_used_ms, e.id)).min();
+        if let (Some(v), Some(s)) = (newest_victim, oldest_survivor) {
+            prop_assert!(v < s);
+        }
+    }
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs the system packages the tests need, only those missing. Idempotent.
+set -euo pipefail
+need=()
+command -v qemu-img >/dev/null || need+=(qemu-utils)
+command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+[ "$(id -u)" = 0 ] || { echo "install-deps: please install as root: ${need[*]}" >&2; exit 1; }
+echo "install-deps: installing ${need[*]}" >&2
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
