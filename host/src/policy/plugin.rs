@@ -230,7 +230,7 @@ impl WasmPlugin {
         store.set_epoch_deadline(self.engine.deadline_ticks());
         let instance = self.pre.instantiate(&mut store).map_err(|e| classify(&store, e))?;
         // `load` type-checks each exported function against the contract.
-        let load = |interface: &str| {
+        let load = |interface: &'static str| {
             move |e: wasmtime::Error| CallError::Incompatible(format!("{}: {e:#}", interface_name(interface)))
         };
         let mut live = Live {
