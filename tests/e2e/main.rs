@@ -1,1 +1,19 @@
+//! End-to-end tests: one binary, one module per area. They use the real parts: wasm components
+//! built from plugins/ and tests/plugins/ by `make plugins test-plugins`, the real `volcache`
+//! binary, and real HTTP on 127.0.0.1.
+//!
+//! - `components`: the built plugins are components; `plugin inspect` and `plugin check`.
+//! - `cinder`: the wasm plugins decide exactly as the built-in (Cinder) policies.
+//! - `adversarial`: misbehaving plugins are contained and answered with Cinder's decision.
+//! - `hot_swap`: swapping slots while decisions run; failed swaps keep the old plugin.
+//! - `artifact_cache`: precompiled plugins are only reused when this daemon wrote them.
+//! - `daemon`: the real daemon over HTTP: health, auth, policy listing and swapping, SIGTERM.
 
+mod fixtures;
+
+mod adversarial;
+mod artifact_cache;
+mod cinder;
+mod components;
+mod daemon;
+mod hot_swap;

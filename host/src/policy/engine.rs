@@ -13,6 +13,7 @@ use std::hash::{Hash, Hasher};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -199,7 +200,9 @@ impl ArtifactCache {
         mac.update(&artifact);
         let tag = mac.finalize().into_bytes();
         let path = self.path(digest);
-        let tmp = path.with_extension("tmp");
+        // A private temporary name: concurrent writers of one digest must not share a file.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let tmp = path.with_extension(format!("tmp.{}.{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
         let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         file.write_all(&artifact)?;
         file.write_all(&tag)?;
@@ -209,18 +212,32 @@ impl ArtifactCache {
 }
 
 fn load_or_create_key(path: &Path) -> io::Result<[u8; KEY_LEN]> {
-    let mut key = [0u8; KEY_LEN];
-    match fs::File::open(path) {
-        Ok(mut f) => {
-            f.read_exact(&mut key)?;
-            return Ok(key);
-        }
+    let read = |path: &Path| -> io::Result<[u8; KEY_LEN]> {
+        let mut key = [0u8; KEY_LEN];
+        fs::File::open(path)?.read_exact(&mut key)?;
+        Ok(key)
+    };
+    match read(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+        other => return other,
     }
+    let mut key = [0u8; KEY_LEN];
     fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
-    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    // Written in full under a private name, then published with link(2), which fails if another
+    // process got there first: nobody ever reads a half-written key, and all agree on one.
+    let tmp = path.with_extension(format!(
+        "{}.{:x}",
+        std::process::id(),
+        u64::from_le_bytes(key[..8].try_into().unwrap_or_default())
+    ));
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
     file.write_all(&key)?;
     file.sync_all()?;
-    Ok(key)
+    let published = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    match published {
+        Ok(()) => Ok(key),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => read(path),
+        Err(e) => Err(e),
+    }
 }

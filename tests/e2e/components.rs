@@ -1,0 +1,104 @@
+//! `make plugins` output, checked from the outside: component bytes, `plugin inspect`,
+//! `plugin check` on the right and the wrong slots.
+
+use std::process::{Command, Output};
+
+use crate::fixtures::{plugin, test_plugin};
+
+const BUILTINS: [(&str, &str); 3] = [("lru", "eviction"), ("quota", "capacity"), ("max-size", "admission")];
+
+fn volcache(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_volcache")).args(args).output().expect("run volcache")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn make_plugins_builds_components_not_core_modules() {
+    for (name, _) in BUILTINS {
+        let bytes = std::fs::read(plugin(name)).unwrap();
+        // \0asm, then version 0x0d and layer 1: a component (a core module has 1, 0, 0, 0).
+        assert_eq!(&bytes[..8], b"\0asm\x0d\x00\x01\x00", "{name}.wasm is not a component");
+    }
+}
+
+#[test]
+fn inspect_shows_package_version_exports_and_slot() {
+    for (name, slot) in BUILTINS {
+        let path = plugin(name);
+        let out = volcache(&["plugin", "inspect", path.to_str().unwrap(), "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(found["packages"], serde_json::json!(["volcache:policy@0.1.0"]));
+        assert_eq!(found["slots"], serde_json::json!([slot]));
+        assert_eq!(found["info"]["name"], name);
+        let exports = found["exports"].as_array().unwrap();
+        assert!(exports.contains(&serde_json::json!(format!("volcache:policy/{slot}@0.1.0"))));
+        // No WASI, nothing but the contract's own types.
+        assert_eq!(found["imports"], serde_json::json!(["volcache:policy/types@0.1.0"]));
+        assert!(found["problem"].is_null());
+
+        let human = text(&volcache(&["plugin", "inspect", path.to_str().unwrap()]).stdout);
+        assert!(human.contains("volcache:policy@0.1.0") && human.contains(slot), "{human}");
+    }
+}
+
+#[test]
+fn check_passes_on_its_slot_and_fails_on_the_others() {
+    for (name, slot) in BUILTINS {
+        let path = plugin(name);
+        let out = volcache(&["plugin", "check", path.to_str().unwrap(), "--slot", slot]);
+        assert!(out.status.success(), "{name} in {slot}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).starts_with("ok: "));
+        for (_, other) in BUILTINS.iter().filter(|(_, s)| *s != slot) {
+            let out = volcache(&["plugin", "check", path.to_str().unwrap(), "--slot", other]);
+            assert!(!out.status.success(), "{name} must not fill {other}");
+            let err = text(&out.stderr);
+            assert!(err.contains(&format!("does not export volcache:policy/{other}@0.1.0")), "{err}");
+        }
+    }
+}
+
+#[test]
+fn check_reports_bad_parameters_by_key() {
+    let path = plugin("quota");
+    let out = volcache(&[
+        "plugin",
+        "check",
+        path.to_str().unwrap(),
+        "--slot",
+        "capacity",
+        "--param",
+        "image_volume_cache_max_count=-3",
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("image_volume_cache_max_count"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn check_refuses_a_core_module_and_garbage_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("module.wasm");
+    std::fs::write(&module, b"\0asm\x01\x00\x00\x00").unwrap();
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"#!/bin/sh\necho not wasm\n").unwrap();
+    for (file, expect) in [(&module, "core WebAssembly module"), (&garbage, "no WebAssembly component header")] {
+        let out = volcache(&["plugin", "check", file.to_str().unwrap(), "--slot", "eviction"]);
+        assert!(!out.status.success());
+        assert!(text(&out.stderr).contains(expect), "{}", text(&out.stderr));
+    }
+}
+
+#[test]
+fn check_refuses_wasi_imports_and_wrong_signatures_by_name() {
+    let out = volcache(&["plugin", "check", test_plugin("wasi-import").to_str().unwrap(), "--slot", "eviction"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("imports `wasi:random/random@"), "{}", text(&out.stderr));
+
+    let out = volcache(&["plugin", "check", test_plugin("wrong-world").to_str().unwrap(), "--slot", "eviction"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("volcache:policy/eviction@0.1.0") && err.contains("type mismatch"), "{err}");
+}

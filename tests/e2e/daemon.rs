@@ -1,0 +1,178 @@
+//! The real daemon over real HTTP on 127.0.0.1: health, bearer auth, policy listing, swapping a
+//! slot with an uploaded component, JSON errors, and a clean exit on SIGTERM.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::fixtures::{plugin, test_plugin};
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+struct Daemon {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start() -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        // Ask the kernel for a free port, then hand it to the daemon.
+        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        let child = Command::new(env!("CARGO_BIN_EXE_volcache"))
+            .args(["serve", "--listen", &addr])
+            .current_dir(dir.path())
+            .env("VOLCACHE_ADMIN_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let daemon = Daemon { child, addr, _dir: dir };
+        let started = Instant::now();
+        while request(&daemon.addr, "GET", "/healthz", None, None).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(60), "daemon did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        daemon
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, &[u8])>,
+    ) -> (u16, serde_json::Value) {
+        let (status, body) = request(&self.addr, method, path, token, body).expect("request");
+        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection.
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<(&str, &[u8])>,
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    let (content_type, payload) = body.unwrap_or(("application/json", b""));
+    head.push_str(&format!("Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n", payload.len()));
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(payload)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or(std::io::ErrorKind::InvalidData)?;
+    let status_line = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or(std::io::ErrorKind::InvalidData)?;
+    let mut body = response[split + 4..].to_vec();
+    if status_line.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    Ok((status, body))
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(std::str::from_utf8(&data[..eol]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
+        data = &data[eol + 2 + size + 2..];
+    }
+    out
+}
+
+#[test]
+fn daemon_serves_health_and_guards_policies_with_the_token() {
+    let d = Daemon::start();
+    let (status, body) = d.call("GET", "/healthz", None, None);
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+
+    let (status, body) = d.call("GET", "/v1/policies", None, None);
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let (status, _) = d.call("GET", "/v1/policies", Some("wrong-token-wrong-token"), None);
+    assert_eq!(status, 401);
+
+    let (status, body) = d.call("GET", "/v1/policies", Some(TOKEN), None);
+    assert_eq!(status, 200);
+    let names: Vec<_> = body.as_array().unwrap().iter().map(|s| (s["slot"].clone(), s["name"].clone())).collect();
+    assert_eq!(
+        names,
+        vec![
+            ("admission".into(), "max-size".into()),
+            ("capacity".into(), "quota".into()),
+            ("eviction".into(), "lru".into())
+        ]
+    );
+
+    let (status, body) = d.call("GET", "/v1/nothing-here", None, None);
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+}
+
+#[test]
+fn daemon_swaps_a_slot_with_an_uploaded_component_and_refuses_bad_ones() {
+    let d = Daemon::start();
+    let lru = std::fs::read(plugin("lru")).unwrap();
+    let (status, body) = d.call("PUT", "/v1/policies/eviction", Some(TOKEN), Some(("application/wasm", &lru)));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["kind"].as_str(), body["name"].as_str()), (Some("wasm"), Some("lru")));
+
+    let quota = std::fs::read(plugin("quota")).unwrap();
+    let (status, body) = d.call("PUT", "/v1/policies/eviction", Some(TOKEN), Some(("application/wasm", &quota)));
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("wrong_slot")), "{body}");
+
+    let wasi = std::fs::read(test_plugin("wasi-import")).unwrap();
+    let (status, body) = d.call("PUT", "/v1/policies/eviction", Some(TOKEN), Some(("application/wasm", &wasi)));
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("forbidden_import")), "{body}");
+
+    let (status, body) =
+        d.call("PUT", "/v1/policies/eviction", Some(TOKEN), Some(("application/json", b"{\"builtin\": ")));
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")), "{body}");
+
+    let (status, _) =
+        d.call("PUT", "/v1/policies/sideways", Some(TOKEN), Some(("application/json", b"{\"builtin\": \"lru\"}")));
+    assert_eq!(status, 404);
+
+    // The slot still holds the uploaded lru after the refusals; then back to the built-in.
+    let (_, body) = d.call("GET", "/v1/policies/eviction", Some(TOKEN), None);
+    assert_eq!(body["kind"], "wasm");
+    let (status, body) =
+        d.call("PUT", "/v1/policies/eviction", Some(TOKEN), Some(("application/json", b"{\"builtin\": \"lru\"}")));
+    assert_eq!((status, body["kind"].as_str()), (200, Some("builtin")));
+}
+
+#[test]
+fn daemon_exits_cleanly_on_sigterm() {
+    let mut d = Daemon::start();
+    let pid = d.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let started = Instant::now();
+    loop {
+        if let Some(status) = d.child.try_wait().unwrap() {
+            assert!(status.success(), "daemon exited with {status}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "daemon ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
