@@ -1,1 +1,107 @@
-fn main() {}
+//! Decision latency of the eviction slot: the wasm `lru` plugin (target/plugins/lru.wasm) vs the
+//! very same LRU code compiled natively (the built-in policy), side by side in one run.
+//!
+//! Both go through `PolicySet::victims`, so both pay for answer validation; the wasm column also
+//! pays for copying the view into the component and the sandbox's deadline and memory checks.
+//! `cargo bench --bench policy` (or `make bench`) prints the table; under `cargo test` this runs
+//! a few iterations only, to check that both answer the same.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use volcache::policy::{
+    CinderLimits, DecidedBy, EngineOptions, Entry, Need, PolicyEngine, PolicySet, PolicySource, PolicySpec, SizeBasis,
+    Slot, View,
+};
+
+fn lru_wasm() -> PathBuf {
+    let dir = std::env::var_os("VOLCACHE_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
+    let path = dir.join("lru.wasm");
+    assert!(path.is_file(), "{} is missing: run `make plugins` first", path.display());
+    path
+}
+
+/// `n` entries with distinct pseudo-random last-used times and sizes of 1..=20 GiB.
+fn view(n: u64) -> View {
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let entries = (1..=n)
+        .map(|id| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            Entry { id, size_gib: 1 + x % 20, last_used_ms: x % 1_000_000_000, ..Entry::default() }
+        })
+        .collect();
+    View::new(entries, 2_000_000_000)
+}
+
+/// Median and 99th percentile of `iterations` timed runs of `f`.
+fn measure(iterations: usize, mut f: impl FnMut()) -> (Duration, Duration) {
+    for _ in 0..iterations.div_ceil(10) {
+        f();
+    }
+    let mut times: Vec<Duration> = (0..iterations)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect();
+    times.sort_unstable();
+    (times[times.len() / 2], times[(times.len() * 99 / 100).min(times.len() - 1)])
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let engine = PolicyEngine::new(EngineOptions::default()).expect("engine");
+    let native = PolicySet::new(engine.clone(), CinderLimits::default());
+    let wasm = PolicySet::new(engine, CinderLimits::default());
+    wasm.swap(Slot::Eviction, PolicySpec { source: PolicySource::File(lru_wasm()), params: vec![] })
+        .expect("load lru.wasm");
+
+    if full {
+        println!("eviction decision latency: LRU choosing ~10% of the cache, median (p99) of repeated calls");
+        println!("{:>8} | {:>20} | {:>20} | {:>11}", "entries", "native LRU", "wasm LRU", "wasm/native");
+        println!("{:->8}-+-{:->20}-+-{:->20}-+-{:->11}", "", "", "", "");
+    }
+    for n in [100u64, 1_000, 10_000] {
+        let cache = view(n);
+        // Free about a tenth of the cache by size and by count.
+        let total: u64 = cache.entries().map(|e| e.size_gib).sum();
+        let need = Need { amount: total / 10, basis: SizeBasis::Provisioned, entries: (n / 10) as u32 };
+
+        let a = native.victims(need, &cache);
+        let b = wasm.victims(need, &cache);
+        assert_eq!(a.by, DecidedBy::Builtin);
+        assert_eq!(b.by, DecidedBy::Plugin, "the wasm plugin must answer, not the fallback");
+        assert_eq!(a.value, b.value, "wasm and native LRU disagree at {n} entries");
+        if !full {
+            continue;
+        }
+        let iterations = (2_000_000 / n as usize).clamp(200, 5_000);
+        let (n50, n99) = measure(iterations, || {
+            std::hint::black_box(native.victims(need, &cache));
+        });
+        let (w50, w99) = measure(iterations, || {
+            std::hint::black_box(wasm.victims(need, &cache));
+        });
+        println!(
+            "{n:>8} | {:>9.1} us ({:>6.1}) | {:>9.1} us ({:>6.1}) | {:>10.2}x",
+            us(n50),
+            us(n99),
+            us(w50),
+            us(w99),
+            us(w50) / us(n50)
+        );
+    }
+    if full {
+        let s = &wasm.status()[2].stats;
+        println!("wasm slot: {} calls, {} failures, {} fallbacks", s.calls, s.failures, s.fallbacks);
+    }
+}

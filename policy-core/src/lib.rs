@@ -11,15 +11,18 @@
 //!   id, just enough to cover the shortfall; pinned entries never.
 //!
 //! The same functions are compiled into the wasm plugins in `plugins/` and into the host, which
-//! uses them as the fallback whenever a plugin traps, times out or answers nonsense. They are
-//! generic over [`EntryView`] so a plugin can run them directly on its WIT-generated records
-//! without copying 10,000 entries into another type first.
+//! uses them as the fallback whenever a plugin traps, times out or answers nonsense. They read
+//! the cache through [`Entries`], implemented both for a slice of [`Entry`] (the host) and for
+//! [`Columns`] borrowed from the WIT `view` record (the plugins), so no plugin copies 10,000
+//! entries into another type first.
 #![no_std]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
 
+use alloc::collections::BinaryHeap;
 use alloc::vec::Vec;
+use core::cmp::Reverse;
 use core::fmt;
 
 mod params;
@@ -83,6 +86,74 @@ impl EntryView for Entry {
     }
     fn pinned(&self) -> bool {
         self.pinned
+    }
+}
+
+/// The entries of one cache scope, read row by row: implemented for slices of [`EntryView`] and
+/// for [`Columns`].
+pub trait Entries {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn id(&self, row: usize) -> u64;
+    fn size_in(&self, row: usize, basis: SizeBasis) -> u64;
+    fn last_used_ms(&self, row: usize) -> u64;
+    fn pinned(&self, row: usize) -> bool;
+}
+
+impl<E: EntryView> Entries for [E] {
+    fn len(&self) -> usize {
+        <[E]>::len(self)
+    }
+    fn id(&self, row: usize) -> u64 {
+        self[row].id()
+    }
+    fn size_in(&self, row: usize, basis: SizeBasis) -> u64 {
+        self[row].size_in(basis)
+    }
+    fn last_used_ms(&self, row: usize) -> u64 {
+        self[row].last_used_ms()
+    }
+    fn pinned(&self, row: usize) -> bool {
+        self[row].pinned()
+    }
+}
+
+/// The WIT `view` record's columns, borrowed. Row `i` is entry `ids[i]`; a column shorter than
+/// `ids` reads as zeros past its end, so a malformed view cannot make a policy panic.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Columns<'a> {
+    pub ids: &'a [u64],
+    pub size_gib: &'a [u64],
+    pub allocated_bytes: &'a [u64],
+    pub last_used_ms: &'a [u64],
+    /// Pinned ids, ascending.
+    pub pinned: &'a [u64],
+}
+
+fn cell(column: &[u64], row: usize) -> u64 {
+    column.get(row).copied().unwrap_or(0)
+}
+
+impl Entries for Columns<'_> {
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+    fn id(&self, row: usize) -> u64 {
+        self.ids[row]
+    }
+    fn size_in(&self, row: usize, basis: SizeBasis) -> u64 {
+        match basis {
+            SizeBasis::Provisioned => cell(self.size_gib, row),
+            SizeBasis::Allocated => cell(self.allocated_bytes, row),
+        }
+    }
+    fn last_used_ms(&self, row: usize) -> u64 {
+        cell(self.last_used_ms, row)
+    }
+    fn pinned(&self, row: usize) -> bool {
+        !self.pinned.is_empty() && self.pinned.binary_search(&self.ids[row]).is_ok()
     }
 }
 
@@ -150,16 +221,16 @@ pub fn admit(limits: &CinderLimits, candidate: CandidateSize) -> Result<(), Reje
 
 /// Slot *capacity*, Cinder's quota rule: the shortfall that eviction must cover so that, after
 /// inserting `candidate`, both limits hold.
-pub fn shortfall<E: EntryView>(
+pub fn shortfall<E: Entries + ?Sized>(
     limits: &CinderLimits,
     candidate: CandidateSize,
-    entries: &[E],
+    entries: &E,
 ) -> Result<Need, Rejection> {
     let basis = limits.basis;
     admit(limits, candidate)?;
     let amount = match limits.size_limit() {
         Some(limit) => {
-            let used = entries.iter().fold(0u64, |sum, e| sum.saturating_add(e.size_in(basis)));
+            let used = (0..entries.len()).fold(0u64, |sum, row| sum.saturating_add(entries.size_in(row, basis)));
             used.saturating_add(candidate.size_in(basis)).saturating_sub(limit)
         }
         None => 0,
@@ -174,21 +245,23 @@ pub fn shortfall<E: EntryView>(
 /// Slot *eviction*, Cinder's LRU rule: unpinned entries, least recently used first (ties broken by
 /// the lower id, i.e. the older entry), just enough to cover `need`. When even every unpinned
 /// entry would not cover it, returns all of them; the caller then decides not to cache.
-pub fn lru_victims<E: EntryView>(need: Need, entries: &[E]) -> Vec<u64> {
+///
+/// A min-heap is built in O(n) and only the victims are popped (O(k log n)): a full sort would
+/// cost O(n log n) although a cache usually gives up a few entries of thousands.
+pub fn lru_victims<E: Entries + ?Sized>(need: Need, entries: &E) -> Vec<u64> {
     if need.is_zero() {
         return Vec::new();
     }
-    // Sort compact keys, not the entries themselves: 16 bytes a key keeps 10,000 entries in cache.
-    let mut order: Vec<(u64, u64, u64)> =
-        entries.iter().filter(|e| !e.pinned()).map(|e| (e.last_used_ms(), e.id(), e.size_in(need.basis))).collect();
-    order.sort_unstable();
+    let keys: Vec<Reverse<(u64, u64, u32)>> = (0..entries.len())
+        .filter(|&row| !entries.pinned(row))
+        .map(|row| Reverse((entries.last_used_ms(row), entries.id(row), row as u32)))
+        .collect();
+    let mut heap = BinaryHeap::from(keys);
     let mut freed = 0u64;
     let mut victims = Vec::new();
-    for (_, id, size) in order {
-        if covers(freed, victims.len(), need) {
-            break;
-        }
-        freed = freed.saturating_add(size);
+    while !covers(freed, victims.len(), need) {
+        let Some(Reverse((_, id, row))) = heap.pop() else { break };
+        freed = freed.saturating_add(entries.size_in(row as usize, need.basis));
         victims.push(id);
     }
     victims

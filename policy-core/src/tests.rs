@@ -34,9 +34,9 @@ fn max_size_admits_equal_and_rejects_larger() {
 fn shortfall_counts_bytes_and_entries_like_cinder() {
     let entries = [entry(1, 3, 10), entry(2, 4, 20)];
     // 3 + 4 + 5 = 12 GiB against 10: free 2 GiB; 2 + 1 entries against 2: free one.
-    let need = shortfall(&limits(10, 2), cand(5), &entries).unwrap();
+    let need = shortfall(&limits(10, 2), cand(5), &entries[..]).unwrap();
     assert_eq!(need, Need { amount: 2, basis: SizeBasis::Provisioned, entries: 1 });
-    assert!(shortfall(&limits(0, 0), cand(5), &entries).unwrap().is_zero());
+    assert!(shortfall(&limits(0, 0), cand(5), &entries[..]).unwrap().is_zero());
 }
 
 #[test]
@@ -48,7 +48,7 @@ fn shortfall_rejects_a_candidate_larger_than_the_cache() {
 fn allocated_basis_counts_bytes() {
     let l = CinderLimits { max_size_gb: 1, max_count: 0, basis: SizeBasis::Allocated };
     let entries = [entry(1, 2, 1)]; // allocates 1 GiB
-    let need = shortfall(&l, CandidateSize { size_gib: 8, allocated_bytes: 4096 }, &entries).unwrap();
+    let need = shortfall(&l, CandidateSize { size_gib: 8, allocated_bytes: 4096 }, &entries[..]).unwrap();
     assert_eq!(need, Need { amount: 4096, basis: SizeBasis::Allocated, entries: 0 });
 }
 
@@ -58,15 +58,15 @@ fn lru_takes_oldest_first_breaks_ties_by_id_and_skips_pinned() {
     pinned.pinned = true;
     let entries = [pinned, entry(5, 1, 50), entry(3, 1, 30), entry(4, 1, 30), entry(2, 1, 90)];
     let need = Need { amount: 3, basis: SizeBasis::Provisioned, entries: 0 };
-    assert_eq!(lru_victims(need, &entries), vec![3, 4, 5]);
+    assert_eq!(lru_victims(need, &entries[..]), vec![3, 4, 5]);
 }
 
 #[test]
 fn lru_returns_nothing_for_zero_need_and_everything_unpinned_when_short() {
     let entries = [entry(1, 1, 1), entry(2, 1, 2)];
-    assert!(lru_victims(Need::default(), &entries).is_empty());
+    assert!(lru_victims(Need::default(), &entries[..]).is_empty());
     let huge = Need { amount: 100, basis: SizeBasis::Provisioned, entries: 0 };
-    assert_eq!(lru_victims(huge, &entries), vec![1, 2]);
+    assert_eq!(lru_victims(huge, &entries[..]), vec![1, 2]);
 }
 
 #[test]
@@ -107,11 +107,11 @@ proptest! {
     fn quota_plus_lru_keeps_limits(entries in arb_entries(), max_size in 0u64..120,
                                     max_count in 0u64..30, size in 1u64..25) {
         let l = limits(max_size, max_count);
-        let Ok(need) = shortfall(&l, cand(size), &entries) else {
+        let Ok(need) = shortfall(&l, cand(size), &entries[..]) else {
             prop_assert!(max_size > 0 && size > max_size);
             return Ok(());
         };
-        let victims = lru_victims(need, &entries);
+        let victims = lru_victims(need, &entries[..]);
         let freed: u64 = entries.iter().filter(|e| victims.contains(&e.id)).map(|e| e.size_gib).sum();
         let unpinned: Vec<&Entry> = entries.iter().filter(|e| !e.pinned).collect();
         prop_assert!(victims.iter().all(|v| unpinned.iter().any(|e| e.id == *v)));
@@ -119,7 +119,7 @@ proptest! {
             let left: Vec<&Entry> = entries.iter().filter(|e| !victims.contains(&e.id)).collect();
             let total: u64 = left.iter().map(|e| e.size_gib).sum::<u64>() + size;
             prop_assert!(max_size == 0 || total <= max_size);
-            prop_assert!(max_count == 0 || left.len() as u64 + 1 <= max_count);
+            prop_assert!(max_count == 0 || (left.len() as u64) < max_count, "count limit");
             if let Some((last, rest)) = victims.split_last() {
                 let without: u64 = freed - entries.iter().find(|e| e.id == *last).unwrap().size_gib;
                 prop_assert!(!covers(without, rest.len(), need), "victim list is not minimal");
@@ -132,6 +132,44 @@ proptest! {
         let oldest_survivor = unpinned.iter().filter(|e| !victims.contains(&e.id)).map(|e| (e.last_used_ms, e.id)).min();
         if let (Some(v), Some(s)) = (newest_victim, oldest_survivor) {
             prop_assert!(v < s);
+        }
+    }
+}
+
+fn columns_of(entries: &[Entry]) -> (Vec<u64>, Vec<u64>, Vec<u64>, Vec<u64>, Vec<u64>) {
+    let mut pinned: Vec<u64> = entries.iter().filter(|e| e.pinned).map(|e| e.id).collect();
+    pinned.sort_unstable();
+    (
+        entries.iter().map(|e| e.id).collect(),
+        entries.iter().map(|e| e.size_gib).collect(),
+        entries.iter().map(|e| e.allocated_bytes).collect(),
+        entries.iter().map(|e| e.last_used_ms).collect(),
+        pinned,
+    )
+}
+
+#[test]
+fn short_columns_read_as_zero_instead_of_panicking() {
+    let ids = [1, 2, 3];
+    let cols = Columns { ids: &ids, size_gib: &[5], ..Columns::default() };
+    assert_eq!(cols.size_in(2, SizeBasis::Provisioned), 0);
+    let need = Need { amount: 5, basis: SizeBasis::Provisioned, entries: 0 };
+    assert_eq!(lru_victims(need, &cols), vec![1]);
+}
+
+proptest! {
+    /// The plugins read columns, the host reads rows: both must decide the same.
+    #[test]
+    fn columns_and_rows_decide_alike(entries in arb_entries(), amount in 0u64..100, count in 0u32..10,
+                                      max_size in 0u64..120, max_count in 0u64..30) {
+        let (ids, size_gib, allocated_bytes, last_used_ms, pinned) = columns_of(&entries);
+        let cols = Columns { ids: &ids, size_gib: &size_gib, allocated_bytes: &allocated_bytes,
+                             last_used_ms: &last_used_ms, pinned: &pinned };
+        for basis in [SizeBasis::Provisioned, SizeBasis::Allocated] {
+            let need = Need { amount, basis, entries: count };
+            prop_assert_eq!(lru_victims(need, &cols), lru_victims(need, &entries[..]));
+            let l = CinderLimits { max_size_gb: max_size, max_count, basis };
+            prop_assert_eq!(shortfall(&l, cand(3), &cols), shortfall(&l, cand(3), &entries[..]));
         }
     }
 }

@@ -38,10 +38,10 @@ fn a_tampered_artifact_is_recompiled_not_loaded() {
     let list = artifacts(dir.path());
     assert_eq!(list.len(), 1, "one artifact expected");
     let artifact = &list[0];
-    let mut data = fs::read(&artifact).unwrap();
+    let mut data = fs::read(artifact).unwrap();
     let middle = data.len() / 2;
     data[middle] ^= 0xff;
-    fs::write(&artifact, &data).unwrap();
+    fs::write(artifact, &data).unwrap();
     let again = engine(dir.path()).compile(&bytes).unwrap();
     assert!(!again.from_cache, "a modified artifact must not be deserialized");
 }

@@ -49,10 +49,10 @@ fn a_full_cache_evicts_least_recently_used_until_both_limits_hold() {
     let Plan::Cache { victims, need } = set.plan(&candidate(8), &cache) else { panic!("should cache") };
     assert!(need.entries >= 1);
     let freed: u64 = victims.iter().map(|id| cache.get(*id).unwrap().size_gib).sum();
-    let used: u64 = cache.entries().iter().map(|e| e.size_gib).sum();
+    let used: u64 = cache.entries().map(|e| e.size_gib).sum();
     assert!(used - freed + 8 <= 50, "size limit broken");
-    assert!(cache.entries().len() - victims.len() < 10, "count limit broken");
-    let survivors = cache.entries().iter().filter(|e| !victims.contains(&e.id));
+    assert!(cache.len() - victims.len() < 10, "count limit broken");
+    let survivors = cache.entries().filter(|e| !victims.contains(&e.id));
     let oldest_survivor = survivors.map(|e| (e.last_used_ms, e.id)).min().unwrap();
     for id in &victims {
         let e = cache.get(*id).unwrap();
@@ -74,7 +74,7 @@ fn an_image_larger_than_the_cache_is_not_cached() {
 #[test]
 fn when_everything_left_is_pinned_nothing_is_evicted_and_nothing_cached() {
     let set = wasm_everywhere(CinderLimits { max_size_gb: 0, max_count: 2, basis: SizeBasis::Provisioned });
-    let mut entries: Vec<_> = view(3, 9, false).entries().to_vec();
+    let mut entries: Vec<_> = view(3, 9, false).entries().collect();
     entries.iter_mut().for_each(|e| e.pinned = true);
     let cache = volcache::policy::View::new(entries, 1);
     assert!(matches!(set.plan(&candidate(1), &cache), Plan::Skip { slot: Slot::Eviction, .. }));

@@ -73,9 +73,9 @@ pub(crate) fn admit(limits: &cinder::CinderLimits, candidate: &Candidate) -> Res
 }
 
 pub(crate) fn shortfall(limits: &cinder::CinderLimits, candidate: &Candidate, view: &View) -> Result<Need, String> {
-    cinder::shortfall(limits, candidate.size(), view.entries()).map_err(|r| r.to_string())
+    cinder::shortfall(limits, candidate.size(), &view.columns()).map_err(|r| r.to_string())
 }
 
 pub(crate) fn victims(need: Need, view: &View) -> Vec<u64> {
-    cinder::lru_victims(need, view.entries())
+    cinder::lru_victims(need, &view.columns())
 }

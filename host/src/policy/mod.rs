@@ -88,27 +88,86 @@ impl Candidate {
     }
 }
 
-/// A snapshot of one cache scope. Entries are kept sorted by id so answers can be checked
-/// without building a map.
-#[derive(Clone, Debug, Default)]
+/// A snapshot of one cache scope, held as the WIT `view` columns sorted by id: native and wasm
+/// policies read the same columns, a plugin call copies each column into the sandbox in one go,
+/// and answers are checked by binary search without building a map.
+#[derive(Clone, Debug)]
 pub struct View {
-    entries: Vec<Entry>,
-    pub now_ms: u64,
+    columns: bindings::View,
 }
 
 impl View {
     pub fn new(mut entries: Vec<Entry>, now_ms: u64) -> Self {
         entries.sort_unstable_by_key(|e| e.id);
         entries.dedup_by_key(|e| e.id);
-        View { entries, now_ms }
+        let column = |f: fn(&Entry) -> u64| entries.iter().map(f).collect::<Vec<u64>>();
+        View {
+            columns: bindings::View {
+                ids: column(|e| e.id),
+                size_gib: column(|e| e.size_gib),
+                allocated_bytes: column(|e| e.allocated_bytes),
+                last_used_ms: column(|e| e.last_used_ms),
+                created_ms: column(|e| e.created_ms),
+                hits: column(|e| e.hits),
+                pinned: entries.iter().filter(|e| e.pinned).map(|e| e.id).collect(),
+                now_ms,
+            },
+        }
     }
 
-    pub fn entries(&self) -> &[Entry] {
-        &self.entries
+    pub fn len(&self) -> usize {
+        self.columns.ids.len()
     }
 
-    pub fn get(&self, id: u64) -> Option<&Entry> {
-        self.entries.binary_search_by_key(&id, |e| e.id).ok().map(|i| &self.entries[i])
+    pub fn is_empty(&self) -> bool {
+        self.columns.ids.is_empty()
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.columns.now_ms
+    }
+
+    fn row(&self, row: usize) -> Entry {
+        let c = &self.columns;
+        Entry {
+            id: c.ids[row],
+            size_gib: c.size_gib[row],
+            allocated_bytes: c.allocated_bytes[row],
+            last_used_ms: c.last_used_ms[row],
+            created_ms: c.created_ms[row],
+            hits: c.hits[row],
+            pinned: c.pinned.binary_search(&c.ids[row]).is_ok(),
+        }
+    }
+
+    /// The entries, by ascending id.
+    pub fn entries(&self) -> impl ExactSizeIterator<Item = Entry> + '_ {
+        (0..self.len()).map(|row| self.row(row))
+    }
+
+    pub fn get(&self, id: u64) -> Option<Entry> {
+        self.columns.ids.binary_search(&id).ok().map(|row| self.row(row))
+    }
+
+    pub(crate) fn columns(&self) -> volcache_policy_core::Columns<'_> {
+        let c = &self.columns;
+        volcache_policy_core::Columns {
+            ids: &c.ids,
+            size_gib: &c.size_gib,
+            allocated_bytes: &c.allocated_bytes,
+            last_used_ms: &c.last_used_ms,
+            pinned: &c.pinned,
+        }
+    }
+
+    pub(crate) fn wire(&self) -> &bindings::View {
+        &self.columns
+    }
+}
+
+impl Default for View {
+    fn default() -> Self {
+        View::new(Vec::new(), 0)
     }
 }
 

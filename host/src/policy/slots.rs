@@ -2,7 +2,6 @@
 //! and, when a plugin fails, made again by the built-in policy.
 #![forbid(unsafe_code)]
 
-use std::cell::OnceCell;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -69,7 +68,7 @@ pub enum Plan {
 /// What fills one slot right now.
 enum Filler {
     Builtin(Builtin),
-    Wasm(WasmPlugin),
+    Wasm(Box<WasmPlugin>),
 }
 
 struct Filled {
@@ -111,24 +110,6 @@ pub struct PolicySet {
 impl std::fmt::Debug for Filled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Filled").field("source", &self.source).finish_non_exhaustive()
-    }
-}
-
-/// A view converted to the wire type once, on first use by a plugin.
-struct Wire<'a> {
-    view: &'a View,
-    wire: OnceCell<bindings::View>,
-}
-
-impl<'a> Wire<'a> {
-    fn new(view: &'a View) -> Self {
-        Wire { view, wire: OnceCell::new() }
-    }
-    fn get(&self) -> &bindings::View {
-        self.wire.get_or_init(|| bindings::View {
-            entries: self.view.entries().iter().map(bindings::Entry::from).collect(),
-            now_ms: self.view.now_ms,
-        })
     }
 }
 
@@ -216,9 +197,9 @@ impl PolicySet {
         Ok(filled)
     }
 
-    fn load_wasm(&self, slot: Slot, bytes: &[u8], params: Vec<(String, String)>) -> Result<WasmPlugin, LoadError> {
+    fn load_wasm(&self, slot: Slot, bytes: &[u8], params: Vec<(String, String)>) -> Result<Box<WasmPlugin>, LoadError> {
         let compiled = self.engine.compile(bytes)?;
-        WasmPlugin::new(&self.engine, &compiled.component, compiled.digest, slot, params)
+        WasmPlugin::new(&self.engine, &compiled.component, compiled.digest, slot, params).map(Box::new)
     }
 
     /// Checks `spec` the way a swap would (compile, type-check, configure, smoke test) without
@@ -268,10 +249,6 @@ impl PolicySet {
 
     /// Slot *admission*: `Ok` caches, `Err(reason)` does not.
     pub fn admit(&self, candidate: &Candidate, view: &View) -> Decided<Result<(), String>> {
-        self.admit_wire(candidate, &Wire::new(view))
-    }
-
-    fn admit_wire(&self, candidate: &Candidate, view: &Wire<'_>) -> Decided<Result<(), String>> {
         let filled = self.current(Slot::Admission);
         let plugin = match &filled.filler {
             Filler::Builtin(_) => {
@@ -279,7 +256,7 @@ impl PolicySet {
             }
             Filler::Wasm(plugin) => plugin,
         };
-        match self.timed(Slot::Admission, plugin, || plugin.admit(&wire_candidate(candidate), view.get())) {
+        match self.timed(Slot::Admission, plugin, || plugin.admit(&wire_candidate(candidate), view.wire())) {
             Ok(value) => Decided { value: value.map_err(bounded), by: DecidedBy::Plugin },
             Err(e) => Decided { value: builtin::admit(&filled.limits, candidate), by: DecidedBy::Fallback(e) },
         }
@@ -287,17 +264,13 @@ impl PolicySet {
 
     /// Slot *capacity*: what must be freed first, or `Err(reason)` when it can never fit.
     pub fn shortfall(&self, candidate: &Candidate, view: &View) -> Decided<Result<Need, String>> {
-        self.shortfall_wire(candidate, &Wire::new(view))
-    }
-
-    fn shortfall_wire(&self, candidate: &Candidate, view: &Wire<'_>) -> Decided<Result<Need, String>> {
         let filled = self.current(Slot::Capacity);
-        let fallback = || builtin::shortfall(&filled.limits, candidate, view.view);
+        let fallback = || builtin::shortfall(&filled.limits, candidate, view);
         let plugin = match &filled.filler {
             Filler::Builtin(_) => return Decided { value: fallback(), by: DecidedBy::Builtin },
             Filler::Wasm(plugin) => plugin,
         };
-        match self.timed(Slot::Capacity, plugin, || plugin.shortfall(&wire_candidate(candidate), view.get())) {
+        match self.timed(Slot::Capacity, plugin, || plugin.shortfall(&wire_candidate(candidate), view.wire())) {
             Ok(value) => Decided { value: value.map(Need::from).map_err(bounded), by: DecidedBy::Plugin },
             Err(e) => Decided { value: fallback(), by: DecidedBy::Fallback(e) },
         }
@@ -306,13 +279,9 @@ impl PolicySet {
     /// Slot *eviction*: the entries to evict to cover `need`, or `None` when nothing can (every
     /// candidate victim is pinned): then the image is not cached and nothing is evicted.
     pub fn victims(&self, need: Need, view: &View) -> Decided<Option<Vec<u64>>> {
-        self.victims_wire(need, &Wire::new(view))
-    }
-
-    fn victims_wire(&self, need: Need, view: &Wire<'_>) -> Decided<Option<Vec<u64>>> {
         let fallback = || {
-            let ids = builtin::victims(need, view.view);
-            check_victims(need, view.view, &ids).ok().map(|()| ids)
+            let ids = builtin::victims(need, view);
+            check_victims(need, view, &ids).ok().map(|()| ids)
         };
         if need.is_zero() {
             return Decided { value: Some(Vec::new()), by: DecidedBy::Builtin };
@@ -323,8 +292,8 @@ impl PolicySet {
             Filler::Wasm(plugin) => plugin,
         };
         let answer = self.timed(Slot::Eviction, plugin, || {
-            let ids = plugin.victims(need.into(), view.get())?;
-            check_victims(need, view.view, &ids).map(|()| ids)
+            let ids = plugin.victims(need.into(), view.wire())?;
+            check_victims(need, view, &ids).map(|()| ids)
         });
         match answer {
             Ok(ids) => Decided { value: Some(ids), by: DecidedBy::Plugin },
@@ -334,15 +303,14 @@ impl PolicySet {
 
     /// Asks admission, then capacity, then (only if something must go) eviction.
     pub fn plan(&self, candidate: &Candidate, view: &View) -> Plan {
-        let wire = Wire::new(view);
-        if let Err(reason) = self.admit_wire(candidate, &wire).value {
+        if let Err(reason) = self.admit(candidate, view).value {
             return Plan::Skip { slot: Slot::Admission, reason };
         }
-        let need = match self.shortfall_wire(candidate, &wire).value {
+        let need = match self.shortfall(candidate, view).value {
             Ok(need) => need,
             Err(reason) => return Plan::Skip { slot: Slot::Capacity, reason },
         };
-        match self.victims_wire(need, &wire).value {
+        match self.victims(need, view).value {
             Some(victims) => Plan::Cache { need, victims },
             None => Plan::Skip {
                 slot: Slot::Eviction,
@@ -363,10 +331,10 @@ impl PolicySet {
         for slot in Slot::ALL {
             let filled = self.current(slot);
             let Filler::Wasm(plugin) = &filled.filler else { continue };
-            if !plugin.has_events() || seen.contains(&(plugin as *const WasmPlugin)) {
+            if !plugin.has_events() || seen.contains(&(&**plugin as *const WasmPlugin)) {
                 continue;
             }
-            seen.push(plugin);
+            seen.push(&**plugin);
             if let Err(error) = plugin.notify(event) {
                 self.stats[slot.index()].record_failure(&error);
                 tracing::warn!(%slot, plugin = %plugin.info.name, %error, "policy plugin failed on an event hook");
@@ -414,14 +382,14 @@ pub(crate) fn check_victims(need: Need, view: &View, ids: &[u64]) -> Result<(), 
     }
     let mut freed = 0u64;
     for &id in ids {
-        let entry: &Entry = match view.get(id) {
+        let entry = match view.get(id) {
             Some(e) => e,
             None => return invalid(format!("entry {id} is not in the cache")),
         };
         if entry.pinned {
             return invalid(format!("entry {id} is pinned"));
         }
-        freed = freed.saturating_add(cinder::EntryView::size_in(entry, need.basis));
+        freed = freed.saturating_add(cinder::EntryView::size_in(&entry, need.basis));
     }
     if !cinder::covers(freed, ids.len(), need) {
         return invalid(format!(
@@ -450,7 +418,6 @@ fn smoke_test(slot: Slot, plugin: &WasmPlugin) -> Result<(), CallError> {
         })
         .collect();
     let view = View::new(entries, 10_000);
-    let wire = Wire::new(&view);
     let candidate = Candidate {
         image_id: "volcache-smoke-test".into(),
         size_gib: 1,
@@ -458,11 +425,11 @@ fn smoke_test(slot: Slot, plugin: &WasmPlugin) -> Result<(), CallError> {
         allocated_bytes: 1 << 29,
     };
     match slot {
-        Slot::Admission => plugin.admit(&wire_candidate(&candidate), wire.get()).map(drop),
-        Slot::Capacity => plugin.shortfall(&wire_candidate(&candidate), wire.get()).map(drop),
+        Slot::Admission => plugin.admit(&wire_candidate(&candidate), view.wire()).map(drop),
+        Slot::Capacity => plugin.shortfall(&wire_candidate(&candidate), view.wire()).map(drop),
         Slot::Eviction => {
             let need = Need { amount: 0, basis: cinder::SizeBasis::Provisioned, entries: 1 };
-            let ids = plugin.victims(need.into(), wire.get())?;
+            let ids = plugin.victims(need.into(), view.wire())?;
             check_victims(need, &view, &ids)
         }
     }

@@ -17,26 +17,7 @@ use volcache_policy_core as cinder;
 wit_bindgen::generate!({ path: "../../wit", world: "eviction-policy" });
 
 use exports::volcache::policy::{eviction, plugin};
-use volcache::policy::types::{Entry, Need, SizeBasis, View};
-
-// The policy core reads the WIT-generated entries in place: no copy of 10,000 records.
-impl cinder::EntryView for Entry {
-    fn id(&self) -> u64 {
-        self.id
-    }
-    fn size_gib(&self) -> u64 {
-        self.size_gib
-    }
-    fn allocated_bytes(&self) -> u64 {
-        self.allocated_bytes
-    }
-    fn last_used_ms(&self) -> u64 {
-        self.last_used_ms
-    }
-    fn pinned(&self) -> bool {
-        self.pinned
-    }
-}
+use volcache::policy::types::{Need, SizeBasis, View};
 
 struct Lru;
 
@@ -65,7 +46,15 @@ impl eviction::Guest for Lru {
             },
             entries: need.entries,
         };
-        cinder::lru_victims(need, &view.entries)
+        // The policy core reads the view's columns in place: no copy of 10,000 entries.
+        let entries = cinder::Columns {
+            ids: &view.ids,
+            size_gib: &view.size_gib,
+            allocated_bytes: &view.allocated_bytes,
+            last_used_ms: &view.last_used_ms,
+            pinned: &view.pinned,
+        };
+        cinder::lru_victims(need, &entries)
     }
 }
 

@@ -16,27 +16,9 @@ use volcache_policy_core as cinder;
 wit_bindgen::generate!({ path: "../../wit", world: "capacity-policy" });
 
 use exports::volcache::policy::{capacity, plugin};
-use volcache::policy::types::{Candidate, Entry, Need, SizeBasis, View};
+use volcache::policy::types::{Candidate, Need, SizeBasis, View};
 
 static LIMITS: cinder::AtomicLimits = cinder::AtomicLimits::new();
-
-impl cinder::EntryView for Entry {
-    fn id(&self) -> u64 {
-        self.id
-    }
-    fn size_gib(&self) -> u64 {
-        self.size_gib
-    }
-    fn allocated_bytes(&self) -> u64 {
-        self.allocated_bytes
-    }
-    fn last_used_ms(&self) -> u64 {
-        self.last_used_ms
-    }
-    fn pinned(&self) -> bool {
-        self.pinned
-    }
-}
 
 struct Quota;
 
@@ -60,7 +42,14 @@ impl plugin::Guest for Quota {
 impl capacity::Guest for Quota {
     fn shortfall(candidate: Candidate, view: View) -> Result<Need, String> {
         let size = cinder::CandidateSize { size_gib: candidate.size_gib, allocated_bytes: candidate.allocated_bytes };
-        let need = cinder::shortfall(&LIMITS.load(), size, &view.entries).map_err(|r| format!("{r}"))?;
+        let entries = cinder::Columns {
+            ids: &view.ids,
+            size_gib: &view.size_gib,
+            allocated_bytes: &view.allocated_bytes,
+            last_used_ms: &view.last_used_ms,
+            pinned: &view.pinned,
+        };
+        let need = cinder::shortfall(&LIMITS.load(), size, &entries).map_err(|r| format!("{r}"))?;
         Ok(Need {
             amount: need.amount,
             basis: match need.basis {

@@ -52,21 +52,13 @@ fn mode() -> &'static str {
     MODES[usize::from(MODE.load(Ordering::Relaxed))]
 }
 
-impl cinder::EntryView for Entry {
-    fn id(&self) -> u64 {
-        self.id
-    }
-    fn size_gib(&self) -> u64 {
-        self.size_gib
-    }
-    fn allocated_bytes(&self) -> u64 {
-        self.allocated_bytes
-    }
-    fn last_used_ms(&self) -> u64 {
-        self.last_used_ms
-    }
-    fn pinned(&self) -> bool {
-        self.pinned
+fn columns(view: &View) -> cinder::Columns<'_> {
+    cinder::Columns {
+        ids: &view.ids,
+        size_gib: &view.size_gib,
+        allocated_bytes: &view.allocated_bytes,
+        last_used_ms: &view.last_used_ms,
+        pinned: &view.pinned,
     }
 }
 
@@ -82,7 +74,7 @@ fn recurse(n: u64) -> u64 {
 
 /// The misbehaviours every slot shares; returns normally for id-level modes.
 fn misbehave(view: &View) {
-    if (view.entries.len() as u64) < TRIGGER.load(Ordering::Relaxed) {
+    if (view.ids.len() as u64) < TRIGGER.load(Ordering::Relaxed) {
         return;
     }
     match mode() {
@@ -111,7 +103,7 @@ fn misbehave(view: &View) {
 }
 
 fn triggered(view: &View) -> bool {
-    (view.entries.len() as u64) >= TRIGGER.load(Ordering::Relaxed)
+    (view.ids.len() as u64) >= TRIGGER.load(Ordering::Relaxed)
 }
 
 struct Evil;
@@ -163,7 +155,7 @@ impl admission::Guest for Evil {
 impl capacity::Guest for Evil {
     fn shortfall(candidate: Candidate, view: View) -> Result<Need, String> {
         misbehave(&view);
-        let need = cinder::shortfall(&LIMITS.load(), size(&candidate), &view.entries).map_err(|r| format!("{r}"))?;
+        let need = cinder::shortfall(&LIMITS.load(), size(&candidate), &columns(&view)).map_err(|r| format!("{r}"))?;
         let basis = match need.basis {
             cinder::SizeBasis::Provisioned => SizeBasis::Provisioned,
             cinder::SizeBasis::Allocated => SizeBasis::Allocated,
@@ -180,7 +172,7 @@ impl eviction::Guest for Evil {
             SizeBasis::Allocated => cinder::SizeBasis::Allocated,
         };
         let honest =
-            cinder::lru_victims(cinder::Need { amount: need.amount, basis, entries: need.entries }, &view.entries);
+            cinder::lru_victims(cinder::Need { amount: need.amount, basis, entries: need.entries }, &columns(&view));
         if !triggered(&view) {
             return honest;
         }
@@ -194,7 +186,7 @@ impl eviction::Guest for Evil {
                 }
                 None => honest,
             },
-            "pinned-ids" => view.entries.iter().filter(|e| e.pinned).map(|e| e.id).collect(),
+            "pinned-ids" => view.pinned.clone(),
             "too-few" => Vec::new(),
             "huge" => (1..=(4u64 << 20)).collect(),
             "last-hit" => vec![LAST_HIT.load(Ordering::Relaxed)],

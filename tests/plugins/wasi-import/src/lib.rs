@@ -44,8 +44,8 @@ impl plugin::Guest for RandomLru {
 
 impl eviction::Guest for RandomLru {
     fn victims(_need: Need, view: View) -> Vec<u64> {
-        let pick = wasi::random::random::get_random_u64() as usize % view.entries.len().max(1);
-        view.entries.get(pick).map(|e| vec![e.id]).unwrap_or_default()
+        let pick = wasi::random::random::get_random_u64() as usize % view.ids.len().max(1);
+        view.ids.get(pick).map(|&id| vec![id]).unwrap_or_default()
     }
 }
 
