@@ -136,7 +136,10 @@ proptest! {
     }
 }
 
-fn columns_of(entries: &[Entry]) -> (Vec<u64>, Vec<u64>, Vec<u64>, Vec<u64>, Vec<u64>) {
+/// ids, size_gib, allocated_bytes, last_used_ms and pinned ids, as owned columns.
+type OwnedColumns = (Vec<u64>, Vec<u64>, Vec<u64>, Vec<u64>, Vec<u64>);
+
+fn columns_of(entries: &[Entry]) -> OwnedColumns {
     let mut pinned: Vec<u64> = entries.iter().filter(|e| e.pinned).map(|e| e.id).collect();
     pinned.sort_unstable();
     (
