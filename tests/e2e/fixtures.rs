@@ -33,8 +33,12 @@ fn shared_cache() -> Option<PathBuf> {
     Some(std::env::temp_dir().join(format!("volcache-e2e-{}", std::process::id())))
 }
 
+/// Deadline of test engines: long enough that a busy CI machine never turns a slow but finite
+/// call into a timeout. Only tests about endless loops use a short one.
+pub const GENEROUS_DEADLINE: Duration = Duration::from_secs(30);
+
 pub fn engine() -> PolicyEngine {
-    PolicyEngine::new(EngineOptions { cache_dir: shared_cache(), ..EngineOptions::default() }).expect("engine")
+    engine_with_deadline(GENEROUS_DEADLINE)
 }
 
 pub fn engine_with_deadline(deadline: Duration) -> PolicyEngine {
