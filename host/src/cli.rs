@@ -33,9 +33,39 @@ pub enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Convert an image (raw or qcow2; a path, http(s):// URL or glance+http(s)://.../v2/images/ID)
+    /// into a thin raw file, like `qemu-img convert -O raw`.
+    Convert(ConvertArgs),
     /// Inspect and check policy plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    pub src: String,
+    pub dst: PathBuf,
+    /// The source's format; `auto` detects it (a declared format must match the detected one).
+    #[arg(long, default_value = "auto")]
+    pub format: String,
+    /// Zero-detection granularity in bytes: aligned all-zero blocks this big are not written.
+    #[arg(long, default_value_t = crate::sparse::DEFAULT_MIN_SPARSE)]
+    pub min_sparse: u64,
+    /// Write every byte, zeros included (thin provisioning off).
+    #[arg(long)]
+    pub dense: bool,
+    /// Expected md5 of the source image (Glance's `checksum`).
+    #[arg(long)]
+    pub md5: Option<String>,
+    /// Expected sha256 of the source image.
+    #[arg(long, conflicts_with = "sha512")]
+    pub sha256: Option<String>,
+    /// Expected sha512 of the source image.
+    #[arg(long)]
+    pub sha512: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +117,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::server::serve(config)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Convert(args) => convert(args),
         Command::Plugin(PluginCommand::Inspect { file, json }) => inspect(&file, json),
         Command::Plugin(PluginCommand::Check(args)) => check(args),
     }
@@ -147,5 +178,81 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             eprintln!("volcache: check failed for {}: {e}", args.file.display());
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+fn convert(args: ConvertArgs) -> anyhow::Result<ExitCode> {
+    use crate::image::convert::{convert, ConvertOptions, HolesFrom};
+    use crate::image::source::{Expected, HashAlgo, Location};
+    use std::io::IsTerminal;
+
+    let format = match args.format.as_str() {
+        "auto" => None,
+        other => Some(other.parse().map_err(|e: String| anyhow::anyhow!("--format: {e}"))?),
+    };
+    let hash = match (args.sha256, args.sha512) {
+        (Some(h), _) => Some((HashAlgo::Sha256, h.to_ascii_lowercase())),
+        (_, Some(h)) => Some((HashAlgo::Sha512, h.to_ascii_lowercase())),
+        _ => None,
+    };
+    let options = ConvertOptions {
+        format,
+        min_sparse: args.min_sparse,
+        mode: if args.dense { crate::sparse::WriteMode::Dense } else { crate::sparse::WriteMode::Thin },
+        expected: Expected { md5: args.md5.map(|m| m.to_ascii_lowercase()), hash },
+        token: std::env::var("OS_AUTH_TOKEN").ok().filter(|t| !t.is_empty()),
+    };
+    let location = Location::parse(&args.src)?;
+    let show = !args.json && std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut last = Instant::now();
+    let mut progress = |done: u64, total: u64| {
+        if show && last.elapsed() >= Duration::from_millis(200) {
+            last = Instant::now();
+            let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3) / (1 << 20) as f64;
+            match total {
+                0 => eprint!("\r  downloading... {:>8.0} MiB/s", rate),
+                _ => {
+                    eprint!("\r  {:>5.1}% of {}  {:>8.0} MiB/s", done as f64 * 100.0 / total as f64, human(total), rate)
+                }
+            }
+        }
+    };
+    let report = convert(&location, &args.dst, &options, &mut progress)?;
+    if show {
+        eprint!("\r{:60}\r", "");
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("converted {} to thin raw: {}", report.format, args.dst.display());
+        println!("  virtual size   {}", human(report.virtual_size));
+        println!("  read           {}", human(report.bytes_read));
+        println!("  data written   {}", human(report.write.data_bytes_written));
+        println!("  zeros skipped  {}", human(report.write.zero_bytes_skipped));
+        let how = match report.holes_from {
+            HolesFrom::SeekData => "found with SEEK_DATA, never read",
+            HolesFrom::Qcow2Tables => "from the qcow2 tables, never read",
+            HolesFrom::None => "the source was read in full",
+        };
+        println!("  holes skipped  {} ({how})", human(report.write.hole_bytes_skipped));
+        println!("  elapsed        {:.2} s ({:.0} MiB/s)", report.elapsed_seconds, report.throughput_mib_s);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Bytes in binary units, e.g. "1.50 GiB".
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.2} {}", UNITS[unit])
     }
 }

@@ -5,7 +5,11 @@
 //! components; [`cli`] and [`server`] are the command line and the HTTP daemon on top.
 #![deny(unsafe_code)]
 
+pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod image;
 pub mod policy;
 pub mod server;
+pub mod sparse;
+pub mod sys;

@@ -98,3 +98,67 @@ pub fn candidate(size_gib: u64) -> Candidate {
         allocated_bytes: size_gib << 29,
     }
 }
+
+/// Runs a tool the tests depend on (qemu-img, qemu-io, mkfs.xfs, ...), failing loudly with what
+/// to install when it is missing.
+pub fn run(tool: &str, args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new(tool).args(args).output().unwrap_or_else(|e| {
+        panic!("cannot run {tool} ({e}): these tests need it; `make test` installs it (scripts/install-deps.sh)")
+    });
+    assert!(out.status.success(), "{tool} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// The `volcache` binary under test.
+pub fn volcache(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_volcache")).args(args).output().expect("run volcache")
+}
+
+pub const MIB: u64 = 1 << 20;
+
+/// A raw image laid out like a small cloud image: a few large data extents, many small ones,
+/// explicitly written zero blocks, holes, and a size that is no multiple of any cluster size.
+pub fn cloud_like_raw(path: &std::path::Path, size: u64) {
+    let p = path.to_str().unwrap();
+    run("qemu-img", &["create", "-q", "-f", "raw", p, &size.to_string()]);
+    let mut cmds: Vec<String> = vec![
+        "write -P 0x5a 0 2M".into(),  // boot area
+        "write -P 0x00 2M 1M".into(), // explicit zeros, allocated in the source
+        "write -P 0x33 5M 7M".into(), // a large extent
+        format!("write -P 0x44 {} 3M", size / 2),
+    ];
+    for i in 0..48u64 {
+        // Many small extents at odd, 512-aligned offsets.
+        let at = 16 * MIB + i * 397 * 1024 + (i % 7) * 512;
+        cmds.push(format!("write -P {} {at} {}", 1 + i % 250, 512 * (1 + i % 9)));
+    }
+    cmds.push(format!("write -P 0x77 {} 4k", size - 4096 - 1024));
+    let mut args = vec!["-f", "raw"];
+    for c in &cmds {
+        args.extend(["-c", c.as_str()]);
+    }
+    args.push(p);
+    run("qemu-io", &args);
+}
+
+/// Bytes allocated on disk.
+pub fn allocated(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// Data extents of a file (SEEK_DATA/SEEK_HOLE).
+pub fn extents(path: &std::path::Path) -> usize {
+    let file = std::fs::File::open(path).unwrap();
+    let len = file.metadata().unwrap().len();
+    volcache::sparse::DataExtents::new(&file, len).count()
+}
+
+/// Asserts that two files hold the same bytes, pointing at the first difference.
+pub fn assert_same_bytes(a: &std::path::Path, b: &std::path::Path) {
+    let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    assert_eq!(x.len(), y.len(), "{} and {} differ in size", a.display(), b.display());
+    if let Some(at) = x.iter().zip(&y).position(|(p, q)| p != q) {
+        panic!("{} and {} differ at byte {at}", a.display(), b.display());
+    }
+}

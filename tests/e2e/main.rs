@@ -15,5 +15,6 @@ mod adversarial;
 mod artifact_cache;
 mod cinder;
 mod components;
+mod convert;
 mod daemon;
 mod hot_swap;

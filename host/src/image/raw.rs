@@ -1,0 +1,118 @@
+//! Raw images: from a file, only its data extents are read (holes are skipped without reading);
+//! from a stream (HTTP, a pipe), everything is read in order.
+#![forbid(unsafe_code)]
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+
+use super::source::Checker;
+use super::ImageError;
+use crate::sparse::{DataExtents, ThinWriter};
+
+const CHUNK: usize = 8 << 20;
+
+/// Result of a raw copy.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawStats {
+    pub bytes_read: u64,
+    /// SEEK_DATA/SEEK_HOLE answered; holes were skipped unread.
+    pub hole_aware: bool,
+}
+
+/// Copies a raw file of `size` bytes. Holes are fed to `checker` as zeros, never read.
+pub fn copy_file(
+    src: &File,
+    size: u64,
+    out: &mut ThinWriter<'_>,
+    mut checker: Option<&mut Checker>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<RawStats, ImageError> {
+    let mut stats = RawStats::default();
+    let mut buf = vec![0u8; CHUNK];
+    let mut extents = DataExtents::new(src, size);
+    let mut pos = 0u64;
+    for extent in extents.by_ref() {
+        let extent = extent.map_err(|e| ImageError::io("finding the image's data", e))?;
+        if extent.offset > pos {
+            out.hole(pos, extent.offset - pos).map_err(ImageError::Write)?;
+            if let Some(c) = checker.as_deref_mut() {
+                c.update_zeros(extent.offset - pos);
+            }
+        }
+        let end = extent.offset + extent.len;
+        let mut at = extent.offset;
+        while at < end {
+            let n = (end - at).min(CHUNK as u64) as usize;
+            src.read_exact_at(&mut buf[..n], at).map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => {
+                    ImageError::Truncated { what: "raw image".into(), need: at + n as u64, have: at }
+                }
+                _ => ImageError::io("reading the image", e),
+            })?;
+            if let Some(c) = checker.as_deref_mut() {
+                c.update(&buf[..n]);
+            }
+            out.write_at(at, &buf[..n]).map_err(ImageError::Write)?;
+            stats.bytes_read += n as u64;
+            at += n as u64;
+            progress(at);
+        }
+        pos = end;
+    }
+    if pos < size {
+        out.hole(pos, size - pos).map_err(ImageError::Write)?;
+        if let Some(c) = checker {
+            c.update_zeros(size - pos);
+        }
+    }
+    stats.hole_aware = extents.hole_aware();
+    progress(size);
+    Ok(stats)
+}
+
+/// Copies a raw stream that starts with `head` (bytes already read from it). When `expected_len`
+/// is known, a shorter stream is an error.
+pub fn copy_stream(
+    head: &[u8],
+    reader: &mut dyn Read,
+    expected_len: Option<u64>,
+    out: &mut ThinWriter<'_>,
+    checker: &mut Checker,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64, ImageError> {
+    checker.update(head);
+    out.write_at(0, head).map_err(ImageError::Write)?;
+    let mut total = head.len() as u64;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = read_full(reader, &mut buf).map_err(|e| ImageError::Download(format!("after {total} bytes: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        checker.update(&buf[..n]);
+        out.write_at(total, &buf[..n]).map_err(ImageError::Write)?;
+        total += n as u64;
+        progress(total);
+    }
+    if let Some(expected) = expected_len {
+        if total != expected {
+            return Err(ImageError::Truncated { what: "download".into(), need: expected, have: total });
+        }
+    }
+    Ok(total)
+}
+
+/// Reads until `buf` is full or the stream ends.
+pub(crate) fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}

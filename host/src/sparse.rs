@@ -1,0 +1,314 @@
+//! Thin I/O: find where a file's data is without reading its holes, and write only data.
+//!
+//! Reading: [`DataExtents`] walks a file's data with SEEK_DATA/SEEK_HOLE; where the file system
+//! or file kind cannot answer, the whole file is one extent and is read in full.
+//!
+//! Writing: a [`ThinWriter`] receives the image's bytes in offset order. Each aligned block of
+//! `min_sparse` bytes (4 KiB by default, like `qemu-img convert -S 4k`) that is all zeros is not
+//! written: on a fresh sparse target it is simply skipped, on a target that may hold old data it
+//! is punched out. Data is gathered into large writes. With [`WriteMode::Dense`] every byte is
+//! written, zeros included; the bytes read back are identical either way.
+#![forbid(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use crate::sys;
+
+/// Default zero-detection granularity.
+pub const DEFAULT_MIN_SPARSE: u64 = 4096;
+/// Largest single write.
+const WRITE_BATCH: usize = 8 << 20;
+
+/// A run of data: `len` bytes at `offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Data extents of a file, in order, up to `size`.
+#[derive(Debug)]
+pub struct DataExtents<'f> {
+    file: &'f File,
+    pos: u64,
+    size: u64,
+    /// SEEK_DATA is unavailable: everything is one extent.
+    whole: bool,
+}
+
+impl<'f> DataExtents<'f> {
+    pub fn new(file: &'f File, size: u64) -> Self {
+        DataExtents { file, pos: 0, size, whole: false }
+    }
+
+    /// Whether the file system answered SEEK_DATA (false after a fallback to reading all).
+    pub fn hole_aware(&self) -> bool {
+        !self.whole
+    }
+
+    fn next_extent(&mut self) -> io::Result<Option<Extent>> {
+        if self.pos >= self.size {
+            return Ok(None);
+        }
+        if self.whole {
+            let e = Extent { offset: self.pos, len: self.size - self.pos };
+            self.pos = self.size;
+            return Ok(Some(e));
+        }
+        let start = match sys::next_data(self.file, self.pos) {
+            Ok(Some(start)) if start < self.size => start,
+            Ok(_) => {
+                self.pos = self.size;
+                return Ok(None);
+            }
+            Err(e) if sys::is_unsupported(&e) => {
+                self.whole = true;
+                return self.next_extent();
+            }
+            Err(e) => return Err(e),
+        };
+        let end = sys::next_hole(self.file, start)?.min(self.size);
+        self.pos = end;
+        Ok(Some(Extent { offset: start, len: end - start }))
+    }
+}
+
+impl Iterator for DataExtents<'_> {
+    type Item = io::Result<Extent>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_extent().transpose()
+    }
+}
+
+/// Whether zeros are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WriteMode {
+    /// Zero blocks and holes are not written (`*_thin_provisioning = true`, the default).
+    #[default]
+    Thin,
+    /// Every byte is written.
+    Dense,
+}
+
+/// What the target held before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A new, empty (sparse) file: skipping a block leaves zeros.
+    Fresh,
+    /// A file that may hold old data: zero blocks must be punched out.
+    MayHoldData,
+}
+
+/// Counters of one thin write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WriteStats {
+    /// Bytes written to the target.
+    pub data_bytes_written: u64,
+    /// Bytes received that were zeros and were not written.
+    pub zero_bytes_skipped: u64,
+    /// Bytes the source reported as holes, never read and never written.
+    pub hole_bytes_skipped: u64,
+}
+
+/// Writes an image's bytes thin; see the module docs.
+#[derive(Debug)]
+pub struct ThinWriter<'f> {
+    file: &'f File,
+    mode: WriteMode,
+    target: Target,
+    block: u64,
+    /// Pending contiguous data and where it goes.
+    pending: Vec<u8>,
+    pending_at: u64,
+    /// Pending zero range to punch (only for `Target::MayHoldData`).
+    punch: Option<(u64, u64)>,
+    /// A partial block carried over between calls, so zero detection stays block-aligned.
+    carry: Vec<u8>,
+    carry_at: u64,
+    next: u64,
+    stats: WriteStats,
+}
+
+fn is_zero(block: &[u8]) -> bool {
+    let mut words = block.chunks_exact(16);
+    words.all(|w| u128::from_ne_bytes(w.try_into().unwrap_or([1; 16])) == 0)
+        && words.remainder().iter().all(|&b| b == 0)
+}
+
+impl<'f> ThinWriter<'f> {
+    /// `min_sparse` is the zero-detection block size (a power of two, at least 512).
+    pub fn new(file: &'f File, mode: WriteMode, target: Target, min_sparse: u64) -> Self {
+        ThinWriter {
+            file,
+            mode,
+            target,
+            block: min_sparse.max(512),
+            pending: Vec::with_capacity(WRITE_BATCH),
+            pending_at: 0,
+            punch: None,
+            carry: Vec::new(),
+            carry_at: 0,
+            next: 0,
+            stats: WriteStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> WriteStats {
+        self.stats
+    }
+
+    /// Takes `data`, the image's bytes at `offset`. Offsets must not go backwards; a gap since
+    /// the last call is treated as a hole.
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if offset > self.next {
+            self.hole(self.next, offset - self.next)?;
+        }
+        let block = self.block as usize;
+        let (mut offset, mut data) = (offset, data);
+        while !data.is_empty() {
+            if self.carry.is_empty() && offset % self.block == 0 && data.len() >= block {
+                // Fast path: whole aligned blocks straight from the caller's buffer.
+                let whole = data.len() / block * block;
+                for chunk in data[..whole].chunks_exact(block) {
+                    self.block_at(offset, chunk)?;
+                    offset += self.block;
+                }
+                data = &data[whole..];
+                continue;
+            }
+            // A partial block: gather it until it reaches the next block boundary.
+            if self.carry.is_empty() {
+                self.carry_at = offset;
+            }
+            let room = (self.block - offset % self.block) as usize;
+            let take = room.min(data.len());
+            self.carry.extend_from_slice(&data[..take]);
+            offset += take as u64;
+            data = &data[take..];
+            if offset % self.block == 0 {
+                self.flush_carry()?;
+            }
+        }
+        self.next = offset;
+        Ok(())
+    }
+
+    /// The source has a hole of `len` bytes at `offset`: nothing was read; zeros are implied.
+    pub fn hole(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        let (offset, len) = match offset.checked_sub(self.next) {
+            Some(gap) if gap > 0 => (self.next, len + gap),
+            _ => (offset, len),
+        };
+        if len == 0 {
+            return Ok(());
+        }
+        self.flush_carry()?;
+        self.flush_pending()?;
+        self.stats.hole_bytes_skipped += len;
+        match (self.mode, self.target) {
+            (WriteMode::Dense, _) => {
+                write_zeros(self.file, offset, len)?;
+                self.stats.data_bytes_written += len;
+            }
+            (WriteMode::Thin, Target::MayHoldData) => self.add_punch(offset, len)?,
+            (WriteMode::Thin, Target::Fresh) => {}
+        }
+        self.next = offset + len;
+        Ok(())
+    }
+
+    fn flush_carry(&mut self) -> io::Result<()> {
+        if self.carry.is_empty() {
+            return Ok(());
+        }
+        let carry = std::mem::take(&mut self.carry);
+        self.block_at(self.carry_at, &carry)?;
+        self.carry = carry;
+        self.carry.clear();
+        Ok(())
+    }
+
+    fn block_at(&mut self, offset: u64, block: &[u8]) -> io::Result<()> {
+        if self.mode == WriteMode::Thin && is_zero(block) {
+            self.flush_pending()?;
+            self.stats.zero_bytes_skipped += block.len() as u64;
+            if self.target == Target::MayHoldData {
+                self.add_punch(offset, block.len() as u64)?;
+            }
+            return Ok(());
+        }
+        self.flush_punch()?;
+        if !self.pending.is_empty() && self.pending_at + self.pending.len() as u64 != offset {
+            self.flush_pending()?;
+        }
+        if self.pending.is_empty() {
+            self.pending_at = offset;
+        }
+        self.pending.extend_from_slice(block);
+        if self.pending.len() >= WRITE_BATCH {
+            self.flush_pending()?;
+        }
+        Ok(())
+    }
+
+    fn flush_pending(&mut self) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            self.file.write_all_at(&self.pending, self.pending_at)?;
+            self.stats.data_bytes_written += self.pending.len() as u64;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    fn add_punch(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        match &mut self.punch {
+            Some((start, plen)) if *start + *plen == offset => *plen += len,
+            _ => {
+                self.flush_punch()?;
+                self.punch = Some((offset, len));
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_punch(&mut self) -> io::Result<()> {
+        if let Some((offset, len)) = self.punch.take() {
+            match sys::punch_hole(self.file, offset, len) {
+                Ok(()) => {}
+                // No hole punching here: write the zeros so the bytes are still right.
+                Err(e) if sys::is_unsupported(&e) => write_zeros(self.file, offset, len)?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what is pending and sets the file's size to `size`; what the source never
+    /// reached counts as a hole.
+    pub fn finish(mut self, size: u64) -> io::Result<WriteStats> {
+        self.flush_carry()?;
+        if self.next < size {
+            self.hole(self.next, size - self.next)?;
+        }
+        self.flush_pending()?;
+        self.flush_punch()?;
+        self.file.set_len(size)?;
+        Ok(self.stats)
+    }
+}
+
+fn write_zeros(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let zeros = vec![0u8; WRITE_BATCH.min(len as usize)];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64);
+        file.write_all_at(&zeros[..n as usize], offset + done)?;
+        done += n;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

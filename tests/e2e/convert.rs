@@ -1,0 +1,258 @@
+//! `volcache convert` against the reference, `qemu-img convert -O raw`, on images qemu-img made:
+//! byte for byte, and by allocation (within one file system block per extent).
+
+use std::path::{Path, PathBuf};
+
+use crate::fixtures::{allocated, assert_same_bytes, cloud_like_raw, extents, run, volcache, MIB};
+
+/// 96 MiB + 3.5 KiB: no multiple of 64 KiB or 2 MiB clusters.
+const SIZE: u64 = 96 * MIB + 7 * 512;
+
+struct Case {
+    dir: tempfile::TempDir,
+    raw: PathBuf,
+}
+
+impl Case {
+    fn new() -> Case {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("source.raw");
+        cloud_like_raw(&raw, SIZE);
+        Case { dir, raw }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// qemu-img converts the source raw into `name` with `opts`.
+    fn qcow2(&self, name: &str, opts: &[&str]) -> PathBuf {
+        let out = self.path(name);
+        let mut args = vec!["convert", "-f", "raw", "-O", "qcow2"];
+        args.extend_from_slice(opts);
+        args.extend([self.raw.to_str().unwrap(), out.to_str().unwrap()]);
+        run("qemu-img", &args);
+        out
+    }
+
+    /// Converts `image` with volcache and with qemu-img, and compares the results.
+    fn check(&self, image: &Path) -> serde_json::Value {
+        let ours = self.path("ours.raw");
+        let theirs = self.path("theirs.raw");
+        let _ = std::fs::remove_file(&ours);
+        let out = volcache(&["convert", image.to_str().unwrap(), ours.to_str().unwrap(), "--json"]);
+        assert!(out.status.success(), "{}: {}", image.display(), String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        run("qemu-img", &["convert", "-O", "raw", image.to_str().unwrap(), theirs.to_str().unwrap()]);
+        assert_same_bytes(&ours, &theirs);
+        assert_same_bytes(&ours, &self.raw);
+        let (a, b) = (allocated(&ours), allocated(&theirs));
+        let slack = 4096 * extents(&theirs).max(1) as u64;
+        assert!(a.abs_diff(b) <= slack, "{}: volcache allocates {a}, qemu-img {b} (slack {slack})", image.display());
+        assert_eq!(report["virtual_size"], SIZE);
+        report
+    }
+}
+
+#[test]
+fn raw_matches_qemu_img_and_skips_holes_unread() {
+    let case = Case::new();
+    let report = case.check(&case.raw);
+    assert_eq!(report["format"], "raw");
+    assert_eq!(report["holes_from"], "seek-data");
+    // Only the data extents were read; the 1 MiB of written zeros was read but not written.
+    assert!(report["bytes_read"].as_u64().unwrap() < SIZE / 3, "{report}");
+    assert!(report["zero_bytes_skipped"].as_u64().unwrap() >= MIB, "{report}");
+    assert!(report["hole_bytes_skipped"].as_u64().unwrap() > SIZE / 2, "{report}");
+}
+
+#[test]
+fn qcow2_v2_and_v3_match_qemu_img() {
+    let case = Case::new();
+    for (name, opts) in [("v2.qcow2", &["-o", "compat=0.10"][..]), ("v3.qcow2", &["-o", "compat=1.1"][..])] {
+        let report = case.check(&case.qcow2(name, opts));
+        assert_eq!(report["format"], "qcow2");
+        assert_eq!(report["holes_from"], "qcow2-tables");
+    }
+}
+
+#[test]
+fn qcow2_cluster_sizes_64k_and_2m_match_qemu_img() {
+    let case = Case::new();
+    for cs in ["65536", "2097152", "4096"] {
+        case.check(&case.qcow2(&format!("cs{cs}.qcow2"), &["-o", &format!("cluster_size={cs}")]));
+    }
+}
+
+#[test]
+fn compressed_qcow2_deflate_and_zstd_match_qemu_img() {
+    let case = Case::new();
+    case.check(&case.qcow2("deflate.qcow2", &["-c"]));
+    case.check(&case.qcow2("zstd.qcow2", &["-c", "-o", "compression_type=zstd"]));
+    case.check(&case.qcow2("zstd-2m.qcow2", &["-c", "-o", "compression_type=zstd,cluster_size=2097152"]));
+}
+
+#[test]
+fn zero_clusters_and_extended_l2_match_qemu_img() {
+    let case = Case::new();
+    // Turn data into zero clusters (v3 zero flag, and extended-L2 zero subclusters).
+    for (name, opts) in [("zero.qcow2", "compat=1.1"), ("extl2.qcow2", "extended_l2=on,cluster_size=65536")] {
+        let img = case.qcow2(name, &["-o", opts]);
+        let p = img.to_str().unwrap();
+        run("qemu-io", &["-f", "qcow2", "-c", "write -z 6M 2M", "-c", "write -z 40k 8k", "-c", "write -z 5M 4k", p]);
+        // The source raw must say the same, for the byte comparison with it.
+        run(
+            "qemu-io",
+            &[
+                "-f",
+                "raw",
+                "-c",
+                "write -z 6M 2M",
+                "-c",
+                "write -z 40k 8k",
+                "-c",
+                "write -z 5M 4k",
+                case.raw.to_str().unwrap(),
+            ],
+        );
+        case.check(&img);
+    }
+}
+
+#[test]
+fn dense_output_has_the_same_bytes_and_all_blocks() {
+    let case = Case::new();
+    let (thin, dense) = (case.path("thin.raw"), case.path("dense.raw"));
+    let img = case.qcow2("d.qcow2", &[]);
+    assert!(volcache(&["convert", img.to_str().unwrap(), thin.to_str().unwrap()]).status.success());
+    assert!(volcache(&["convert", "--dense", img.to_str().unwrap(), dense.to_str().unwrap()]).status.success());
+    assert_same_bytes(&thin, &dense);
+    assert!(allocated(&dense) >= SIZE - 4096);
+    assert!(allocated(&thin) < SIZE / 3);
+}
+
+fn failing(args: &[&str], expect: &str) {
+    let out = volcache(args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one line, please: {err}");
+    assert!(err.contains(expect), "{args:?}: expected {expect:?} in {err}");
+}
+
+fn leftovers(dir: &Path, keep: &[&Path]) -> Vec<PathBuf> {
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| !keep.contains(&p.as_path())).collect()
+}
+
+#[test]
+fn corrupt_and_unsupported_images_fail_with_one_clear_line_and_leave_nothing() {
+    let case = Case::new();
+    let good = case.qcow2("good.qcow2", &[]);
+    let data = std::fs::read(&good).unwrap();
+    let out = case.path("out.raw");
+    let o = out.to_str().unwrap();
+
+    let truncated = case.path("truncated.qcow2");
+    std::fs::write(&truncated, &data[..data.len() / 2]).unwrap();
+    failing(&["convert", truncated.to_str().unwrap(), o], "truncated image");
+
+    let mut bad_bits = data.clone();
+    bad_bits[23] = 40; // cluster_bits
+    let bad = case.path("bits.qcow2");
+    std::fs::write(&bad, &bad_bits).unwrap();
+    failing(&["convert", bad.to_str().unwrap(), o], "cluster_bits");
+
+    let mut huge_l1 = data.clone();
+    huge_l1[36..40].copy_from_slice(&u32::MAX.to_be_bytes());
+    let l1 = case.path("l1.qcow2");
+    std::fs::write(&l1, &huge_l1).unwrap();
+    failing(&["convert", l1.to_str().unwrap(), o], "L1 table");
+
+    let backed = case.path("backed.qcow2");
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", good.to_str().unwrap(), backed.to_str().unwrap()],
+    );
+    failing(&["convert", backed.to_str().unwrap(), o], "backing file");
+
+    let encrypted = case.path("enc.qcow2");
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "--object",
+            "secret,id=s0,data=secret123",
+            "-f",
+            "qcow2",
+            "-o",
+            "encrypt.format=luks,encrypt.key-secret=s0",
+            encrypted.to_str().unwrap(),
+            "1M",
+        ],
+    );
+    failing(&["convert", encrypted.to_str().unwrap(), o], "encrypted");
+
+    failing(&["convert", "--format", "raw", good.to_str().unwrap(), o], "declared raw");
+    failing(&["convert", "--format", "vmdk", good.to_str().unwrap(), o], "--format");
+    failing(
+        &["convert", "--md5", "00000000000000000000000000000000", good.to_str().unwrap(), o],
+        "md5 checksum mismatch",
+    );
+    failing(&["convert", "/nonexistent/image", o], "/nonexistent/image");
+
+    let keep: Vec<&Path> = vec![&case.raw, &good, &truncated, &bad, &l1, &backed, &encrypted];
+    assert_eq!(leftovers(case.dir.path(), &keep), Vec::<PathBuf>::new(), "a failed convert left files behind");
+}
+
+#[test]
+fn checksums_that_match_are_accepted() {
+    let case = Case::new();
+    let img = case.qcow2("sum.qcow2", &[]);
+    let md5 = String::from_utf8(run("md5sum", &[img.to_str().unwrap()]).stdout).unwrap();
+    let sha = String::from_utf8(run("sha512sum", &[img.to_str().unwrap()]).stdout).unwrap();
+    let out = case.path("sum.raw");
+    let args = ["convert", "--md5", &md5[..32], "--sha512", &sha[..128], img.to_str().unwrap(), out.to_str().unwrap()];
+    let res = volcache(&args);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert_same_bytes(&out, &case.raw);
+}
+
+/// Random damage anywhere in a real qcow2 file: the reader answers with an error or with
+/// output, and never panics or allocates what the damage asks for.
+#[test]
+fn damaged_qcow2_never_panics() {
+    use volcache::image::convert::{convert, ConvertOptions};
+    use volcache::image::source::Location;
+
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("small.raw");
+    run("qemu-img", &["create", "-q", "-f", "raw", raw.to_str().unwrap(), "4M"]);
+    run("qemu-io", &["-f", "raw", "-c", "write -P 0x61 0 300k", "-c", "write -P 0x62 2M 64k", raw.to_str().unwrap()]);
+    let mut rng = crate::fixtures::Rng::new(7);
+    for (n, opts) in [&["-o", "cluster_size=4096"][..], &["-c"][..], &["-o", "extended_l2=on"][..]].iter().enumerate() {
+        let img = dir.path().join(format!("small{n}.qcow2"));
+        let mut args = vec!["convert", "-f", "raw", "-O", "qcow2"];
+        args.extend_from_slice(opts);
+        args.extend([raw.to_str().unwrap(), img.to_str().unwrap()]);
+        run("qemu-img", &args);
+        let pristine = std::fs::read(&img).unwrap();
+        for round in 0..150 {
+            let mut bytes = pristine.clone();
+            for _ in 0..1 + rng.below(6) {
+                // Mostly the header and tables, which sit in the first clusters.
+                let limit = if rng.below(3) == 0 { bytes.len() as u64 } else { 64 * 1024.min(bytes.len() as u64) };
+                let at = rng.below(limit) as usize;
+                bytes[at] = rng.next() as u8;
+            }
+            let damaged = dir.path().join("damaged.qcow2");
+            std::fs::write(&damaged, &bytes).unwrap();
+            let out = dir.path().join(format!("out-{n}-{round}.raw"));
+            let result = convert(&Location::File(damaged), &out, &ConvertOptions::default(), &mut |_, _| {});
+            if result.is_ok() {
+                std::fs::remove_file(&out).unwrap();
+            } else {
+                assert!(!out.exists(), "a failed conversion left {}", out.display());
+            }
+        }
+    }
+}
