@@ -4,6 +4,8 @@ set -euo pipefail
 need=()
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v md5sum >/dev/null || need+=(coreutils)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 [ "$(id -u)" = 0 ] || { echo "install-deps: please install as root: ${need[*]}" >&2; exit 1; }
 echo "install-deps: installing ${need[*]}" >&2

@@ -13,8 +13,10 @@ mod fixtures;
 
 mod adversarial;
 mod artifact_cache;
+mod backend;
 mod cinder;
 mod components;
 mod convert;
 mod daemon;
 mod hot_swap;
+mod http_sources;

@@ -225,7 +225,7 @@ fn from_stream(
     progress: Progress<'_>,
 ) -> Result<(DiskFormat, u64, u64, HolesFrom), ImageError> {
     let mut head = vec![0u8; 4096];
-    let n = raw::read_full(reader, &mut head).map_err(|e| ImageError::Download(e.to_string()))?;
+    let n = raw::read_full(reader, &mut head).map_err(|e| raw::stream_error(e, 0, len))?;
     head.truncate(n);
     let format = detect(&head)?;
     check_declared(declared, format)?;
@@ -250,8 +250,7 @@ fn from_stream(
             let mut total = head.len() as u64;
             let mut buf = vec![0u8; 8 << 20];
             loop {
-                let n = raw::read_full(reader, &mut buf)
-                    .map_err(|e| ImageError::Download(format!("after {total} bytes: {e}")))?;
+                let n = raw::read_full(reader, &mut buf).map_err(|e| raw::stream_error(e, total, len))?;
                 if n == 0 {
                     break;
                 }

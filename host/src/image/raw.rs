@@ -86,7 +86,7 @@ pub fn copy_stream(
     let mut total = head.len() as u64;
     let mut buf = vec![0u8; CHUNK];
     loop {
-        let n = read_full(reader, &mut buf).map_err(|e| ImageError::Download(format!("after {total} bytes: {e}")))?;
+        let n = read_full(reader, &mut buf).map_err(|e| stream_error(e, total, expected_len))?;
         if n == 0 {
             break;
         }
@@ -101,6 +101,17 @@ pub fn copy_stream(
         }
     }
     Ok(total)
+}
+
+/// A failed read from a download: before the announced length arrived, that is a truncated
+/// image (whatever the transport called it).
+pub(crate) fn stream_error(e: std::io::Error, received: u64, expected: Option<u64>) -> ImageError {
+    match expected {
+        Some(need) if received < need => {
+            ImageError::Truncated { what: format!("download ({e})"), need, have: received }
+        }
+        _ => ImageError::Download(format!("after {received} bytes: {e}")),
+    }
 }
 
 /// Reads until `buf` is full or the stream ends.
