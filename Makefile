@@ -9,7 +9,7 @@ TEST_PLUGIN_DIR := $(CURDIR)/target/test-plugins
 export VOLCACHE_PLUGIN_DIR := $(PLUGIN_DIR)
 export VOLCACHE_TEST_PLUGIN_DIR := $(TEST_PLUGIN_DIR)
 
-.PHONY: all run test plugins test-plugins deps lint bench fmt clean
+.PHONY: all run test plugins test-plugins deps lint bench fuzz fmt clean
 
 all: plugins
 	$(CARGO) build --release -p volcache
@@ -39,6 +39,14 @@ test: deps plugins test-plugins lint
 ## Benchmarks print tables of side-by-side ratios; see README.md.
 bench: plugins
 	$(CARGO) bench -p volcache --bench policy
+	$(CARGO) bench -p volcache --bench convert
+
+## Fuzz the qcow2 parser for FUZZ_SECONDS (needs rustup nightly; installs cargo-fuzz).
+FUZZ_SECONDS ?= 120
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	scripts/fuzz-seeds.sh fuzz/corpus/qcow2
+	cd fuzz && $(CARGO) +nightly fuzz run qcow2 corpus/qcow2 -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024
 
 fmt:
 	$(CARGO) fmt --all

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::cache::{CacheConfig, InternalTenant};
 use crate::policy::{Builtin, CinderLimits, EngineOptions, PolicySource, PolicySpec, SizeBasis, Slot};
+use crate::sparse::WriteMode;
 
 /// The address `volcache serve` listens on unless told otherwise: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
@@ -36,6 +38,14 @@ pub struct RawConfig {
     pub listen: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub admin_token: Option<String>,
+    /// This host's name in cache entries (default: the system's host name).
+    pub host: Option<String>,
+    /// Hosts sharing one backend share one cache scope: their cluster.
+    pub cluster_name: Option<String>,
+    #[serde(default)]
+    pub backend: RawBackend,
+    #[serde(default)]
+    pub internal_tenant: RawInternalTenant,
     #[serde(default)]
     pub cache: RawCache,
     #[serde(default)]
@@ -44,7 +54,30 @@ pub struct RawConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    /// Only `file` for now.
+    pub kind: Option<String>,
+    /// Directory of the file backend's volumes (default: `<state_dir>/volumes`).
+    pub path: Option<PathBuf>,
+    pub filesystem_thin_provisioning: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInternalTenant {
+    /// Cinder's `cinder_internal_tenant_project_id`.
+    pub project_id: Option<String>,
+    /// Cinder's `cinder_internal_tenant_user_id`.
+    pub user_id: Option<String>,
+    /// Quota of the internal tenant (0 = unlimited).
+    pub quota_gigabytes: Option<u64>,
+    pub quota_volumes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawCache {
+    pub image_volume_cache_enabled: Option<bool>,
     pub image_volume_cache_max_size_gb: Option<u64>,
     pub image_volume_cache_max_count: Option<u64>,
     pub size_basis: Option<String>,
@@ -75,6 +108,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub state_dir: PathBuf,
     pub admin_token: Option<String>,
+    pub volumes_dir: PathBuf,
+    pub cache: CacheConfig,
     pub limits: CinderLimits,
     pub engine: EngineOptions,
     pub slots: Vec<(Slot, PolicySpec)>,
@@ -161,7 +196,39 @@ impl RawConfig {
                 .collect::<Result<_, _>>()?;
             slots.push((slot, PolicySpec { source, params }));
         }
-        Ok(Config { listen, state_dir, admin_token: self.admin_token, limits, engine, slots })
+        if let Some(kind) = self.backend.kind.as_deref() {
+            if kind != "file" {
+                return Err(invalid("backend.kind", format!("{kind:?} is not available (only \"file\" for now)")));
+            }
+        }
+        let volumes_dir = self.backend.path.unwrap_or_else(|| state_dir.join("volumes"));
+        let host = match self.host {
+            Some(h) if h.trim().is_empty() => return Err(invalid("host", "must not be empty")),
+            Some(h) => h,
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into()),
+        };
+        let t = self.internal_tenant;
+        let cache = CacheConfig {
+            enabled: self.cache.image_volume_cache_enabled.unwrap_or(true),
+            host,
+            cluster_name: self.cluster_name.filter(|c| !c.is_empty()),
+            write_mode: if self.backend.filesystem_thin_provisioning.unwrap_or(true) {
+                WriteMode::Thin
+            } else {
+                WriteMode::Dense
+            },
+            min_sparse: crate::sparse::DEFAULT_MIN_SPARSE,
+            internal: InternalTenant {
+                project_id: t.project_id.unwrap_or_else(|| "volcache-internal".into()),
+                user_id: t.user_id.unwrap_or_else(|| "volcache-internal".into()),
+                quota_gigabytes: t.quota_gigabytes.unwrap_or(0),
+                quota_volumes: t.quota_volumes.unwrap_or(0),
+            },
+            spool_dir: state_dir.join("spool"),
+        };
+        Ok(Config { listen, state_dir, admin_token: self.admin_token, volumes_dir, cache, limits, engine, slots })
     }
 }
 
@@ -186,6 +253,8 @@ mod tests {
             ("[policy.slots.evict]\nbuiltin = \"lru\"", "policy.slots.evict"),
             ("[policy.slots.eviction]\nbuiltin = \"lfu\"", "policy.slots.eviction.builtin"),
             ("[policy.slots.eviction]\nbuiltin = \"lru\"\nplugin = \"x.wasm\"", "policy.slots.eviction"),
+            ("[backend]\nkind = \"rbd\"", "backend.kind"),
+            ("host = \" \"", "host"),
         ];
         for (text, key) in cases {
             let err = toml::from_str::<RawConfig>(text).unwrap().validate().unwrap_err();

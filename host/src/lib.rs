@@ -6,8 +6,11 @@
 #![deny(unsafe_code)]
 
 pub mod backend;
+pub mod cache;
+pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod fault;
 pub mod image;
 pub mod policy;
 pub mod server;

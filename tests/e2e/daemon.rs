@@ -8,7 +8,20 @@ use std::time::{Duration, Instant};
 
 use crate::fixtures::{plugin, test_plugin};
 
-const TOKEN: &str = "test-token-0123456789abcdef";
+pub const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// A JSON request with the admin token; `Err` when the connection fails (e.g. the daemon died).
+pub fn request_json(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> std::io::Result<(u16, serde_json::Value)> {
+    let payload = body.map(|b| serde_json::to_vec(&b).unwrap());
+    let (status, bytes) =
+        request(addr, method, path, Some(TOKEN), payload.as_deref().map(|p| ("application/json", p)))?;
+    Ok((status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)))
+}
 
 struct Daemon {
     child: Child,

@@ -116,23 +116,26 @@ pub fn volcache(args: &[&str]) -> std::process::Output {
 
 pub const MIB: u64 = 1 << 20;
 
-/// A raw image laid out like a small cloud image: a few large data extents, many small ones,
-/// explicitly written zero blocks, holes, and a size that is no multiple of any cluster size.
+/// A raw image laid out like a small cloud image, scaled to `size` (at least 1 MiB): a boot
+/// area, explicitly written zeros, a large extent, many small extents at odd 512-byte-aligned
+/// offsets, holes between them, and a tail block; `size` need not be a multiple of anything.
 pub fn cloud_like_raw(path: &std::path::Path, size: u64) {
+    assert!(size >= MIB, "cloud_like_raw needs at least 1 MiB");
     let p = path.to_str().unwrap();
     run("qemu-img", &["create", "-q", "-f", "raw", p, &size.to_string()]);
+    let align = |x: u64| x / 512 * 512;
     let mut cmds: Vec<String> = vec![
-        "write -P 0x5a 0 2M".into(),  // boot area
-        "write -P 0x00 2M 1M".into(), // explicit zeros, allocated in the source
-        "write -P 0x33 5M 7M".into(), // a large extent
-        format!("write -P 0x44 {} 3M", size / 2),
+        // Data amounts are capped: a large virtual disk stays a few MiB of data.
+        format!("write -P 0x5a 0 {}", align((2 * MIB).min(size / 8))), // boot area
+        format!("write -P 0x00 {} {}", align(size / 8), align((6 * MIB).min(size / 16))), // explicit zeros
+        format!("write -P 0x33 {} {}", align(size / 4), align((12 * MIB).min(size / 8))), // a large extent
+        format!("write -P 0x44 {} {}", align(size / 2), align((3 * MIB).min(size / 32))),
     ];
     for i in 0..48u64 {
-        // Many small extents at odd, 512-aligned offsets.
-        let at = 16 * MIB + i * 397 * 1024 + (i % 7) * 512;
+        let at = align(size * 5 / 8 + i * (size / 256)) + (i % 7) * 512;
         cmds.push(format!("write -P {} {at} {}", 1 + i % 250, 512 * (1 + i % 9)));
     }
-    cmds.push(format!("write -P 0x77 {} 4k", size - 4096 - 1024));
+    cmds.push(format!("write -P 0x77 {} 4k", align(size - 4096 - 1024)));
     let mut args = vec!["-f", "raw"];
     for c in &cmds {
         args.extend(["-c", c.as_str()]);

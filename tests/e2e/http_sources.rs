@@ -22,6 +22,7 @@ struct Reply {
 struct Server {
     addr: String,
     tokens: Arc<Mutex<Vec<String>>>,
+    paths: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -30,6 +31,8 @@ impl Server {
         let addr = listener.local_addr().unwrap().to_string();
         let tokens = Arc::new(Mutex::new(Vec::new()));
         let seen = tokens.clone();
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let requested = paths.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
@@ -39,6 +42,7 @@ impl Server {
                     continue;
                 }
                 let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                requested.lock().unwrap().push(path.clone());
                 loop {
                     let mut header = String::new();
                     if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
@@ -64,11 +68,28 @@ impl Server {
                 let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&reply.body[..end]));
             }
         });
-        Server { addr, tokens }
+        Server { addr, tokens, paths }
     }
 
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+}
+
+/// A server of fixed bodies that counts the requests for each path.
+pub struct CountingServer(Server);
+
+impl CountingServer {
+    pub fn start(bodies: HashMap<String, Vec<u8>>) -> CountingServer {
+        CountingServer(Server::start(bodies.into_iter().map(|(k, v)| (k, ok(v))).collect()))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        self.0.url(path)
+    }
+
+    pub fn hits(&self, path: &str) -> usize {
+        self.0.paths.lock().unwrap().iter().filter(|p| *p == path).count()
     }
 }
 

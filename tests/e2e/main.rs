@@ -8,15 +8,24 @@
 //! - `hot_swap`: swapping slots while decisions run; failed swaps keep the old plugin.
 //! - `artifact_cache`: precompiled plugins are only reused when this daemon wrote them.
 //! - `daemon`: the real daemon over HTTP: health, auth, policy listing and swapping, SIGTERM.
+//! - `convert`: `volcache convert` against `qemu-img convert`, byte for byte and by allocation.
+//! - `http_sources`: HTTP and Glance v2 sources, checksums, short downloads.
+//! - `backend`: the backend conformance suite on XFS (reflink), ext4 and tmpfs.
+//! - `cache_service`: Cinder's cache semantics through the service, on real parts.
+//! - `cache_model`: random operation sequences checked against a model.
+//! - `crash`: SIGKILL at every crash point, restart, consistency.
 
 mod fixtures;
 
 mod adversarial;
 mod artifact_cache;
 mod backend;
+mod cache_model;
+mod cache_service;
 mod cinder;
 mod components;
 mod convert;
+mod crash;
 mod daemon;
 mod hot_swap;
 mod http_sources;

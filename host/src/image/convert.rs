@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use super::source::{self, Checker, Expected, Location, Opened};
 use super::{check_declared, detect, qcow2, raw, DiskFormat, FileAt, ImageError};
-use crate::sparse::{ThinWriter, WriteMode, WriteStats, DEFAULT_MIN_SPARSE};
+use crate::sparse::{Target, ThinWriter, WriteMode, WriteStats, DEFAULT_MIN_SPARSE};
 
 /// How to convert.
 #[derive(Clone, Debug)]
@@ -108,6 +108,33 @@ pub fn convert(
     progress: Progress<'_>,
 ) -> Result<ConvertReport, ImageError> {
     check_min_sparse(opts.min_sparse)?;
+    let out_path = temp_beside(dst, "partial");
+    let mut partial = Partial { path: out_path.clone(), keep: false };
+    let out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&out_path)
+        .map_err(|e| ImageError::io(&format!("creating {}", out_path.display()), e))?;
+    let spool_dir = dst.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let report = write_image(src, &out, Target::Fresh, spool_dir, opts, progress)?;
+    out.sync_all().map_err(ImageError::Write)?;
+    fs::rename(&out_path, dst).map_err(|e| ImageError::io(&format!("moving the output to {}", dst.display()), e))?;
+    partial.keep = true;
+    Ok(report)
+}
+
+/// Writes the image at `src` thin into `out` (a new sparse file, or one that may hold old data,
+/// as `target` says) and sets its length to the image's virtual size. A qcow2 stream is spooled
+/// under `spool_dir` first. On error, `out` holds garbage: the caller removes it.
+pub fn write_image(
+    src: &Location,
+    out: &File,
+    target: Target,
+    spool_dir: &Path,
+    opts: &ConvertOptions,
+    progress: Progress<'_>,
+) -> Result<ConvertReport, ImageError> {
+    check_min_sparse(opts.min_sparse)?;
     let started = Instant::now();
     let (opened, meta) = source::open(src, opts.token.as_deref())?;
     let declared = opts.format.or(meta.disk_format);
@@ -118,24 +145,14 @@ pub fn convert(
     if opts.expected.hash.is_some() {
         expected.hash = opts.expected.hash.clone();
     }
-    let out_path = temp_beside(dst, "partial");
-    let mut partial = Partial { path: out_path.clone(), keep: false };
-    let out = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&out_path)
-        .map_err(|e| ImageError::io(&format!("creating {}", out_path.display()), e))?;
-    let mut writer = ThinWriter::new(&out, opts.mode, crate::sparse::Target::Fresh, opts.min_sparse);
+    let mut writer = ThinWriter::new(out, opts.mode, target, opts.min_sparse);
     let (format, virtual_size, bytes_read, holes_from) = match opened {
         Opened::File(file) => from_file(file, declared, Checker::new(expected), &mut writer, progress)?,
         Opened::Stream { mut reader, len } => {
-            from_stream(&mut *reader, len, declared, Checker::new(expected), dst, &mut writer, progress)?
+            from_stream(&mut *reader, len, declared, Checker::new(expected), spool_dir, &mut writer, progress)?
         }
     };
     let write = writer.finish(virtual_size).map_err(ImageError::Write)?;
-    out.sync_all().map_err(ImageError::Write)?;
-    fs::rename(&out_path, dst).map_err(|e| ImageError::io(&format!("moving the output to {}", dst.display()), e))?;
-    partial.keep = true;
     let elapsed = started.elapsed().as_secs_f64();
     Ok(ConvertReport {
         format,
@@ -220,7 +237,7 @@ fn from_stream(
     len: Option<u64>,
     declared: Option<DiskFormat>,
     mut checker: Checker,
-    dst: &Path,
+    spool_dir: &Path,
     writer: &mut ThinWriter<'_>,
     progress: Progress<'_>,
 ) -> Result<(DiskFormat, u64, u64, HolesFrom), ImageError> {
@@ -237,7 +254,9 @@ fn from_stream(
             Ok((format, size, size, HolesFrom::None))
         }
         DiskFormat::Qcow2 => {
-            let spool_path = temp_beside(dst, "download");
+            static SPOOLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = SPOOLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let spool_path = spool_dir.join(format!(".volcache-download.{}.{n}.qcow2", std::process::id()));
             let _spool_guard = Partial { path: spool_path.clone(), keep: false };
             let mut spool = OpenOptions::new()
                 .read(true)
@@ -270,6 +289,44 @@ fn from_stream(
             let size = header.virtual_size;
             qcow2::copy(&src, &header, writer, &mut |done| progress(done, size))?;
             Ok((format, size, total, HolesFrom::Qcow2Tables))
+        }
+    }
+}
+
+/// What registering an image learns without converting it: its format and virtual size, from
+/// the first 4 KiB (and, for a raw stream, its Content-Length).
+pub fn probe(
+    src: &Location,
+    declared: Option<DiskFormat>,
+    token: Option<&str>,
+) -> Result<(DiskFormat, u64), ImageError> {
+    let (opened, meta) = source::open(src, token)?;
+    let declared = declared.or(meta.disk_format);
+    let (head, len) = match opened {
+        Opened::File(file) => {
+            let len = file.metadata().map_err(|e| ImageError::io("reading the image size", e))?.len();
+            (read_head(&file)?, Some(len))
+        }
+        Opened::Stream { mut reader, len } => {
+            let mut head = vec![0u8; 4096];
+            let n = raw::read_full(&mut *reader, &mut head).map_err(|e| raw::stream_error(e, 0, len))?;
+            head.truncate(n);
+            (head, len)
+        }
+    };
+    let format = detect(&head)?;
+    check_declared(declared, format)?;
+    match format {
+        DiskFormat::Qcow2 => {
+            // The header's own bounds checks need the file length; a stream's is its Content-Length.
+            let header = qcow2::Header::parse(&head, len.unwrap_or(u64::MAX))?;
+            Ok((format, header.virtual_size))
+        }
+        DiskFormat::Raw => {
+            let size = len.ok_or_else(|| {
+                ImageError::Download("the server did not say how big the raw image is (no Content-Length)".into())
+            })?;
+            Ok((format, size))
         }
     }
 }

@@ -4,24 +4,29 @@
 //! Policy swaps compile wasm, so they run on the blocking pool, never on the async workers.
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
+mod cache;
+mod error;
+mod policies;
+
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::backend::file::FileBackend;
+use crate::cache::CacheService;
+use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::policy::{LoadError, PolicyEngine, PolicySet, PolicySource, PolicySpec, Slot};
+use crate::policy::{PolicyEngine, PolicySet};
+pub use error::ApiError;
 
 /// Largest component accepted by `PUT /v1/policies/{slot}`.
 pub const MAX_PLUGIN_BYTES: usize = 16 << 20;
@@ -29,13 +34,17 @@ pub const MAX_PLUGIN_BYTES: usize = 16 << 20;
 /// Shared state of the HTTP handlers.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    pub policies: Arc<PolicySet>,
+    pub cache: Arc<CacheService>,
     token_digest: [u8; 32],
 }
 
 impl AppState {
-    pub fn new(policies: Arc<PolicySet>, token: &str) -> Self {
-        AppState { policies, token_digest: Sha256::digest(token.as_bytes()).into() }
+    pub fn new(cache: Arc<CacheService>, token: &str) -> Self {
+        AppState { cache, token_digest: Sha256::digest(token.as_bytes()).into() }
+    }
+
+    pub fn policies(&self) -> &Arc<PolicySet> {
+        self.cache.policies()
     }
 
     /// Compares digests so the time taken says nothing about the token's bytes or length.
@@ -45,53 +54,18 @@ impl AppState {
     }
 }
 
-/// An error as clients see it.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
-    }
-}
-
-impl From<LoadError> for ApiError {
-    fn from(e: LoadError) -> Self {
-        let code = match &e {
-            LoadError::Engine(_) | LoadError::Cache { .. } => {
-                tracing::error!(error = %e, "policy engine failure");
-                return ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error; see the daemon's log",
-                );
-            }
-            LoadError::Read { .. } => "plugin_unreadable",
-            LoadError::UnknownBuiltin(_) => "unknown_builtin",
-            LoadError::WrongSlot { .. } | LoadError::BuiltinWrongSlot { .. } => "wrong_slot",
-            LoadError::ForbiddenImport(_) => "forbidden_import",
-            _ => "plugin_rejected",
-        };
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, e.to_string())
-    }
-}
-
 /// The routes; tests drive this directly or through a real listener.
 pub fn app(state: AppState) -> Router {
     let admin = Router::new()
-        .route("/v1/policies", get(list_policies))
-        .route("/v1/policies/{slot}", get(show_policy).put(put_policy))
+        .route("/v1/policies", get(policies::list_policies))
+        .route("/v1/policies/{slot}", get(policies::show_policy).put(policies::put_policy))
+        .route("/v1/images", get(cache::list_images).post(cache::create_image))
+        .route("/v1/images/{id}", get(cache::show_image).patch(cache::patch_image).delete(cache::delete_image))
+        .route("/v1/volumes", get(cache::list_volumes).post(cache::create_volume))
+        .route("/v1/volumes/{id}", get(cache::show_volume).delete(cache::delete_volume))
+        .route("/v1/cache/entries", get(cache::list_entries))
+        .route("/v1/cache/entries/{id}", axum::routing::delete(cache::evict_entry))
+        .route("/v1/cache/stats", get(cache::stats))
         .layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -115,76 +89,6 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
                 .into_response()
         }
     }
-}
-
-fn parse_slot(slot: &str) -> Result<Slot, ApiError> {
-    slot.parse().map_err(|e: String| ApiError::new(StatusCode::NOT_FOUND, "unknown_slot", e))
-}
-
-async fn list_policies(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(serde_json::json!(state.policies.status()))
-}
-
-async fn show_policy(
-    State(state): State<AppState>,
-    UrlPath(slot): UrlPath<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let slot = parse_slot(&slot)?;
-    let status = state.policies.status().into_iter().find(|s| s.slot == slot);
-    Ok(Json(serde_json::json!(status)))
-}
-
-/// `PUT /v1/policies/{slot}` as JSON.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PutPolicy {
-    builtin: Option<String>,
-    plugin: Option<String>,
-    #[serde(default)]
-    params: BTreeMap<String, String>,
-}
-
-/// Swaps a slot: JSON `{"builtin"|"plugin", "params"}`, or a component uploaded as
-/// `application/wasm` with its parameters in the query string.
-async fn put_policy(
-    State(state): State<AppState>,
-    UrlPath(slot): UrlPath<String>,
-    Query(query): Query<BTreeMap<String, String>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let slot = parse_slot(&slot)?;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let spec = if content_type.starts_with("application/wasm") {
-        PolicySpec { source: PolicySource::Bytes(body.to_vec()), params: query.into_iter().collect() }
-    } else if content_type.starts_with("application/json") {
-        let put: PutPolicy = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))?;
-        let source = match (put.builtin, put.plugin) {
-            (Some(b), None) => PolicySource::Builtin(b.parse()?),
-            (None, Some(p)) => PolicySource::File(p.into()),
-            _ => {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "bad_request",
-                    "give exactly one of `builtin` and `plugin`",
-                ))
-            }
-        };
-        PolicySpec { source, params: put.params.into_iter().collect() }
-    } else {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send application/json or application/wasm",
-        ));
-    };
-    let policies = state.policies.clone();
-    let status = tokio::task::spawn_blocking(move || policies.swap(slot, spec)).await.map_err(|e| {
-        tracing::error!(error = %e, "policy swap task failed");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the daemon's log")
-    })??;
-    Ok(Json(serde_json::json!(status)))
 }
 
 /// The admin token: from the config, else `VOLCACHE_ADMIN_TOKEN`, else a token file under the
@@ -222,13 +126,22 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     std::fs::create_dir_all(&config.state_dir)?;
+    std::fs::create_dir_all(&config.cache.spool_dir)?;
     let token = admin_token(&config)?;
     let engine = PolicyEngine::new(config.engine.clone())?;
     let policies = Arc::new(PolicySet::new(engine, config.limits));
     for (slot, spec) in &config.slots {
         policies.swap(*slot, spec.clone()).map_err(|e| anyhow::anyhow!("policy.slots.{slot}: {e}"))?;
     }
-    let state = AppState::new(policies, &token);
+    let catalog = Arc::new(Catalog::open(&config.state_dir.join("catalog.redb"))?);
+    let backend = Arc::new(
+        FileBackend::new(&config.volumes_dir)
+            .map_err(|e| anyhow::anyhow!("backend.path {}: {e}", config.volumes_dir.display()))?,
+    );
+    let cache = Arc::new(CacheService::new(catalog, backend, policies, config.cache.clone()));
+    let reconciled = cache.reconcile()?;
+    tracing::info!(?reconciled, "start-up reconciliation done");
+    let state = AppState::new(cache, &token);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)

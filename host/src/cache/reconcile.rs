@@ -1,0 +1,85 @@
+//! Start-up reconciliation: finish or undo what a crash left half done, so that no backend
+//! volume is orphaned, no entry points at nothing, and no user's data is touched.
+//!
+//! Each intent is resolved by what is already durable:
+//! - `Fill`: the entry, its volume record and the intent's removal commit together, so a
+//!   leftover `Fill` means the entry never made it: its cache volume is removed.
+//! - `Create`: likewise; a user volume whose record never committed is removed (nobody was ever
+//!   given its id).
+//! - `Evict` / `Delete`: the catalog rows are already gone; the backend volume is removed.
+//!
+//! Then two sweeps over what only the cache owns: cache volumes (`cache-*`) no entry refers to
+//! are removed, and entries whose volume is missing are dropped. Volumes named `volume-*` are
+//! never removed except through their own `Create` or `Delete` intent.
+#![forbid(unsafe_code)]
+
+use super::{CacheError, CacheService, EvictReason};
+use crate::catalog::Intent;
+
+/// What reconciliation did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Reconciled {
+    pub intents_resolved: u64,
+    pub orphan_cache_volumes_removed: Vec<String>,
+    pub entries_without_volume_dropped: Vec<u64>,
+}
+
+impl CacheService {
+    /// Runs reconciliation; call it before serving.
+    pub fn reconcile(&self) -> Result<Reconciled, CacheError> {
+        let mut done = Reconciled::default();
+        for record in self.catalog().read(|r| r.intents())? {
+            match &record.intent {
+                Intent::Fill { entry_id, volume_id, backend_name } => {
+                    let committed = self.catalog().read(|r| r.entry(*entry_id))?.is_some();
+                    if !committed {
+                        self.backend().remove(backend_name)?;
+                        self.catalog().write(|w| w.delete_volume(volume_id).map(drop))?;
+                    }
+                }
+                Intent::Create { volume_id, backend_name } => {
+                    if self.catalog().read(|r| r.volume(volume_id))?.is_none() {
+                        self.backend().remove(backend_name)?;
+                    }
+                }
+                Intent::Evict { entry_id, volume_id, backend_name } => {
+                    let scope = self.config().scope().to_string();
+                    self.catalog().write(|w| {
+                        w.delete_entry(&scope, *entry_id)?;
+                        w.delete_volume(volume_id).map(drop)
+                    })?;
+                    self.backend().remove(backend_name)?;
+                }
+                Intent::Delete { volume_id, backend_name } => {
+                    self.catalog().write(|w| w.delete_volume(volume_id).map(drop))?;
+                    self.backend().remove(backend_name)?;
+                }
+            }
+            tracing::warn!(intent = ?record.intent, "finished an operation interrupted by a crash");
+            self.catalog().write(|w| w.end(record.id))?;
+            done.intents_resolved += 1;
+        }
+
+        let volumes = self.catalog().read(|r| r.volumes())?;
+        let entries = self.catalog().read(|r| r.entries())?;
+        let on_backend = self.backend().list()?;
+        for name in on_backend.iter().filter(|n| n.starts_with("cache-")) {
+            let referenced = volumes.iter().any(|v| &v.backend_name == name && v.cache_entry.is_some());
+            if !referenced {
+                tracing::warn!(volume = %name, "removing a cache volume no entry refers to");
+                self.backend().remove(name)?;
+                done.orphan_cache_volumes_removed.push(name.clone());
+            }
+        }
+        for entry in entries {
+            let volume = volumes.iter().find(|v| v.id == entry.volume_id);
+            let present = volume.is_some_and(|v| on_backend.contains(&v.backend_name));
+            if !present {
+                tracing::warn!(entry = entry.id, image_id = %entry.image_id, "dropping a cache entry whose volume is gone");
+                self.evict(&entry, EvictReason::Lost)?;
+                done.entries_without_volume_dropped.push(entry.id);
+            }
+        }
+        Ok(done)
+    }
+}

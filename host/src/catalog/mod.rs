@@ -1,0 +1,330 @@
+//! The catalog: volcache's metadata in one redb file (images, volumes, cache entries, intents,
+//! counters; every table in [`schema`]).
+//!
+//! All access goes through [`Catalog::read`] and [`Catalog::write`], each one redb transaction:
+//! a multi-table change (insert an entry, record its volume, clear the intent) is atomic and
+//! durable when `write` returns. redb is synchronous; async callers use `spawn_blocking`.
+#![forbid(unsafe_code)]
+
+pub mod schema;
+
+use std::path::Path;
+
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
+
+use schema::*;
+pub use schema::{CacheOutcome, EntryRecord, ImageRecord, Intent, IntentRecord, VolumeRecord};
+
+/// A catalog failure.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog {path}: {source}")]
+    Open { path: String, source: Box<redb::DatabaseError> },
+    #[error("catalog {path} has schema version {found}; this volcache reads version {SCHEMA_VERSION}")]
+    Version { path: String, found: u64 },
+    #[error("catalog: {0}")]
+    Storage(String),
+    #[error("catalog row {table}/{key} is unreadable: {source}")]
+    Decode { table: &'static str, key: String, source: serde_json::Error },
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for CatalogError {
+            fn from(e: $t) -> Self {
+                CatalogError::Storage(e.to_string())
+            }
+        }
+    )*};
+}
+storage_from!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+
+/// The metadata store.
+#[derive(Debug)]
+pub struct Catalog {
+    db: Database,
+}
+
+/// Typed reads inside one read transaction.
+#[expect(missing_debug_implementations, reason = "a transaction handle has nothing to show")]
+pub struct Reader<'t> {
+    txn: &'t ReadTransaction,
+}
+
+/// Typed reads and writes inside one write transaction.
+#[expect(missing_debug_implementations, reason = "a transaction handle has nothing to show")]
+pub struct Writer<'t> {
+    txn: &'t WriteTransaction,
+}
+
+impl Catalog {
+    /// Opens (or creates) the catalog at `path`, creating every table and checking the version.
+    pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
+        let db = Database::create(path)
+            .map_err(|e| CatalogError::Open { path: path.display().to_string(), source: Box::new(e) })?;
+        let catalog = Catalog { db };
+        catalog.write(|w| {
+            for table in [IMAGES, VOLUMES] {
+                w.txn.open_table(table)?;
+            }
+            w.txn.open_table(CACHE_ENTRIES)?;
+            w.txn.open_table(CACHE_INDEX)?;
+            w.txn.open_table(INTENTS)?;
+            w.txn.open_table(COUNTERS)?;
+            let mut meta = w.txn.open_table(META)?;
+            let found = meta.get("schema_version")?.map(|v| v.value());
+            match found {
+                None => {
+                    meta.insert("schema_version", SCHEMA_VERSION)?;
+                }
+                Some(SCHEMA_VERSION) => {}
+                Some(found) => return Err(CatalogError::Version { path: path.display().to_string(), found }),
+            }
+            Ok(())
+        })?;
+        Ok(catalog)
+    }
+
+    pub fn read<R>(&self, f: impl FnOnce(&Reader<'_>) -> Result<R, CatalogError>) -> Result<R, CatalogError> {
+        let txn = self.db.begin_read()?;
+        f(&Reader { txn: &txn })
+    }
+
+    /// Runs `f` in a write transaction and commits it; an error aborts everything `f` did.
+    pub fn write<R>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<R, CatalogError>) -> Result<R, CatalogError> {
+        let txn = self.db.begin_write()?;
+        let result = f(&mut Writer { txn: &txn })?;
+        txn.commit()?;
+        Ok(result)
+    }
+}
+
+fn index_key(scope: &str, image_id: &str) -> String {
+    format!("{scope}\0{image_id}")
+}
+
+fn decode_row<T: for<'de> serde::Deserialize<'de>>(
+    table: &'static str,
+    key: impl ToString,
+    bytes: &[u8],
+) -> Result<T, CatalogError> {
+    decode(bytes).map_err(|source| CatalogError::Decode { table, key: key.to_string(), source })
+}
+
+/// Reads shared by `Reader` and `Writer`.
+macro_rules! reads {
+    () => {
+        pub fn image(&self, id: &str) -> Result<Option<ImageRecord>, CatalogError> {
+            let t = self.txn.open_table(IMAGES)?;
+            let row = t.get(id)?.map(|v| decode_row("images", id, v.value())).transpose();
+            row
+        }
+
+        pub fn images(&self) -> Result<Vec<ImageRecord>, CatalogError> {
+            let t = self.txn.open_table(IMAGES)?;
+            t.iter()?
+                .map(|row| {
+                    let (k, v) = row?;
+                    decode_row("images", k.value(), v.value())
+                })
+                .collect()
+        }
+
+        pub fn volume(&self, id: &str) -> Result<Option<VolumeRecord>, CatalogError> {
+            let t = self.txn.open_table(VOLUMES)?;
+            let row = t.get(id)?.map(|v| decode_row("volumes", id, v.value())).transpose();
+            row
+        }
+
+        pub fn volumes(&self) -> Result<Vec<VolumeRecord>, CatalogError> {
+            let t = self.txn.open_table(VOLUMES)?;
+            t.iter()?
+                .map(|row| {
+                    let (k, v) = row?;
+                    decode_row("volumes", k.value(), v.value())
+                })
+                .collect()
+        }
+
+        pub fn entry(&self, id: u64) -> Result<Option<EntryRecord>, CatalogError> {
+            let t = self.txn.open_table(CACHE_ENTRIES)?;
+            let row = t.get(id)?.map(|v| decode_row("image_volume_cache_entries", id, v.value())).transpose();
+            row
+        }
+
+        /// The entry of `image_id` in cache scope `scope`.
+        pub fn entry_for(&self, scope: &str, image_id: &str) -> Result<Option<EntryRecord>, CatalogError> {
+            let index = self.txn.open_table(CACHE_INDEX)?;
+            let id = index.get(index_key(scope, image_id).as_str())?.map(|v| v.value());
+            match id {
+                Some(id) => self.entry(id),
+                None => Ok(None),
+            }
+        }
+
+        /// Every entry, by id.
+        pub fn entries(&self) -> Result<Vec<EntryRecord>, CatalogError> {
+            let t = self.txn.open_table(CACHE_ENTRIES)?;
+            t.iter()?
+                .map(|row| {
+                    let (k, v) = row?;
+                    decode_row("image_volume_cache_entries", k.value(), v.value())
+                })
+                .collect()
+        }
+
+        pub fn intents(&self) -> Result<Vec<IntentRecord>, CatalogError> {
+            let t = self.txn.open_table(INTENTS)?;
+            t.iter()?
+                .map(|row| {
+                    let (k, v) = row?;
+                    decode_row("intents", k.value(), v.value())
+                })
+                .collect()
+        }
+
+        pub fn counter(&self, name: &str) -> Result<u64, CatalogError> {
+            let t = self.txn.open_table(COUNTERS)?;
+            let value = t.get(name)?.map(|v| v.value()).unwrap_or(0);
+            Ok(value)
+        }
+    };
+}
+
+impl Reader<'_> {
+    reads!();
+}
+
+impl Writer<'_> {
+    reads!();
+
+    /// The next number of sequence `name` (1, 2, 3, ...; never reused).
+    pub fn next_id(&mut self, name: &str) -> Result<u64, CatalogError> {
+        let mut meta = self.txn.open_table(META)?;
+        let key = format!("next_{name}");
+        let next = meta.get(key.as_str())?.map(|v| v.value()).unwrap_or(1);
+        meta.insert(key.as_str(), next + 1)?;
+        Ok(next)
+    }
+
+    pub fn put_image(&mut self, image: &ImageRecord) -> Result<(), CatalogError> {
+        self.txn.open_table(IMAGES)?.insert(image.id.as_str(), encode(image).as_slice())?;
+        Ok(())
+    }
+
+    pub fn delete_image(&mut self, id: &str) -> Result<bool, CatalogError> {
+        Ok(self.txn.open_table(IMAGES)?.remove(id)?.is_some())
+    }
+
+    pub fn put_volume(&mut self, volume: &VolumeRecord) -> Result<(), CatalogError> {
+        self.txn.open_table(VOLUMES)?.insert(volume.id.as_str(), encode(volume).as_slice())?;
+        Ok(())
+    }
+
+    pub fn delete_volume(&mut self, id: &str) -> Result<bool, CatalogError> {
+        Ok(self.txn.open_table(VOLUMES)?.remove(id)?.is_some())
+    }
+
+    /// Inserts or replaces an entry and indexes it under its scope and image.
+    pub fn put_entry(&mut self, scope: &str, entry: &EntryRecord) -> Result<(), CatalogError> {
+        self.txn.open_table(CACHE_ENTRIES)?.insert(entry.id, encode(entry).as_slice())?;
+        self.txn.open_table(CACHE_INDEX)?.insert(index_key(scope, &entry.image_id).as_str(), entry.id)?;
+        Ok(())
+    }
+
+    pub fn delete_entry(&mut self, scope: &str, id: u64) -> Result<Option<EntryRecord>, CatalogError> {
+        let Some(entry) = self.entry(id)? else { return Ok(None) };
+        self.txn.open_table(CACHE_ENTRIES)?.remove(id)?;
+        let mut index = self.txn.open_table(CACHE_INDEX)?;
+        let key = index_key(scope, &entry.image_id);
+        if index.get(key.as_str())?.map(|v| v.value()) == Some(id) {
+            index.remove(key.as_str())?;
+        }
+        Ok(Some(entry))
+    }
+
+    /// Records that a multi-step change starts; returns its id.
+    pub fn begin(&mut self, intent: Intent, now_ms: u64) -> Result<u64, CatalogError> {
+        let id = self.next_id("intent")?;
+        let record = IntentRecord { id, started_ms: now_ms, intent };
+        self.txn.open_table(INTENTS)?.insert(id, encode(&record).as_slice())?;
+        Ok(id)
+    }
+
+    pub fn end(&mut self, intent_id: u64) -> Result<(), CatalogError> {
+        self.txn.open_table(INTENTS)?.remove(intent_id)?;
+        Ok(())
+    }
+
+    pub fn add(&mut self, counter: &str, by: u64) -> Result<u64, CatalogError> {
+        let mut t = self.txn.open_table(COUNTERS)?;
+        let value = t.get(counter)?.map(|v| v.value()).unwrap_or(0).saturating_add(by);
+        t.insert(counter, value)?;
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: u64, image: &str) -> EntryRecord {
+        EntryRecord {
+            id,
+            host: "h".into(),
+            cluster_name: None,
+            image_id: image.into(),
+            image_updated_at: "t".into(),
+            volume_id: format!("v{id}"),
+            size: 1,
+            last_used: "t".into(),
+            last_used_ms: 0,
+            created_ms: 0,
+            allocated_bytes: 0,
+            hit_count: 0,
+            pinned: false,
+        }
+    }
+
+    #[test]
+    fn a_failed_write_changes_nothing_and_a_reopen_keeps_what_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.redb");
+        {
+            let c = Catalog::open(&path).unwrap();
+            c.write(|w| w.put_entry("s", &entry(1, "img"))).unwrap();
+            let failed: Result<(), CatalogError> = c.write(|w| {
+                w.put_entry("s", &entry(2, "other"))?;
+                Err(CatalogError::Storage("injected".into()))
+            });
+            assert!(failed.is_err());
+        }
+        let c = Catalog::open(&path).unwrap();
+        assert_eq!(c.read(|r| r.entries()).unwrap(), vec![entry(1, "img")]);
+        assert_eq!(c.read(|r| r.entry_for("s", "img")).unwrap().map(|e| e.id), Some(1));
+        assert_eq!(c.read(|r| r.entry_for("other-scope", "img")).unwrap(), None);
+    }
+
+    #[test]
+    fn ids_are_never_reused_and_intents_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&dir.path().join("c.redb")).unwrap();
+        let a = c.write(|w| w.next_id("entry")).unwrap();
+        let b = c.write(|w| w.next_id("entry")).unwrap();
+        assert!(b > a);
+        let intent = Intent::Fill { entry_id: 3, volume_id: "v".into(), backend_name: "cache-3".into() };
+        let id = c.write(|w| w.begin(intent.clone(), 5)).unwrap();
+        assert_eq!(c.read(|r| r.intents()).unwrap()[0].intent, intent);
+        c.write(|w| w.end(id)).unwrap();
+        assert!(c.read(|r| r.intents()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn deleting_an_entry_unindexes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&dir.path().join("c.redb")).unwrap();
+        c.write(|w| w.put_entry("s", &entry(7, "img"))).unwrap();
+        assert!(c.write(|w| w.delete_entry("s", 7)).unwrap().is_some());
+        assert_eq!(c.read(|r| r.entry_for("s", "img")).unwrap(), None);
+    }
+}

@@ -1,0 +1,234 @@
+//! `/v1/images`, `/v1/volumes` and `/v1/cache`: the cache service over HTTP. Creates and
+//! deletes touch the backend and the catalog, so they run on the blocking pool.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::cache::{timestamp, CacheError, CreateVolume};
+use crate::catalog::{ImageRecord, VolumeRecord};
+use crate::image::convert::probe;
+use crate::image::source::Location;
+use crate::image::DiskFormat;
+
+/// Runs blocking cache work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CacheError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(&e))?.map_err(ApiError::from)
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+fn body<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| bad_request(format!("invalid JSON body: {e}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewImage {
+    id: Option<String>,
+    name: String,
+    source: String,
+    disk_format: String,
+    checksum: Option<String>,
+}
+
+pub async fn create_image(
+    State(state): State<AppState>,
+    raw: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let req: NewImage = body(&raw)?;
+    let disk_format: DiskFormat = req.disk_format.parse().map_err(bad_request)?;
+    let location = Location::parse(&req.source).map_err(|e| bad_request(e.to_string()))?;
+    if let Some(sum) = &req.checksum {
+        if sum.len() != 32 || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad_request("checksum: expected 32 hex digits (md5)"));
+        }
+    }
+    let id = req.id.unwrap_or_else(crate::cache::new_uuid);
+    if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(bad_request("id: use 1-128 letters, digits, '-' or '_'"));
+    }
+    let cache = state.cache.clone();
+    let image = blocking(move || {
+        if cache.catalog().read(|r| r.image(&id))?.is_some() {
+            return Err(CacheError::Invalid(format!("image {id} already exists")));
+        }
+        let (_, virtual_size) = probe(&location, Some(disk_format), None)
+            .map_err(|source| CacheError::Image { image_id: id.clone(), source })?;
+        let stamp = timestamp();
+        let image = ImageRecord {
+            id,
+            name: req.name,
+            source: req.source,
+            disk_format,
+            checksum: req.checksum.map(|c| c.to_ascii_lowercase()),
+            virtual_size,
+            updated_at: stamp.clone(),
+            created_at: stamp,
+        };
+        cache.catalog().write(|w| w.put_image(&image))?;
+        Ok(image)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(json!(image))))
+}
+
+pub async fn list_images(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let cache = state.cache.clone();
+    let images = blocking(move || Ok(cache.catalog().read(|r| r.images())?)).await?;
+    Ok(Json(json!(images)))
+}
+
+pub async fn show_image(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Json<Value>, ApiError> {
+    let cache = state.cache.clone();
+    let image = blocking(move || cache.catalog().read(|r| r.image(&id))?.ok_or(CacheError::ImageNotFound(id))).await?;
+    Ok(Json(json!(image)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImagePatch {
+    name: Option<String>,
+    source: Option<String>,
+    checksum: Option<String>,
+}
+
+/// Changes an image's metadata and its `updated_at`: its cache entries are then stale.
+pub async fn patch_image(
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+    raw: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let patch: ImagePatch = body(&raw)?;
+    if let Some(source) = &patch.source {
+        Location::parse(source).map_err(|e| bad_request(e.to_string()))?;
+    }
+    let cache = state.cache.clone();
+    let image = blocking(move || {
+        let mut image = cache.catalog().read(|r| r.image(&id))?.ok_or_else(|| CacheError::ImageNotFound(id.clone()))?;
+        if let Some(source) = patch.source {
+            let (_, size) = probe(
+                &Location::parse(&source).map_err(|s| CacheError::Image { image_id: id.clone(), source: s })?,
+                Some(image.disk_format),
+                None,
+            )
+            .map_err(|source| CacheError::Image { image_id: id.clone(), source })?;
+            image.source = source;
+            image.virtual_size = size;
+        }
+        image.name = patch.name.unwrap_or(image.name);
+        image.checksum = patch.checksum.or(image.checksum);
+        image.updated_at = timestamp();
+        cache.catalog().write(|w| w.put_image(&image))?;
+        Ok(image)
+    })
+    .await?;
+    Ok(Json(json!(image)))
+}
+
+pub async fn delete_image(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<StatusCode, ApiError> {
+    let cache = state.cache.clone();
+    blocking(move || cache.delete_image(&id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewVolume {
+    image_id: String,
+    /// GiB.
+    size: u64,
+    project_id: Option<String>,
+    user_id: Option<String>,
+}
+
+fn volume_json(v: &VolumeRecord, uncached_reason: Option<String>) -> Value {
+    let mut value = json!(v);
+    if let Some(reason) = uncached_reason {
+        value["uncached_reason"] = json!(reason);
+    }
+    value
+}
+
+pub async fn create_volume(
+    State(state): State<AppState>,
+    raw: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let req: NewVolume = body(&raw)?;
+    if req.size == 0 || req.size > 64 * 1024 {
+        return Err(bad_request("size: expected 1 to 65536 GiB"));
+    }
+    let cache = state.cache.clone();
+    let created = blocking(move || {
+        cache.create_volume(&CreateVolume {
+            image_id: req.image_id,
+            size: req.size,
+            project_id: req.project_id.unwrap_or_else(|| "admin".into()),
+            user_id: req.user_id.unwrap_or_else(|| "admin".into()),
+        })
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(volume_json(&created.volume, created.uncached_reason))))
+}
+
+/// Lists volumes; the internal tenant's cache volumes only with `all_tenants=1`.
+pub async fn list_volumes(
+    State(state): State<AppState>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let all = matches!(query.get("all_tenants").map(String::as_str), Some("1" | "true"));
+    let cache = state.cache.clone();
+    let internal = cache.config().internal.project_id.clone();
+    let volumes = blocking(move || Ok(cache.catalog().read(|r| r.volumes())?)).await?;
+    let shown: Vec<Value> =
+        volumes.iter().filter(|v| all || v.project_id != internal).map(|v| volume_json(v, None)).collect();
+    Ok(Json(json!(shown)))
+}
+
+pub async fn show_volume(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Json<Value>, ApiError> {
+    let cache = state.cache.clone();
+    let volume =
+        blocking(move || cache.catalog().read(|r| r.volume(&id))?.ok_or(CacheError::VolumeNotFound(id))).await?;
+    Ok(Json(volume_json(&volume, None)))
+}
+
+pub async fn delete_volume(
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let cache = state.cache.clone();
+    blocking(move || cache.delete_volume(&id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn list_entries(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let cache = state.cache.clone();
+    let entries = blocking(move || cache.scope_entries()).await?;
+    Ok(Json(json!(entries)))
+}
+
+pub async fn evict_entry(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<StatusCode, ApiError> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "entry_not_found", format!("cache entry {id} not found")))?;
+    let cache = state.cache.clone();
+    blocking(move || cache.evict_entry(id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn stats(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let cache = state.cache.clone();
+    let stats = blocking(move || cache.stats()).await?;
+    Ok(Json(json!(stats)))
+}

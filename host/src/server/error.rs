@@ -1,0 +1,76 @@
+//! The one error shape clients see: `{"error": {"code", "message"}}`, mapped from each
+//! module's errors in one place. Internal failures are logged and reported without details.
+#![forbid(unsafe_code)]
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::cache::CacheError;
+use crate::policy::LoadError;
+
+/// An error as clients see it.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<LoadError> for ApiError {
+    fn from(e: LoadError) -> Self {
+        let code = match &e {
+            LoadError::Engine(_) | LoadError::Cache { .. } => {
+                tracing::error!(error = %e, "policy engine failure");
+                return ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the daemon's log",
+                );
+            }
+            LoadError::Read { .. } => "plugin_unreadable",
+            LoadError::UnknownBuiltin(_) => "unknown_builtin",
+            LoadError::WrongSlot { .. } | LoadError::BuiltinWrongSlot { .. } => "wrong_slot",
+            LoadError::ForbiddenImport(_) => "forbidden_import",
+            _ => "plugin_rejected",
+        };
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, e.to_string())
+    }
+}
+
+impl ApiError {
+    pub fn internal(what: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %what, "internal error");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the daemon's log")
+    }
+}
+
+impl From<CacheError> for ApiError {
+    fn from(e: CacheError) -> Self {
+        let (status, code) = match &e {
+            CacheError::ImageNotFound(_) => (StatusCode::NOT_FOUND, "image_not_found"),
+            CacheError::VolumeNotFound(_) => (StatusCode::NOT_FOUND, "volume_not_found"),
+            CacheError::EntryNotFound(_) => (StatusCode::NOT_FOUND, "entry_not_found"),
+            CacheError::TooSmall { .. } => (StatusCode::BAD_REQUEST, "volume_too_small"),
+            CacheError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            CacheError::Image { .. } | CacheError::FillFailed { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "image_unusable")
+            }
+            CacheError::Backend(_) | CacheError::Catalog(_) => return ApiError::internal(&e),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
