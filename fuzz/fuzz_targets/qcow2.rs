@@ -14,5 +14,5 @@ fuzz_target!(|data: &[u8]| {
     }
     let file = tempfile::tempfile().expect("temporary file");
     let mut out = ThinWriter::new(&file, WriteMode::Thin, Target::Fresh, 4096);
-    let _ = qcow2::copy(data, &header, &mut out, &mut |_| {});
+    let _ = qcow2::copy(data, &header, &mut out);
 });

@@ -310,5 +310,93 @@ fn write_zeros(file: &File, offset: u64, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Where a reader puts an image's bytes, in offset order: a [`ThinWriter`] directly, or the
+/// channel of a [`pipelined`] copy.
+pub trait ImageSink {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
+    fn hole(&mut self, offset: u64, len: u64) -> io::Result<()>;
+}
+
+impl ImageSink for ThinWriter<'_> {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        ThinWriter::write_at(self, offset, data)
+    }
+    fn hole(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        ThinWriter::hole(self, offset, len)
+    }
+}
+
+/// Chunks in flight between the reading and the writing thread (8 MiB each at most).
+const PIPELINE_DEPTH: usize = 4;
+
+enum Chunk {
+    Data(u64, Vec<u8>),
+    Hole(u64, u64),
+}
+
+/// The reading side of a [`pipelined`] copy: sends chunks, reusing the writer's buffers.
+#[derive(Debug)]
+pub struct ChannelSink {
+    chunks: std::sync::mpsc::SyncSender<Chunk>,
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+fn closed() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the writing side stopped")
+}
+
+impl ImageSink for ChannelSink {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut buf = self.spare.try_recv().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(data);
+        self.chunks.send(Chunk::Data(offset, buf)).map_err(|_| closed())
+    }
+    fn hole(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.chunks.send(Chunk::Hole(offset, len)).map_err(|_| closed())
+    }
+}
+
+/// Runs `read` on a second thread and writes what it emits through `out` on this one, so that
+/// reading (and inflating) overlaps with zero detection and writing. `progress` is called
+/// with the offset written up to. The first error on either side stops both; a write error
+/// is returned as `write_error` makes it.
+pub fn pipelined<T: Send, E: Send>(
+    out: &mut ThinWriter<'_>,
+    read: impl FnOnce(&mut ChannelSink) -> Result<T, E> + Send,
+    write_error: impl Fn(io::Error) -> E,
+    progress: &mut dyn FnMut(u64),
+) -> Result<T, E> {
+    std::thread::scope(|scope| {
+        let (chunks, incoming) = std::sync::mpsc::sync_channel(PIPELINE_DEPTH);
+        let (give_back, spare) = std::sync::mpsc::channel::<Vec<u8>>();
+        let reader = scope.spawn(move || read(&mut ChannelSink { chunks, spare }));
+        let mut written: io::Result<()> = Ok(());
+        for chunk in incoming.iter() {
+            written = match chunk {
+                Chunk::Data(offset, buf) => {
+                    let r = out.write_at(offset, &buf);
+                    progress(offset + buf.len() as u64);
+                    let _ = give_back.send(buf);
+                    r
+                }
+                Chunk::Hole(offset, len) => {
+                    let r = out.hole(offset, len);
+                    progress(offset + len);
+                    r
+                }
+            };
+            if written.is_err() {
+                break;
+            }
+        }
+        // Dropping the receiver makes the reader's next send fail, so it stops.
+        drop(incoming);
+        let read = reader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        written.map_err(write_error)?;
+        read
+    })
+}
+
 #[cfg(test)]
 mod tests;

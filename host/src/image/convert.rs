@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use super::source::{self, Checker, Expected, Location, Opened};
 use super::{check_declared, detect, qcow2, raw, DiskFormat, FileAt, ImageError};
-use crate::sparse::{Target, ThinWriter, WriteMode, WriteStats, DEFAULT_MIN_SPARSE};
+use crate::sparse::{pipelined, Target, ThinWriter, WriteMode, WriteStats, DEFAULT_MIN_SPARSE};
 
 /// How to convert.
 #[derive(Clone, Debug)]
@@ -187,9 +187,13 @@ fn from_file(
         DiskFormat::Raw => {
             let size = crate::image::ReadAt::len(&src);
             let active = checker.is_active();
-            let stats = raw::copy_file(&src.file, size, writer, active.then_some(&mut checker), &mut |done| {
-                progress(done, size)
-            })?;
+            let checker_ref = &mut checker;
+            let stats = pipelined(
+                writer,
+                |sink| raw::copy_file(&src.file, size, sink, active.then_some(checker_ref)),
+                ImageError::Write,
+                &mut |done| progress(done, size),
+            )?;
             checker.finish()?;
             Ok((format, size, stats.bytes_read, if stats.hole_aware { HolesFrom::SeekData } else { HolesFrom::None }))
         }
@@ -203,7 +207,9 @@ fn from_file(
             }
             let header = qcow2::Header::parse(&head, crate::image::ReadAt::len(&src))?;
             let size = header.virtual_size;
-            let stats = qcow2::copy(&src, &header, writer, &mut |done| progress(done, size))?;
+            let stats = pipelined(writer, |sink| qcow2::copy(&src, &header, sink), ImageError::Write, &mut |done| {
+                progress(done, size)
+            })?;
             Ok((format, size, stats.bytes_read + checksum_read, HolesFrom::Qcow2Tables))
         }
     }
@@ -287,7 +293,9 @@ fn from_stream(
             let src = FileAt::new(spool).map_err(|e| ImageError::io("reading the downloaded image", e))?;
             let header = qcow2::Header::parse(&head, total)?;
             let size = header.virtual_size;
-            qcow2::copy(&src, &header, writer, &mut |done| progress(done, size))?;
+            pipelined(writer, |sink| qcow2::copy(&src, &header, sink), ImageError::Write, &mut |done| {
+                progress(done, size)
+            })?;
             Ok((format, size, total, HolesFrom::Qcow2Tables))
         }
     }

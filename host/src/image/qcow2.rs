@@ -11,7 +11,7 @@
 use std::io::Read;
 
 use super::{ImageError, ReadAt};
-use crate::sparse::ThinWriter;
+use crate::sparse::ImageSink;
 
 pub const MAGIC: [u8; 4] = *b"QFI\xfb";
 
@@ -175,14 +175,8 @@ pub struct ReadStats {
     pub bytes_read: u64,
 }
 
-/// Reads the image in `src` and writes its guest bytes through `out`. `progress` is called
-/// with the guest offset reached.
-pub fn copy<R: ReadAt + ?Sized>(
-    src: &R,
-    header: &Header,
-    out: &mut ThinWriter<'_>,
-    progress: &mut dyn FnMut(u64),
-) -> Result<ReadStats, ImageError> {
+/// Reads the image in `src` and writes its guest bytes, in order, through `out`.
+pub fn copy<R: ReadAt + ?Sized>(src: &R, header: &Header, out: &mut dyn ImageSink) -> Result<ReadStats, ImageError> {
     let mut stats = ReadStats::default();
     let file_len = src.len();
     let cs = header.cluster_size();
@@ -200,7 +194,6 @@ pub fn copy<R: ReadAt + ?Sized>(
         if l2_offset == 0 {
             run.flush(src, out, &mut stats)?;
             out.hole(guest_base, span).map_err(ImageError::Write)?;
-            progress(guest_base + span);
             continue;
         }
         check_range(l2_offset, l2.len() as u64, file_len, "L2 table")?;
@@ -235,7 +228,6 @@ pub fn copy<R: ReadAt + ?Sized>(
                 run.push(src, out, guest, host, len, &mut stats)?;
             }
         }
-        progress(guest_base + span);
     }
     run.flush(src, out, &mut stats)?;
     Ok(stats)
@@ -251,7 +243,7 @@ fn subclusters<R: ReadAt + ?Sized>(
     host: u64,
     bitmap: u64,
     run: &mut Run,
-    out: &mut ThinWriter<'_>,
+    out: &mut dyn ImageSink,
     stats: &mut ReadStats,
 ) -> Result<(), ImageError> {
     let sub = header.cluster_size() / 32;
@@ -294,7 +286,7 @@ impl Run {
     fn push<R: ReadAt + ?Sized>(
         &mut self,
         src: &R,
-        out: &mut ThinWriter<'_>,
+        out: &mut dyn ImageSink,
         guest: u64,
         host: u64,
         len: u64,
@@ -313,7 +305,7 @@ impl Run {
     fn flush<R: ReadAt + ?Sized>(
         &mut self,
         src: &R,
-        out: &mut ThinWriter<'_>,
+        out: &mut dyn ImageSink,
         stats: &mut ReadStats,
     ) -> Result<(), ImageError> {
         if self.len == 0 {

@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 
 use super::source::Checker;
 use super::ImageError;
-use crate::sparse::{DataExtents, ThinWriter};
+use crate::sparse::{DataExtents, ImageSink, ThinWriter};
 
 const CHUNK: usize = 8 << 20;
 
@@ -24,9 +24,8 @@ pub struct RawStats {
 pub fn copy_file(
     src: &File,
     size: u64,
-    out: &mut ThinWriter<'_>,
+    out: &mut dyn ImageSink,
     mut checker: Option<&mut Checker>,
-    progress: &mut dyn FnMut(u64),
 ) -> Result<RawStats, ImageError> {
     let mut stats = RawStats::default();
     let mut buf = vec![0u8; CHUNK];
@@ -56,7 +55,6 @@ pub fn copy_file(
             out.write_at(at, &buf[..n]).map_err(ImageError::Write)?;
             stats.bytes_read += n as u64;
             at += n as u64;
-            progress(at);
         }
         pos = end;
     }
@@ -67,7 +65,6 @@ pub fn copy_file(
         }
     }
     stats.hole_aware = extents.hole_aware();
-    progress(size);
     Ok(stats)
 }
 

@@ -135,3 +135,49 @@ proptest! {
         prop_assert_eq!(accounted, shift + img.len() as u64);
     }
 }
+
+#[test]
+fn a_pipelined_write_error_stops_the_reader_and_is_the_error_reported() {
+    let named = tempfile::NamedTempFile::new().unwrap();
+    let read_only = File::open(named.path()).unwrap(); // every write fails with EBADF
+    let mut w = ThinWriter::new(&read_only, WriteMode::Thin, Target::Fresh, DEFAULT_MIN_SPARSE);
+    let mut sent = 0u64;
+    let result = pipelined(
+        &mut w,
+        |sink| {
+            for i in 0..100_000u64 {
+                sink.write_at(i * 4096, &[1u8; 4096])?;
+                sent += 1;
+            }
+            Ok::<(), io::Error>(())
+        },
+        |e| e,
+        &mut |_| {},
+    );
+    let err = result.unwrap_err();
+    assert_ne!(err.kind(), io::ErrorKind::BrokenPipe, "the cause is the failed write, not the reader's broken pipe");
+    assert!(sent < 100_000, "the reader kept going after the writer failed");
+}
+
+#[test]
+fn a_pipelined_copy_writes_what_the_reader_sends() {
+    let img = image();
+    let file = tempfile::tempfile().unwrap();
+    let mut w = ThinWriter::new(&file, WriteMode::Thin, Target::Fresh, DEFAULT_MIN_SPARSE);
+    let mut reached = 0;
+    pipelined(
+        &mut w,
+        |sink| {
+            for (i, c) in img.chunks(MIB + 3).enumerate() {
+                sink.write_at((i * (MIB + 3)) as u64, c)?;
+            }
+            Ok::<(), io::Error>(())
+        },
+        |e| e,
+        &mut |at| reached = at,
+    )
+    .unwrap();
+    w.finish(img.len() as u64).unwrap();
+    assert_eq!(reached, img.len() as u64);
+    assert_eq!(read_all(&file), img);
+}
