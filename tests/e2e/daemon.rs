@@ -189,3 +189,121 @@ fn daemon_exits_cleanly_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Reads server-sent events from `/v1/events` on a thread until `want` event names arrived.
+fn sse_collector(addr: &str, want: usize) -> std::thread::JoinHandle<Vec<(String, serde_json::Value)>> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let req = format!("GET /v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
+    stream.write_all(req.as_bytes()).unwrap();
+    std::thread::spawn(move || {
+        let mut reader = std::io::BufReader::new(stream);
+        let mut events = Vec::new();
+        let mut name = String::new();
+        // Keep-alive comments arrive every 15 s, so also stop at a deadline: a missing event
+        // then fails the assertions instead of hanging the test.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while events.len() < want && Instant::now() < deadline {
+            let mut line = String::new();
+            if std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            // Chunked transfer framing lines are skipped; SSE lines start with a field name.
+            if let Some(n) = line.strip_prefix("event: ").or_else(|| line.strip_prefix("event:")) {
+                name = n.trim().to_string();
+            } else if let Some(data) = line.strip_prefix("data: ").or_else(|| line.strip_prefix("data:")) {
+                events.push((name.clone(), serde_json::from_str(data.trim()).unwrap_or(serde_json::Value::Null)));
+            }
+        }
+        events
+    })
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} missing from:\n{text}"))
+}
+
+#[test]
+fn operator_story_events_and_metrics() {
+    let d = Daemon::start();
+    let image = d._dir.path().join("cirros.raw");
+    crate::fixtures::cloud_like_raw(&image, 24 << 20);
+    let (status, _) = d.call("GET", "/v1/events", None, None);
+    assert_eq!(status, 401, "the event stream needs the token");
+    let events = sse_collector(&d.addr, 4);
+    std::thread::sleep(Duration::from_millis(200)); // let the stream subscribe
+
+    let body = serde_json::json!({"id": "cirros", "name": "cirros", "source": image, "disk_format": "raw"}).to_string();
+    let (status, img) = d.call("POST", "/v1/images", Some(TOKEN), Some(("application/json", body.as_bytes())));
+    assert_eq!(status, 201, "{img}");
+    assert!(img["updated_at"].is_string());
+    let create = br#"{"image_id": "cirros", "size": 1}"#;
+    let (status, first) = d.call("POST", "/v1/volumes", Some(TOKEN), Some(("application/json", create)));
+    assert_eq!((status, first["cache"].as_str()), (201, Some("miss")), "{first}");
+    let (_, second) = d.call("POST", "/v1/volumes", Some(TOKEN), Some(("application/json", create)));
+    assert_eq!(second["cache"], "hit");
+    assert_eq!(second["size"], 1);
+
+    let lru = std::fs::read(plugin("lru")).unwrap();
+    let (status, _) = d.call("PUT", "/v1/policies/eviction", Some(TOKEN), Some(("application/wasm", &lru)));
+    assert_eq!(status, 200);
+
+    let (_, entries) = d.call("GET", "/v1/cache/entries", Some(TOKEN), None);
+    let entry = &entries.as_array().unwrap()[0];
+    for field in ["id", "host", "cluster_name", "image_id", "image_updated_at", "volume_id", "size", "last_used"] {
+        assert!(entry.get(field).is_some(), "entry lacks Cinder's field {field}: {entry}");
+    }
+    // Cache volumes are hidden from the volume list unless all_tenants=1.
+    let (_, listed) = d.call("GET", "/v1/volumes", Some(TOKEN), None);
+    let (_, all) = d.call("GET", "/v1/volumes?all_tenants=1", Some(TOKEN), None);
+    assert_eq!((listed.as_array().unwrap().len(), all.as_array().unwrap().len()), (2, 3));
+
+    let (status, _) = d.call("DELETE", &format!("/v1/cache/entries/{}", entry["id"]), Some(TOKEN), None);
+    assert_eq!(status, 204);
+    let (status, _) = d.call("GET", "/v1/volumes/nope", Some(TOKEN), None);
+    assert_eq!(status, 404);
+
+    let events = events.join().unwrap();
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["image_volume_cache.miss", "image_volume_cache.hit", "policy.changed", "image_volume_cache.evict"]
+    );
+    assert_eq!(events[0].1["image_id"], "cirros");
+    assert_eq!(events[0].1["volume_id"], first["id"]);
+
+    let (status, text) = request(&d.addr, "GET", "/metrics", None, None).unwrap();
+    assert_eq!(status, 200, "metrics are public by default");
+    let text = String::from_utf8(text).unwrap();
+    assert_eq!(metric(&text, "volcache_cache_hits_total"), 1.0);
+    assert_eq!(metric(&text, "volcache_cache_misses_total"), 1.0);
+    assert_eq!(metric(&text, "volcache_cache_evictions_total"), 1.0);
+    assert_eq!(metric(&text, "volcache_cache_entries"), 0.0);
+    assert_eq!(metric(&text, "volcache_cache_fill_seconds_count"), 1.0);
+    assert!(text.contains("volcache_policy_calls_total{slot=\"eviction\""));
+}
+
+#[test]
+fn malformed_and_oversized_requests_get_4xx_not_500() {
+    let d = Daemon::start();
+    let cases: [(&str, &str, &[u8], u16); 6] = [
+        ("POST", "/v1/images", b"{not json", 400),
+        ("POST", "/v1/images", br#"{"name": "x", "source": "/nonexistent", "disk_format": "vmdk"}"#, 400),
+        ("POST", "/v1/images", br#"{"name": "x", "source": "/nonexistent.raw", "disk_format": "raw"}"#, 422),
+        ("POST", "/v1/volumes", br#"{"image_id": "none", "size": 1}"#, 404),
+        ("POST", "/v1/volumes", br#"{"image_id": "none", "size": 0}"#, 400),
+        ("POST", "/v1/volumes", br#"{"image_id": "x", "size": 1, "extra": true}"#, 400),
+    ];
+    for (method, path, body, want) in cases {
+        let (status, reply) = d.call(method, path, Some(TOKEN), Some(("application/json", body)));
+        assert_eq!(status, want, "{method} {path} {}: {reply}", String::from_utf8_lossy(body));
+        assert!(reply["error"]["code"].is_string() && reply["error"]["message"].is_string(), "{reply}");
+    }
+    let huge = vec![b'a'; 20 << 20];
+    let (status, _) = d.call("PUT", "/v1/policies/eviction", Some(TOKEN), Some(("application/wasm", &huge)));
+    assert_eq!(status, 413);
+}

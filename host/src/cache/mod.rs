@@ -146,6 +146,24 @@ pub struct CacheService {
     flights: Flights,
     /// The last use time handed out; see [`CacheService::use_time`].
     last_use: std::sync::atomic::AtomicU64,
+    fill_seconds: FillHistogram,
+}
+
+/// Upper bounds (seconds) of the fill duration histogram's buckets.
+const FILL_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, f64::INFINITY];
+
+/// Fill durations since start, for `/metrics`.
+#[derive(Debug, Default)]
+struct FillHistogram {
+    counts: [std::sync::atomic::AtomicU64; FILL_BUCKETS.len()],
+    sum_ms: std::sync::atomic::AtomicU64,
+}
+
+/// A copy of the fill histogram: (upper bound in seconds, count in that bucket alone).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FillSnapshot {
+    pub buckets: Vec<(f64, u64)>,
+    pub sum_seconds: f64,
 }
 
 pub fn now_ms() -> u64 {
@@ -188,6 +206,17 @@ impl CacheService {
             events,
             flights: Flights::default(),
             last_use: Default::default(),
+            fill_seconds: FillHistogram::default(),
+        }
+    }
+
+    /// Fill durations since this process started.
+    pub fn fill_histogram(&self) -> FillSnapshot {
+        use std::sync::atomic::Ordering;
+        let h = &self.fill_seconds;
+        FillSnapshot {
+            buckets: FILL_BUCKETS.iter().zip(&h.counts).map(|(le, c)| (*le, c.load(Ordering::Relaxed))).collect(),
+            sum_seconds: h.sum_ms.load(Ordering::Relaxed) as f64 / 1e3,
         }
     }
 
@@ -282,6 +311,11 @@ impl CacheService {
                 match result? {
                     FillOutcome::Filled(entry) => {
                         let ms = started.elapsed().as_millis() as u64;
+                        let seconds = ms as f64 / 1e3;
+                        let bucket =
+                            FILL_BUCKETS.iter().position(|le| seconds <= *le).unwrap_or(FILL_BUCKETS.len() - 1);
+                        self.fill_seconds.counts[bucket].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.fill_seconds.sum_ms.fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
                         self.catalog.write(|w| {
                             w.add("fills", 1)?;
                             w.add("fill_ms_total", ms)

@@ -6,6 +6,7 @@
 
 mod cache;
 mod error;
+mod observe;
 mod policies;
 
 use std::io::Write;
@@ -35,12 +36,15 @@ pub const MAX_PLUGIN_BYTES: usize = 16 << 20;
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub cache: Arc<CacheService>,
+    /// Policy swaps, for `/v1/events`.
+    pub policy_events: tokio::sync::broadcast::Sender<crate::policy::SlotStatus>,
     token_digest: [u8; 32],
 }
 
 impl AppState {
     pub fn new(cache: Arc<CacheService>, token: &str) -> Self {
-        AppState { cache, token_digest: Sha256::digest(token.as_bytes()).into() }
+        let (policy_events, _) = tokio::sync::broadcast::channel(64);
+        AppState { cache, policy_events, token_digest: Sha256::digest(token.as_bytes()).into() }
     }
 
     pub fn policies(&self) -> &Arc<PolicySet> {
@@ -66,10 +70,12 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/cache/entries", get(cache::list_entries))
         .route("/v1/cache/entries/{id}", axum::routing::delete(cache::evict_entry))
         .route("/v1/cache/stats", get(cache::stats))
+        .route("/v1/events", get(observe::events))
         .layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route("/metrics", get(observe::metrics))
         .merge(admin)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(state)

@@ -76,9 +76,8 @@ pub async fn put_policy(
         ));
     };
     let policies = state.policies().clone();
-    let status = tokio::task::spawn_blocking(move || policies.swap(slot, spec)).await.map_err(|e| {
-        tracing::error!(error = %e, "policy swap task failed");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the daemon's log")
-    })??;
+    let status =
+        tokio::task::spawn_blocking(move || policies.swap(slot, spec)).await.map_err(|e| ApiError::internal(&e))??;
+    let _ = state.policy_events.send(status.clone());
     Ok(Json(serde_json::json!(status)))
 }

@@ -1,0 +1,166 @@
+//! What operators watch: `GET /v1/events` (server-sent events: every hit, miss and eviction,
+//! and every policy change) and `GET /metrics` (Prometheus text format).
+#![forbid(unsafe_code)]
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::IntoResponse;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::{Stream, StreamExt};
+
+use super::error::ApiError;
+use super::AppState;
+
+/// `GET /v1/events`: `event:` is `image_volume_cache.hit|miss|evict` or `policy.changed`, `data:`
+/// the JSON payload. A client too slow to keep up is told how many events it missed.
+pub async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let cache = BroadcastStream::new(state.cache.subscribe()).map(|item| match item {
+        Ok(e) => Event::default().event(e.event_type).json_data(&e).unwrap_or_default(),
+        Err(lagged) => Event::default().event("lagged").data(lagged.to_string()),
+    });
+    let policies = BroadcastStream::new(state.policy_events.subscribe()).map(|item| match item {
+        Ok(status) => Event::default().event("policy.changed").json_data(&status).unwrap_or_default(),
+        Err(lagged) => Event::default().event("lagged").data(lagged.to_string()),
+    });
+    Sse::new(cache.merge(policies).map(Ok)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let cache = state.cache.clone();
+    let (stats, fills) = tokio::task::spawn_blocking(move || cache.stats().map(|s| (s, cache.fill_histogram())))
+        .await
+        .map_err(|e| ApiError::internal(&e))??;
+    let host = format!("{{host=\"{}\"}}", state.cache.config().host.replace('"', ""));
+    let one = |v: u64| vec![(host.clone(), v as f64)];
+    let mut out = String::new();
+    metric(
+        &mut out,
+        "volcache_cache_hits_total",
+        "counter",
+        "Volumes created by cloning a cache entry.",
+        &one(stats.hits),
+    );
+    metric(
+        &mut out,
+        "volcache_cache_misses_total",
+        "counter",
+        "Creates the cache could not serve.",
+        &one(stats.misses),
+    );
+    metric(&mut out, "volcache_cache_evictions_total", "counter", "Cache entries evicted.", &one(stats.evictions));
+    metric(
+        &mut out,
+        "volcache_cache_uncached_total",
+        "counter",
+        "Volumes written without the cache.",
+        &one(stats.uncached),
+    );
+    metric(&mut out, "volcache_cache_entries", "gauge", "Cache entries in this scope.", &one(stats.entries));
+    metric(
+        &mut out,
+        "volcache_cache_allocated_bytes",
+        "gauge",
+        "Bytes allocated by cache entries.",
+        &one(stats.cache_bytes_allocated),
+    );
+    metric(
+        &mut out,
+        "volcache_cache_provisioned_gigabytes",
+        "gauge",
+        "Provisioned GiB of cache entries.",
+        &one(stats.cache_gigabytes),
+    );
+    metric(
+        &mut out,
+        "volcache_bytes_not_downloaded_total",
+        "counter",
+        "Image bytes not downloaded thanks to hits.",
+        &one(stats.bytes_not_downloaded),
+    );
+    metric(
+        &mut out,
+        "volcache_bytes_not_written_total",
+        "counter",
+        "Bytes not written thanks to hits.",
+        &one(stats.bytes_not_written),
+    );
+
+    let _ = writeln!(
+        out,
+        "# HELP volcache_cache_fill_seconds Time to fill a cache entry.\n# TYPE volcache_cache_fill_seconds histogram"
+    );
+    let mut cumulative = 0;
+    for (le, count) in fills.buckets {
+        cumulative += count;
+        let le = if le.is_infinite() { "+Inf".to_string() } else { le.to_string() };
+        let _ = writeln!(out, "volcache_cache_fill_seconds_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    let _ = writeln!(
+        out,
+        "volcache_cache_fill_seconds_sum {}\nvolcache_cache_fill_seconds_count {cumulative}",
+        fills.sum_seconds
+    );
+
+    let slots = state.policies().status();
+    let by_slot = |f: &dyn Fn(&crate::policy::SlotStatus) -> f64| -> Vec<(String, f64)> {
+        slots
+            .iter()
+            .map(|s| (format!("{{slot=\"{}\",policy=\"{}\"}}", s.slot, s.name.replace('"', "")), f(s)))
+            .collect()
+    };
+    metric(
+        &mut out,
+        "volcache_policy_calls_total",
+        "counter",
+        "Calls into policy plugins.",
+        &by_slot(&|s| s.stats.calls as f64),
+    );
+    metric(
+        &mut out,
+        "volcache_policy_fallbacks_total",
+        "counter",
+        "Decisions made by the built-in policy after a plugin failed.",
+        &by_slot(&|s| s.stats.fallbacks as f64),
+    );
+    let failures: Vec<(String, f64)> = slots
+        .iter()
+        .flat_map(|s| {
+            [
+                ("timeout", s.stats.timeouts),
+                ("memory", s.stats.memory_limit),
+                ("trap", s.stats.traps),
+                ("invalid-answer", s.stats.invalid_answers),
+            ]
+            .map(|(kind, n)| (format!("{{slot=\"{}\",kind=\"{kind}\"}}", s.slot), n as f64))
+        })
+        .collect();
+    metric(&mut out, "volcache_policy_failures_total", "counter", "Policy plugin failures by kind.", &failures);
+    metric(
+        &mut out,
+        "volcache_policy_latency_p50_seconds",
+        "gauge",
+        "Median latency of recent plugin calls.",
+        &by_slot(&|s| s.stats.latency_p50_us as f64 / 1e6),
+    );
+    metric(
+        &mut out,
+        "volcache_policy_latency_p99_seconds",
+        "gauge",
+        "99th percentile latency of recent plugin calls.",
+        &by_slot(&|s| s.stats.latency_p99_us as f64 / 1e6),
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+}
