@@ -40,6 +40,7 @@ test: deps plugins test-plugins lint
 bench: plugins
 	$(CARGO) bench -p volcache --bench policy
 	$(CARGO) bench -p volcache --bench convert
+	$(CARGO) bench -p volcache --bench cache
 
 ## Fuzz the qcow2 parser for FUZZ_SECONDS (needs rustup nightly; installs cargo-fuzz).
 FUZZ_SECONDS ?= 120

@@ -334,11 +334,27 @@ enum Chunk {
     Hole(u64, u64),
 }
 
-/// The reading side of a [`pipelined`] copy: sends chunks, reusing the writer's buffers.
+/// The reading side of a [`pipelined`] copy. Contiguous data is gathered into chunks of up to
+/// 8 MiB before it crosses to the writer (a qcow2 image arrives a 64 KiB cluster at a time;
+/// a hand-off per cluster would cost more than the copy), reusing the writer's buffers.
 #[derive(Debug)]
 pub struct ChannelSink {
     chunks: std::sync::mpsc::SyncSender<Chunk>,
     spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    pending: Vec<u8>,
+    pending_at: u64,
+}
+
+impl ChannelSink {
+    fn flush(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut next = self.spare.try_recv().unwrap_or_default();
+        next.clear();
+        let full = std::mem::replace(&mut self.pending, next);
+        self.chunks.send(Chunk::Data(self.pending_at, full)).map_err(|_| closed())
+    }
 }
 
 fn closed() -> io::Error {
@@ -347,12 +363,18 @@ fn closed() -> io::Error {
 
 impl ImageSink for ChannelSink {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        let mut buf = self.spare.try_recv().unwrap_or_default();
-        buf.clear();
-        buf.extend_from_slice(data);
-        self.chunks.send(Chunk::Data(offset, buf)).map_err(|_| closed())
+        let contiguous = self.pending_at + self.pending.len() as u64 == offset;
+        if !self.pending.is_empty() && (!contiguous || self.pending.len() + data.len() > WRITE_BATCH) {
+            self.flush()?;
+        }
+        if self.pending.is_empty() {
+            self.pending_at = offset;
+        }
+        self.pending.extend_from_slice(data);
+        Ok(())
     }
     fn hole(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.flush()?;
         self.chunks.send(Chunk::Hole(offset, len)).map_err(|_| closed())
     }
 }
@@ -370,7 +392,13 @@ pub fn pipelined<T: Send, E: Send>(
     std::thread::scope(|scope| {
         let (chunks, incoming) = std::sync::mpsc::sync_channel(PIPELINE_DEPTH);
         let (give_back, spare) = std::sync::mpsc::channel::<Vec<u8>>();
-        let reader = scope.spawn(move || read(&mut ChannelSink { chunks, spare }));
+        let reader = scope.spawn(move || {
+            let mut sink = ChannelSink { chunks, spare, pending: Vec::new(), pending_at: 0 };
+            let result = read(&mut sink);
+            // Whatever was gathered still goes out; if the writer has stopped, its error wins.
+            let _ = sink.flush();
+            result
+        });
         let mut written: io::Result<()> = Ok(());
         for chunk in incoming.iter() {
             written = match chunk {

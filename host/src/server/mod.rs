@@ -29,6 +29,9 @@ use crate::config::Config;
 use crate::policy::{PolicyEngine, PolicySet};
 pub use error::ApiError;
 
+/// The API description, kept in sync with the routes below by a test.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
 /// Largest component accepted by `PUT /v1/policies/{slot}`.
 pub const MAX_PLUGIN_BYTES: usize = 16 << 20;
 
@@ -76,6 +79,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .route("/metrics", get(observe::metrics))
+        .route("/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .merge(admin)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(state)

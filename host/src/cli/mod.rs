@@ -1,6 +1,8 @@
 //! The `volcache` command line: arguments parsed into validated commands, then run.
 #![forbid(unsafe_code)]
 
+mod client;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -39,6 +41,34 @@ pub enum Command {
     /// Inspect and check policy plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Images of a running daemon.
+    Image {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(subcommand)]
+        cmd: client::ImageCommand,
+    },
+    /// Volumes of a running daemon.
+    Volume {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(subcommand)]
+        cmd: client::VolumeCommand,
+    },
+    /// The image-volume cache of a running daemon.
+    Cache {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(subcommand)]
+        cmd: client::CacheCommand,
+    },
+    /// Policy slots of a running daemon.
+    Policy {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(subcommand)]
+        cmd: client::PolicyCommand,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +148,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Convert(args) => convert(args),
+        Command::Image { conn, cmd } => client::image(&conn, cmd),
+        Command::Volume { conn, cmd } => client::volume(&conn, cmd),
+        Command::Cache { conn, cmd } => client::cache(&conn, cmd),
+        Command::Policy { conn, cmd } => client::policy(&conn, cmd),
         Command::Plugin(PluginCommand::Inspect { file, json }) => inspect(&file, json),
         Command::Plugin(PluginCommand::Check(args)) => check(args),
     }

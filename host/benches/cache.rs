@@ -1,0 +1,151 @@
+//! Create-from-image latency on the file backend with reflink (a loop-mounted XFS): the miss
+//! (download, thin write, clone) vs the hit (clone + grow), for a 1 GiB and an 8 GiB image, side
+//! by side in one run. A hit must not grow with the image's size.
+//!
+//! `cargo bench --bench cache` (or `make bench`) prints the table; it needs root (mount). Under
+//! `cargo test` it runs one small round and checks miss then hit.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use volcache::backend::file::FileBackend;
+use volcache::backend::Backend;
+use volcache::cache::{timestamp, CacheConfig, CacheService, CreateVolume, InternalTenant};
+use volcache::catalog::{CacheOutcome, Catalog, ImageRecord};
+use volcache::image::DiskFormat;
+use volcache::policy::{CinderLimits, EngineOptions, PolicyEngine, PolicySet};
+use volcache::sparse::WriteMode;
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A loop-mounted XFS with reflink, unmounted on drop.
+struct Xfs {
+    _dir: tempfile::TempDir,
+    mnt: PathBuf,
+}
+
+impl Xfs {
+    fn new(size: u64) -> Xfs {
+        let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = tempfile::tempdir_in(base).unwrap();
+        let img = dir.path().join("xfs.img");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        File::create(&img).unwrap().set_len(size).unwrap();
+        run("mkfs.xfs", &["-q", "-m", "reflink=1", img.to_str().unwrap()]);
+        run("mount", &["-o", "loop", img.to_str().unwrap(), mnt.to_str().unwrap()]);
+        Xfs { _dir: dir, mnt }
+    }
+}
+
+impl Drop for Xfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+    }
+}
+
+/// A raw image of `size` whose data is an eighth of it, in 4 MiB extents every 32 MiB.
+fn image(path: &Path, size: u64) {
+    let f = File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    let block: Vec<u8> = (0..4 * MIB).map(|i| (i % 251) as u8 + 1).collect();
+    let mut at = 0;
+    while at + 4 * MIB <= size {
+        f.write_all_at(&block, at).unwrap();
+        at += 32 * MIB;
+    }
+    f.sync_all().unwrap();
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let sizes: &[u64] = if full { &[GIB, 8 * GIB] } else { &[64 * MIB] };
+    let hits_per_size = if full { 20 } else { 2 };
+    let xfs = Xfs::new(if full { 12 * GIB } else { GIB });
+    let images = xfs.mnt.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let catalog = Arc::new(Catalog::open(&xfs.mnt.join("catalog.redb")).unwrap());
+    let backend: Arc<dyn Backend> = Arc::new(FileBackend::new(xfs.mnt.join("volumes")).unwrap());
+    let policies =
+        Arc::new(PolicySet::new(PolicyEngine::new(EngineOptions::default()).unwrap(), CinderLimits::default()));
+    let config = CacheConfig {
+        enabled: true,
+        host: "bench".into(),
+        cluster_name: None,
+        write_mode: WriteMode::Thin,
+        min_sparse: 4096,
+        internal: InternalTenant {
+            project_id: "internal".into(),
+            user_id: "internal".into(),
+            quota_gigabytes: 0,
+            quota_volumes: 0,
+        },
+        spool_dir: xfs.mnt.clone(),
+    };
+    let cache = CacheService::new(catalog.clone(), backend, policies, config);
+
+    let mut rows = Vec::new();
+    for &size in sizes {
+        let id = format!("img-{}m", size / MIB);
+        let path = images.join(format!("{id}.raw"));
+        image(&path, size);
+        let stamp = timestamp();
+        let record = ImageRecord {
+            id: id.clone(),
+            name: id.clone(),
+            source: path.display().to_string(),
+            disk_format: DiskFormat::Raw,
+            checksum: None,
+            virtual_size: size,
+            updated_at: stamp.clone(),
+            created_at: stamp,
+        };
+        catalog.write(|w| w.put_image(&record)).unwrap();
+        let req = CreateVolume {
+            image_id: id.clone(),
+            size: size.div_ceil(GIB) + 1,
+            project_id: "p".into(),
+            user_id: "u".into(),
+        };
+        let _ = Command::new("sh").args(["-c", "sync; echo 3 > /proc/sys/vm/drop_caches"]).status();
+        let t = Instant::now();
+        let miss = cache.create_volume(&req).unwrap();
+        let miss_time = t.elapsed();
+        assert_eq!(miss.volume.cache, Some(CacheOutcome::Miss));
+        let mut hits: Vec<Duration> = (0..hits_per_size)
+            .map(|_| {
+                let t = Instant::now();
+                let hit = cache.create_volume(&req).unwrap();
+                assert_eq!(hit.volume.cache, Some(CacheOutcome::Hit));
+                t.elapsed()
+            })
+            .collect();
+        hits.sort();
+        rows.push((size, miss_time, hits[hits.len() / 2]));
+    }
+    if !full {
+        return;
+    }
+    println!("create-from-image latency, file backend on XFS with reflink (hit: median of {hits_per_size})");
+    println!("{:>8} | {:>10} | {:>10} | {:>9}", "image", "miss", "hit", "miss/hit");
+    for (size, miss, hit) in rows {
+        println!(
+            "{:>6} G | {:>8.2} s | {:>7.2} ms | {:>8.0}x",
+            size / GIB,
+            miss.as_secs_f64(),
+            hit.as_secs_f64() * 1e3,
+            miss.as_secs_f64() / hit.as_secs_f64()
+        );
+    }
+}

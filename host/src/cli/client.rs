@@ -1,0 +1,325 @@
+//! `volcache image|volume|cache|policy ...`: a client of a running daemon's HTTP API.
+//!
+//! The address comes from `--url` or `VOLCACHE_URL` (default `http://127.0.0.1:8470`), the
+//! token from `VOLCACHE_ADMIN_TOKEN` or the daemon's token file (`--token-file`, default
+//! `./var/admin-token`). Output is a table, or the API's JSON with `--json`.
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+/// Where the daemon is and how to talk to it.
+#[derive(Debug, Args)]
+pub struct Connection {
+    /// The daemon's address.
+    #[arg(long, env = "VOLCACHE_URL", default_value = "http://127.0.0.1:8470", global = true)]
+    pub url: String,
+    /// Token file written by the daemon (used when VOLCACHE_ADMIN_TOKEN is unset).
+    #[arg(long, default_value = "var/admin-token", global = true)]
+    pub token_file: PathBuf,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// List images.
+    List,
+    /// Show one image.
+    Show { id: String },
+    /// Register an image: a path, http(s):// URL or glance+http(s)://.../v2/images/ID.
+    Create {
+        source: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long, default_value = "raw")]
+        disk_format: String,
+        /// Expected md5.
+        #[arg(long)]
+        checksum: Option<String>,
+    },
+    /// Change an image (its updated_at changes, so its cache entry becomes stale).
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Delete an image and evict its cache entries.
+    Delete { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// List volumes (with --all-tenants, the cache's own too).
+    List {
+        #[arg(long)]
+        all_tenants: bool,
+    },
+    Show {
+        id: String,
+    },
+    /// Create a volume from an image; says whether the cache served it.
+    Create {
+        #[arg(long)]
+        image: String,
+        /// Size in GiB.
+        #[arg(long)]
+        size: u64,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List cache entries.
+    Entries,
+    /// Evict one entry.
+    Evict { id: u64 },
+    /// Hits, misses, evictions and sizes.
+    Stats,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Show each slot: plugin, version, calls, failures, latency.
+    List,
+    /// Fill a slot with a built-in (`--builtin lru`) or a component (`--plugin FILE`, uploaded).
+    Set {
+        slot: String,
+        #[arg(long, conflicts_with = "plugin")]
+        builtin: Option<String>,
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+        /// KEY=VALUE, repeatable.
+        #[arg(long = "param")]
+        params: Vec<String>,
+    },
+}
+
+struct Client {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    fn new(conn: &Connection) -> anyhow::Result<Client> {
+        let token = match std::env::var("VOLCACHE_ADMIN_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
+            Some(t) => t.trim().to_string(),
+            None => std::fs::read_to_string(&conn.token_file)
+                .with_context(|| format!("no VOLCACHE_ADMIN_TOKEN and no token file {}", conn.token_file.display()))?
+                .trim()
+                .to_string(),
+        };
+        let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5)).build();
+        Ok(Client { base: conn.url.trim_end_matches('/').to_string(), token, agent })
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let req = self.agent.request(method, &url).set("Authorization", &format!("Bearer {}", self.token));
+        let res = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        };
+        Self::answer(&url, res)
+    }
+
+    fn upload(&self, path: &str, bytes: &[u8]) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let req = self
+            .agent
+            .request("PUT", &url)
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .set("Content-Type", "application/wasm");
+        Self::answer(&url, req.send_bytes(bytes))
+    }
+
+    fn answer(url: &str, res: Result<ureq::Response, ureq::Error>) -> anyhow::Result<Value> {
+        match res {
+            Ok(r) if r.status() == 204 => Ok(Value::Null),
+            Ok(r) => Ok(r.into_json().unwrap_or(Value::Null)),
+            Err(ureq::Error::Status(code, r)) => {
+                let body: Value = r.into_json().unwrap_or(Value::Null);
+                match body["error"]["message"].as_str() {
+                    Some(m) => bail!("{m} (HTTP {code}, {})", body["error"]["code"].as_str().unwrap_or("error")),
+                    None => bail!("{url}: HTTP {code}"),
+                }
+            }
+            Err(e) => bail!("cannot reach the daemon at {url}: {e}"),
+        }
+    }
+}
+
+/// Prints rows of `fields` from a JSON array as an aligned table.
+fn table(items: &Value, fields: &[&str]) {
+    let rows: Vec<Vec<String>> = items
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|item| {
+                    fields
+                        .iter()
+                        .map(|f| match &item[*f] {
+                            Value::String(s) => s.clone(),
+                            Value::Null => "-".into(),
+                            other => other.to_string(),
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let widths: Vec<usize> = fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| rows.iter().map(|r| r[i].len()).chain([f.len()]).max().unwrap_or(0))
+        .collect();
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(fields.iter().map(|f| f.to_uppercase()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn show(conn: &Connection, value: &Value, fields: &[&str]) -> anyhow::Result<ExitCode> {
+    if conn.json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else if value.is_array() {
+        table(value, fields);
+    } else if !value.is_null() {
+        table(&json!([value]), fields);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+const IMAGE_FIELDS: &[&str] = &["id", "name", "disk_format", "virtual_size", "updated_at", "source"];
+const VOLUME_FIELDS: &[&str] = &["id", "size", "image_id", "cache", "project_id", "created_at"];
+const ENTRY_FIELDS: &[&str] = &["id", "image_id", "size", "allocated_bytes", "hit_count", "last_used", "host"];
+const POLICY_FIELDS: &[&str] = &["slot", "kind", "name", "version", "source"];
+
+pub fn image(conn: &Connection, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
+    let c = Client::new(conn)?;
+    let value = match cmd {
+        ImageCommand::List => c.call("GET", "/v1/images", None)?,
+        ImageCommand::Show { id } => c.call("GET", &format!("/v1/images/{id}"), None)?,
+        ImageCommand::Create { source, name, id, disk_format, checksum } => {
+            let name = name.unwrap_or_else(|| source.rsplit('/').next().unwrap_or(&source).to_string());
+            c.call(
+                "POST",
+                "/v1/images",
+                Some(
+                    json!({"id": id, "name": name, "source": source, "disk_format": disk_format, "checksum": checksum}),
+                ),
+            )?
+        }
+        ImageCommand::Update { id, name, source } => {
+            c.call("PATCH", &format!("/v1/images/{id}"), Some(json!({"name": name, "source": source})))?
+        }
+        ImageCommand::Delete { id } => c.call("DELETE", &format!("/v1/images/{id}"), None)?,
+    };
+    show(conn, &value, IMAGE_FIELDS)
+}
+
+pub fn volume(conn: &Connection, cmd: VolumeCommand) -> anyhow::Result<ExitCode> {
+    let c = Client::new(conn)?;
+    let value = match cmd {
+        VolumeCommand::List { all_tenants } => {
+            c.call("GET", if all_tenants { "/v1/volumes?all_tenants=1" } else { "/v1/volumes" }, None)?
+        }
+        VolumeCommand::Show { id } => c.call("GET", &format!("/v1/volumes/{id}"), None)?,
+        VolumeCommand::Create { image, size } => {
+            let body = json!({"image_id": image, "size": size});
+            // A miss may take minutes: show that something is happening.
+            let spinner = (!conn.json && std::io::stderr().is_terminal()).then(|| {
+                let started = Instant::now();
+                let (tx, rx) = std::sync::mpsc::channel::<()>();
+                let handle = std::thread::spawn(move || {
+                    while rx.recv_timeout(Duration::from_millis(250)).is_err() {
+                        eprint!("\r  creating a volume from {image}... {:.0} s", started.elapsed().as_secs_f64());
+                    }
+                    eprint!("\r{:60}\r", "");
+                });
+                (tx, handle)
+            });
+            let result = c.call("POST", "/v1/volumes", Some(body));
+            if let Some((tx, handle)) = spinner {
+                let _ = tx.send(());
+                let _ = handle.join();
+            }
+            result?
+        }
+        VolumeCommand::Delete { id } => c.call("DELETE", &format!("/v1/volumes/{id}"), None)?,
+    };
+    show(conn, &value, VOLUME_FIELDS)
+}
+
+pub fn cache(conn: &Connection, cmd: CacheCommand) -> anyhow::Result<ExitCode> {
+    let c = Client::new(conn)?;
+    match cmd {
+        CacheCommand::Entries => show(conn, &c.call("GET", "/v1/cache/entries", None)?, ENTRY_FIELDS),
+        CacheCommand::Evict { id } => {
+            show(conn, &c.call("DELETE", &format!("/v1/cache/entries/{id}"), None)?, ENTRY_FIELDS)
+        }
+        CacheCommand::Stats => {
+            let stats = c.call("GET", "/v1/cache/stats", None)?;
+            if conn.json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else if let Some(map) = stats.as_object() {
+                for (k, v) in map {
+                    println!("{k:<22} {v}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub fn policy(conn: &Connection, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
+    let c = Client::new(conn)?;
+    let value = match cmd {
+        PolicyCommand::List => c.call("GET", "/v1/policies", None)?,
+        PolicyCommand::Set { slot, builtin, plugin, params } => {
+            let mut pairs = Vec::new();
+            for p in &params {
+                let (k, v) = p.split_once('=').with_context(|| format!("--param {p:?}: expected KEY=VALUE"))?;
+                pairs.push((k.to_string(), v.to_string()));
+            }
+            match (builtin, plugin) {
+                (Some(b), None) => {
+                    let params: serde_json::Map<String, Value> =
+                        pairs.into_iter().map(|(k, v)| (k, json!(v))).collect();
+                    c.call("PUT", &format!("/v1/policies/{slot}"), Some(json!({"builtin": b, "params": params})))?
+                }
+                (None, Some(file)) => {
+                    let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+                    let query: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let path = if query.is_empty() {
+                        format!("/v1/policies/{slot}")
+                    } else {
+                        format!("/v1/policies/{slot}?{}", query.join("&"))
+                    };
+                    c.upload(&path, &bytes)?
+                }
+                _ => bail!("give --builtin NAME or --plugin FILE"),
+            }
+        }
+    };
+    show(conn, &value, POLICY_FIELDS)
+}
