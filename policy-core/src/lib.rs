@@ -132,6 +132,21 @@ pub struct Columns<'a> {
     pub pinned: &'a [u64],
 }
 
+/// Borrows the [`Columns`] of a WIT `view` record (any value with the contract's field names):
+/// `let entries = volcache_policy_core::columns!(view);`
+#[macro_export]
+macro_rules! columns {
+    ($view:expr) => {
+        $crate::Columns {
+            ids: &$view.ids,
+            size_gib: &$view.size_gib,
+            allocated_bytes: &$view.allocated_bytes,
+            last_used_ms: &$view.last_used_ms,
+            pinned: &$view.pinned,
+        }
+    };
+}
+
 fn cell(column: &[u64], row: usize) -> u64 {
     column.get(row).copied().unwrap_or(0)
 }

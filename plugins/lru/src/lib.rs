@@ -47,13 +47,7 @@ impl eviction::Guest for Lru {
             entries: need.entries,
         };
         // The policy core reads the view's columns in place: no copy of 10,000 entries.
-        let entries = cinder::Columns {
-            ids: &view.ids,
-            size_gib: &view.size_gib,
-            allocated_bytes: &view.allocated_bytes,
-            last_used_ms: &view.last_used_ms,
-            pinned: &view.pinned,
-        };
+        let entries = cinder::columns!(view);
         cinder::lru_victims(need, &entries)
     }
 }

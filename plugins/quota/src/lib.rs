@@ -42,13 +42,7 @@ impl plugin::Guest for Quota {
 impl capacity::Guest for Quota {
     fn shortfall(candidate: Candidate, view: View) -> Result<Need, String> {
         let size = cinder::CandidateSize { size_gib: candidate.size_gib, allocated_bytes: candidate.allocated_bytes };
-        let entries = cinder::Columns {
-            ids: &view.ids,
-            size_gib: &view.size_gib,
-            allocated_bytes: &view.allocated_bytes,
-            last_used_ms: &view.last_used_ms,
-            pinned: &view.pinned,
-        };
+        let entries = cinder::columns!(view);
         let need = cinder::shortfall(&LIMITS.load(), size, &entries).map_err(|r| format!("{r}"))?;
         Ok(Need {
             amount: need.amount,

@@ -53,13 +53,7 @@ fn mode() -> &'static str {
 }
 
 fn columns(view: &View) -> cinder::Columns<'_> {
-    cinder::Columns {
-        ids: &view.ids,
-        size_gib: &view.size_gib,
-        allocated_bytes: &view.allocated_bytes,
-        last_used_ms: &view.last_used_ms,
-        pinned: &view.pinned,
-    }
+    cinder::columns!(view)
 }
 
 #[inline(never)]
