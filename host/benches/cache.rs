@@ -55,22 +55,23 @@ impl Drop for Xfs {
     }
 }
 
-/// A raw image of `size` whose data is an eighth of it, in 4 MiB extents every 32 MiB.
-fn image(path: &Path, size: u64) {
+/// A raw image of `size` with `extents` data extents of 4 MiB, spread evenly.
+fn image(path: &Path, size: u64, extents: u64) {
     let f = File::create(path).unwrap();
     f.set_len(size).unwrap();
     let block: Vec<u8> = (0..4 * MIB).map(|i| (i % 251) as u8 + 1).collect();
-    let mut at = 0;
-    while at + 4 * MIB <= size {
-        f.write_all_at(&block, at).unwrap();
-        at += 32 * MIB;
+    let stride = size / extents;
+    for i in 0..extents {
+        f.write_all_at(&block, i * stride).unwrap();
     }
     f.sync_all().unwrap();
 }
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let sizes: &[u64] = if full { &[GIB, 8 * GIB] } else { &[64 * MIB] };
+    // (virtual size, data extents): the same layout at two sizes separates size from layout;
+    // the last row has data in proportion to its size, like a bigger real image.
+    let sizes: &[(u64, u64)] = if full { &[(GIB, 32), (8 * GIB, 32), (8 * GIB, 256)] } else { &[(64 * MIB, 4)] };
     let hits_per_size = if full { 20 } else { 2 };
     let xfs = Xfs::new(if full { 12 * GIB } else { GIB });
     let images = xfs.mnt.join("images");
@@ -96,10 +97,10 @@ fn main() {
     let cache = CacheService::new(catalog.clone(), backend, policies, config);
 
     let mut rows = Vec::new();
-    for &size in sizes {
-        let id = format!("img-{}m", size / MIB);
+    for &(size, extents) in sizes {
+        let id = format!("img-{}m-{extents}", size / MIB);
         let path = images.join(format!("{id}.raw"));
-        image(&path, size);
+        image(&path, size, extents);
         let stamp = timestamp();
         let record = ImageRecord {
             id: id.clone(),
@@ -132,16 +133,16 @@ fn main() {
             })
             .collect();
         hits.sort();
-        rows.push((size, miss_time, hits[hits.len() / 2]));
+        rows.push((size, extents, miss_time, hits[hits.len() / 2]));
     }
     if !full {
         return;
     }
     println!("create-from-image latency, file backend on XFS with reflink (hit: median of {hits_per_size})");
-    println!("{:>8} | {:>10} | {:>10} | {:>9}", "image", "miss", "hit", "miss/hit");
-    for (size, miss, hit) in rows {
+    println!("{:>8} | {:>8} | {:>10} | {:>10} | {:>9}", "image", "extents", "miss", "hit", "miss/hit");
+    for (size, extents, miss, hit) in rows {
         println!(
-            "{:>6} G | {:>8.2} s | {:>7.2} ms | {:>8.0}x",
+            "{:>6} G | {extents:>8} | {:>8.2} s | {:>7.2} ms | {:>8.0}x",
             size / GIB,
             miss.as_secs_f64(),
             hit.as_secs_f64() * 1e3,
