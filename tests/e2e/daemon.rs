@@ -31,7 +31,18 @@ struct Daemon {
 
 impl Daemon {
     fn start() -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
+        Daemon::start_in(tempfile::tempdir().unwrap())
+    }
+
+    /// Stops the daemon with SIGTERM and starts a new one on the same state directory.
+    fn restart(mut self) -> Daemon {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        assert!(self.child.wait().unwrap().success());
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
+        Daemon::start_in(dir)
+    }
+
+    fn start_in(dir: tempfile::TempDir) -> Daemon {
         // Ask the kernel for a free port, then hand it to the daemon.
         let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
         let child = Command::new(env!("CARGO_BIN_EXE_volcache"))
@@ -403,4 +414,21 @@ fn openapi_document_matches_the_routes() {
     }
     let (status, _) = request(&d.addr, "GET", "/v1/openapi.json", None, None).unwrap();
     assert_eq!(status, 200);
+}
+
+#[test]
+fn a_policy_swapped_over_http_survives_a_restart() {
+    let d = Daemon::start();
+    let lru = std::fs::read(plugin("lru")).unwrap();
+    let (status, _) = d.call("PUT", "/v1/policies/eviction", Some(TOKEN), Some(("application/wasm", &lru)));
+    assert_eq!(status, 200);
+    let quota = br#"{"builtin": "quota", "params": {"image_volume_cache_max_count": "7"}}"#;
+    let (status, _) = d.call("PUT", "/v1/policies/capacity", Some(TOKEN), Some(("application/json", quota)));
+    assert_eq!(status, 200);
+    let d = d.restart();
+    let (_, slots) = d.call("GET", "/v1/policies", Some(TOKEN), None);
+    let slot = |name: &str| slots.as_array().unwrap().iter().find(|s| s["slot"] == name).unwrap().clone();
+    assert_eq!((slot("eviction")["kind"].as_str(), slot("eviction")["name"].as_str()), (Some("wasm"), Some("lru")));
+    assert_eq!(slot("capacity")["params"], serde_json::json!([["image_volume_cache_max_count", "7"]]));
+    assert_eq!(slot("admission")["kind"], "builtin", "untouched slots keep the configured policy");
 }

@@ -13,7 +13,9 @@ use std::path::Path;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use schema::*;
-pub use schema::{CacheOutcome, EntryRecord, ImageRecord, Intent, IntentRecord, VolumeRecord};
+pub use schema::{
+    CacheOutcome, EntryRecord, ImageRecord, Intent, IntentRecord, PolicyChoice, StoredSource, VolumeRecord,
+};
 
 /// A catalog failure.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +73,7 @@ impl Catalog {
             w.txn.open_table(CACHE_INDEX)?;
             w.txn.open_table(INTENTS)?;
             w.txn.open_table(COUNTERS)?;
+            w.txn.open_table(POLICY_SLOTS)?;
             let mut meta = w.txn.open_table(META)?;
             let found = meta.get("schema_version")?.map(|v| v.value());
             match found {
@@ -183,6 +186,17 @@ macro_rules! reads {
                 .collect()
         }
 
+        /// Policy slots chosen at run time, by slot name.
+        pub fn policy_choices(&self) -> Result<Vec<(String, PolicyChoice)>, CatalogError> {
+            let t = self.txn.open_table(POLICY_SLOTS)?;
+            t.iter()?
+                .map(|row| {
+                    let (k, v) = row?;
+                    Ok((k.value().to_string(), decode_row("policy_slots", k.value(), v.value())?))
+                })
+                .collect()
+        }
+
         pub fn counter(&self, name: &str) -> Result<u64, CatalogError> {
             let t = self.txn.open_table(COUNTERS)?;
             let value = t.get(name)?.map(|v| v.value()).unwrap_or(0);
@@ -253,6 +267,11 @@ impl Writer<'_> {
 
     pub fn end(&mut self, intent_id: u64) -> Result<(), CatalogError> {
         self.txn.open_table(INTENTS)?.remove(intent_id)?;
+        Ok(())
+    }
+
+    pub fn put_policy_choice(&mut self, slot: &str, choice: &PolicyChoice) -> Result<(), CatalogError> {
+        self.txn.open_table(POLICY_SLOTS)?.insert(slot, encode(choice).as_slice())?;
         Ok(())
     }
 

@@ -10,6 +10,7 @@
 //! | `cache_index`                | `scope \0 image id`      | entry id                 |
 //! | `intents`                    | intent id (u64)          | [`IntentRecord`]         |
 //! | `counters`                   | name                     | u64                      |
+//! | `policy_slots`               | slot name                | [`PolicyChoice`]         |
 #![forbid(unsafe_code)]
 
 use redb::TableDefinition;
@@ -27,6 +28,29 @@ pub const CACHE_ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("ima
 pub const CACHE_INDEX: TableDefinition<&str, u64> = TableDefinition::new("cache_index");
 pub const INTENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("intents");
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+pub const POLICY_SLOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("policy_slots");
+
+/// What an operator put into a policy slot at run time; it survives restarts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyChoice {
+    pub source: StoredSource,
+    pub params: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum StoredSource {
+    Builtin {
+        name: String,
+    },
+    File {
+        path: String,
+    },
+    /// An uploaded component, kept by the daemon as `<state_dir>/plugins/<sha256>.wasm`.
+    Upload {
+        sha256: String,
+    },
+}
 
 /// A registered image (Glance's view of it, plus what volcache learned by probing it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

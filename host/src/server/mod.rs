@@ -41,13 +41,15 @@ pub struct AppState {
     pub cache: Arc<CacheService>,
     /// Policy swaps, for `/v1/events`.
     pub policy_events: tokio::sync::broadcast::Sender<crate::policy::SlotStatus>,
+    /// Where uploaded components are kept so a swap survives a restart.
+    pub plugin_dir: std::path::PathBuf,
     token_digest: [u8; 32],
 }
 
 impl AppState {
-    pub fn new(cache: Arc<CacheService>, token: &str) -> Self {
+    pub fn new(cache: Arc<CacheService>, token: &str, plugin_dir: std::path::PathBuf) -> Self {
         let (policy_events, _) = tokio::sync::broadcast::channel(64);
-        AppState { cache, policy_events, token_digest: Sha256::digest(token.as_bytes()).into() }
+        AppState { cache, policy_events, plugin_dir, token_digest: Sha256::digest(token.as_bytes()).into() }
     }
 
     pub fn policies(&self) -> &Arc<PolicySet> {
@@ -148,10 +150,24 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         FileBackend::new(&config.volumes_dir)
             .map_err(|e| anyhow::anyhow!("backend.path {}: {e}", config.volumes_dir.display()))?,
     );
+    let plugin_dir = config.state_dir.join("plugins");
+    // Slots swapped at run time win over the configuration file; one that no longer loads is
+    // reported and the configured policy keeps the slot.
+    for (slot, choice) in catalog.read(|r| r.policy_choices())? {
+        let Ok(slot) = slot.parse::<crate::policy::Slot>() else { continue };
+        match policies::stored_spec(&plugin_dir, &choice)
+            .and_then(|spec| policies.swap(slot, spec).map_err(|e| e.to_string()))
+        {
+            Ok(status) => tracing::info!(%slot, policy = %status.name, "restored the policy chosen at run time"),
+            Err(e) => {
+                tracing::error!(%slot, error = %e, "could not restore the policy chosen at run time; using the configured one")
+            }
+        }
+    }
     let cache = Arc::new(CacheService::new(catalog, backend, policies, config.cache.clone()));
     let reconciled = cache.reconcile()?;
     tracing::info!(?reconciled, "start-up reconciliation done");
-    let state = AppState::new(cache, &token);
+    let state = AppState::new(cache, &token, plugin_dir);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)

@@ -9,9 +9,13 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
 
+use std::path::Path;
+
 use super::error::ApiError;
 use super::AppState;
-use crate::policy::{PolicySource, PolicySpec, Slot};
+use crate::cache::CacheService;
+use crate::catalog::{PolicyChoice, StoredSource};
+use crate::policy::{LoadError, PolicySource, PolicySpec, Slot, SlotStatus};
 
 fn parse_slot(slot: &str) -> Result<Slot, ApiError> {
     slot.parse().map_err(|e: String| ApiError::new(StatusCode::NOT_FOUND, "unknown_slot", e))
@@ -75,9 +79,51 @@ pub async fn put_policy(
             "send application/json or application/wasm",
         ));
     };
-    let policies = state.policies().clone();
-    let status =
-        tokio::task::spawn_blocking(move || policies.swap(slot, spec)).await.map_err(|e| ApiError::internal(&e))??;
+    let cache = state.cache.clone();
+    let plugin_dir = state.plugin_dir.clone();
+    let status = tokio::task::spawn_blocking(move || -> Result<SlotStatus, ApiError> {
+        let status = cache.policies().swap(slot, spec.clone())?;
+        remember(&cache, &plugin_dir, slot, &spec, &status)?;
+        Ok(status)
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))??;
     let _ = state.policy_events.send(status.clone());
     Ok(Json(serde_json::json!(status)))
+}
+
+/// Records the slot's new policy in the catalog (an upload is kept as
+/// `<plugin_dir>/<sha256>.wasm`), so the choice survives a restart.
+fn remember(
+    cache: &CacheService,
+    plugin_dir: &Path,
+    slot: Slot,
+    spec: &PolicySpec,
+    status: &SlotStatus,
+) -> Result<(), ApiError> {
+    let source = match &spec.source {
+        PolicySource::Builtin(b) => StoredSource::Builtin { name: b.name().to_string() },
+        PolicySource::File(path) => StoredSource::File { path: path.display().to_string() },
+        PolicySource::Bytes(bytes) => {
+            let sha256 = status.digest.clone().unwrap_or_default();
+            std::fs::create_dir_all(plugin_dir).map_err(|e| ApiError::internal(&e))?;
+            let tmp = plugin_dir.join(format!(".{sha256}.tmp"));
+            std::fs::write(&tmp, bytes)
+                .and_then(|()| std::fs::rename(&tmp, plugin_dir.join(format!("{sha256}.wasm"))))
+                .map_err(|e| ApiError::internal(&e))?;
+            StoredSource::Upload { sha256 }
+        }
+    };
+    let choice = PolicyChoice { source, params: spec.params.clone() };
+    cache.catalog().write(|w| w.put_policy_choice(&slot.to_string(), &choice)).map_err(|e| ApiError::internal(&e))
+}
+
+/// The policy spec a stored choice stands for.
+pub fn stored_spec(plugin_dir: &Path, choice: &PolicyChoice) -> Result<PolicySpec, String> {
+    let source = match &choice.source {
+        StoredSource::Builtin { name } => PolicySource::Builtin(name.parse().map_err(|e: LoadError| e.to_string())?),
+        StoredSource::File { path } => PolicySource::File(path.into()),
+        StoredSource::Upload { sha256 } => PolicySource::File(plugin_dir.join(format!("{sha256}.wasm"))),
+    };
+    Ok(PolicySpec { source, params: choice.params.clone() })
 }
