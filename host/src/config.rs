@@ -43,6 +43,8 @@ pub struct RawConfig {
     /// Hosts sharing one backend share one cache scope: their cluster.
     pub cluster_name: Option<String>,
     #[serde(default)]
+    pub api: RawApi,
+    #[serde(default)]
     pub backend: RawBackend,
     #[serde(default)]
     pub internal_tenant: RawInternalTenant,
@@ -50,6 +52,16 @@ pub struct RawConfig {
     pub cache: RawCache,
     #[serde(default)]
     pub policy: RawPolicy,
+}
+
+/// `[api]`: which routes need no token.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    /// `GET /healthz` without a token (default true).
+    pub public_health: Option<bool>,
+    /// `GET /metrics` without a token (default true).
+    pub public_metrics: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,10 +114,24 @@ pub struct RawSlot {
     pub params: BTreeMap<String, toml::Value>,
 }
 
+/// Which routes are public.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiOptions {
+    pub public_health: bool,
+    pub public_metrics: bool,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        ApiOptions { public_health: true, public_metrics: true }
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub api: ApiOptions,
     pub state_dir: PathBuf,
     pub admin_token: Option<String>,
     pub volumes_dir: PathBuf,
@@ -228,7 +254,11 @@ impl RawConfig {
             },
             spool_dir: state_dir.join("spool"),
         };
-        Ok(Config { listen, state_dir, admin_token: self.admin_token, volumes_dir, cache, limits, engine, slots })
+        let api = ApiOptions {
+            public_health: self.api.public_health.unwrap_or(true),
+            public_metrics: self.api.public_metrics.unwrap_or(true),
+        };
+        Ok(Config { listen, api, state_dir, admin_token: self.admin_token, volumes_dir, cache, limits, engine, slots })
     }
 }
 

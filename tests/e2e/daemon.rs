@@ -45,8 +45,13 @@ impl Daemon {
     fn start_in(dir: tempfile::TempDir) -> Daemon {
         // Ask the kernel for a free port, then hand it to the daemon.
         let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        // A volcache.toml in the directory is the daemon's configuration.
+        let mut args = vec!["serve".to_string(), "--listen".to_string(), addr.clone()];
+        if dir.path().join("volcache.toml").exists() {
+            args.extend(["--config".to_string(), "volcache.toml".to_string()]);
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_volcache"))
-            .args(["serve", "--listen", &addr])
+            .args(&args)
             .current_dir(dir.path())
             .env("VOLCACHE_ADMIN_TOKEN", TOKEN)
             .env("RUST_LOG", "warn")
@@ -431,4 +436,56 @@ fn a_policy_swapped_over_http_survives_a_restart() {
     assert_eq!((slot("eviction")["kind"].as_str(), slot("eviction")["name"].as_str()), (Some("wasm"), Some("lru")));
     assert_eq!(slot("capacity")["params"], serde_json::json!([["image_volume_cache_max_count", "7"]]));
     assert_eq!(slot("admission")["kind"], "builtin", "untouched slots keep the configured policy");
+}
+
+#[test]
+fn metrics_and_health_can_require_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("volcache.toml"), "[api]\npublic_metrics = false\n").unwrap();
+    let d = Daemon::start_in(dir);
+    let (status, _) = request(&d.addr, "GET", "/metrics", None, None).unwrap();
+    assert_eq!(status, 401);
+    let (status, _) = request(&d.addr, "GET", "/metrics", Some(TOKEN), None).unwrap();
+    assert_eq!(status, 200);
+    let (status, _) = request(&d.addr, "GET", "/healthz", None, None).unwrap();
+    assert_eq!(status, 200, "health stays public unless public_health = false");
+}
+
+#[test]
+fn swapping_the_eviction_plugin_under_concurrent_creates_fails_no_request() {
+    let d = Daemon::start();
+    let image = d._dir.path().join("img.raw");
+    crate::fixtures::cloud_like_raw(&image, 8 << 20);
+    let body = serde_json::json!({"id": "img", "name": "img", "source": image, "disk_format": "raw"}).to_string();
+    assert_eq!(d.call("POST", "/v1/images", Some(TOKEN), Some(("application/json", body.as_bytes()))).0, 201);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let (addr, stop) = (d.addr.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut done = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || done < 5 {
+                    let body = br#"{"image_id": "img", "size": 1}"#;
+                    let (status, reply) =
+                        request(&addr, "POST", "/v1/volumes", Some(TOKEN), Some(("application/json", body))).unwrap();
+                    assert_eq!(status, 201, "a create failed during a swap: {}", String::from_utf8_lossy(&reply));
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    let lru = std::fs::read(plugin("lru")).unwrap();
+    for i in 0..12 {
+        let (status, reply) = if i % 2 == 0 {
+            d.call("PUT", "/v1/policies/eviction", Some(TOKEN), Some(("application/wasm", &lru)))
+        } else {
+            d.call("PUT", "/v1/policies/eviction", Some(TOKEN), Some(("application/json", br#"{"builtin": "lru"}"#)))
+        };
+        assert_eq!(status, 200, "{reply}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let created: u32 = clients.into_iter().map(|c| c.join().expect("a client thread failed")).sum();
+    let (_, stats) = d.call("GET", "/v1/cache/stats", Some(TOKEN), None);
+    assert_eq!(stats["hits"].as_u64().unwrap() + stats["misses"].as_u64().unwrap(), u64::from(created));
 }

@@ -43,13 +43,19 @@ pub struct AppState {
     pub policy_events: tokio::sync::broadcast::Sender<crate::policy::SlotStatus>,
     /// Where uploaded components are kept so a swap survives a restart.
     pub plugin_dir: std::path::PathBuf,
+    pub api: crate::config::ApiOptions,
     token_digest: [u8; 32],
 }
 
 impl AppState {
-    pub fn new(cache: Arc<CacheService>, token: &str, plugin_dir: std::path::PathBuf) -> Self {
+    pub fn new(
+        cache: Arc<CacheService>,
+        token: &str,
+        plugin_dir: std::path::PathBuf,
+        api: crate::config::ApiOptions,
+    ) -> Self {
         let (policy_events, _) = tokio::sync::broadcast::channel(64);
-        AppState { cache, policy_events, plugin_dir, token_digest: Sha256::digest(token.as_bytes()).into() }
+        AppState { cache, policy_events, plugin_dir, api, token_digest: Sha256::digest(token.as_bytes()).into() }
     }
 
     pub fn policies(&self) -> &Arc<PolicySet> {
@@ -78,9 +84,19 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/events", get(observe::events))
         .layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    // Health and metrics are public unless the configuration says otherwise.
+    let guarded = |public: bool, router: Router<AppState>| {
+        if public {
+            router
+        } else {
+            router.route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        }
+    };
+    let health = Router::new().route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }));
+    let metrics = Router::new().route("/metrics", get(observe::metrics));
     Router::new()
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
-        .route("/metrics", get(observe::metrics))
+        .merge(guarded(state.api.public_health, health))
+        .merge(guarded(state.api.public_metrics, metrics))
         .route("/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .merge(admin)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
@@ -167,7 +183,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let cache = Arc::new(CacheService::new(catalog, backend, policies, config.cache.clone()));
     let reconciled = cache.reconcile()?;
     tracing::info!(?reconciled, "start-up reconciliation done");
-    let state = AppState::new(cache, &token, plugin_dir);
+    let state = AppState::new(cache, &token, plugin_dir, config.api);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
