@@ -41,6 +41,7 @@ bench: plugins
 	$(CARGO) bench -p volcache --bench policy
 	$(CARGO) bench -p volcache --bench convert
 	$(CARGO) bench -p volcache --bench cache
+	$(CARGO) bench -p volcache --bench api
 
 ## Fuzz the qcow2 parser for FUZZ_SECONDS (needs rustup nightly; installs cargo-fuzz).
 FUZZ_SECONDS ?= 120
