@@ -489,3 +489,34 @@ fn swapping_the_eviction_plugin_under_concurrent_creates_fails_no_request() {
     let (_, stats) = d.call("GET", "/v1/cache/stats", Some(TOKEN), None);
     assert_eq!(stats["hits"].as_u64().unwrap() + stats["misses"].as_u64().unwrap(), u64::from(created));
 }
+
+#[test]
+fn without_a_configured_token_the_daemon_writes_one_to_a_0600_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_volcache"))
+        .args(["serve", "--listen", &addr])
+        .current_dir(dir.path())
+        .env_remove("VOLCACHE_ADMIN_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while request(&addr, "GET", "/healthz", None, None).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(60), "daemon did not come up");
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let path = dir.path().join("var/admin-token");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let token = std::fs::read_to_string(&path).unwrap();
+    let (status, _) = request(&addr, "GET", "/v1/policies", Some(token.trim()), None).unwrap();
+    assert_eq!(status, 200);
+    let _ = child.kill();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let _ = child.wait();
+    assert!(stderr.contains("admin token written to"), "the path is printed: {stderr}");
+}
