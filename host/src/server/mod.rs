@@ -178,7 +178,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     // reported and the configured policy keeps the slot.
     for (slot, choice) in catalog.read(|r| r.policy_choices())? {
         let Ok(slot) = slot.parse::<crate::policy::Slot>() else { continue };
-        match policies::stored_spec(&plugin_dir, &choice)
+        match self::policies::stored_spec(&plugin_dir, &choice)
             .and_then(|spec| policies.swap(slot, spec).map_err(|e| e.to_string()))
         {
             Ok(status) => tracing::info!(%slot, policy = %status.name, "restored the policy chosen at run time"),
