@@ -138,6 +138,11 @@ fn miss_then_hit_clones_the_entry_and_the_user_volume_is_its_child() {
     assert_eq!(cache_volume.project_id, "internal-project", "cache volumes belong to the internal tenant");
     assert_eq!(cache_volume.cache_entry, Some(entries[0].id));
     assert_eq!(entries[0].hit_count, 1);
+    // The hit saved the download the fill made: its data, not the holes it skipped.
+    let source_bytes = entries[0].source_bytes;
+    assert!(source_bytes > 0 && source_bytes < 40 * MIB, "the fill read {source_bytes} bytes");
+    assert_eq!(h.cache.stats().unwrap().bytes_not_downloaded, source_bytes);
+    assert_eq!(h.cache.stats().unwrap().bytes_not_written, entries[0].allocated_bytes);
 
     // Both user volumes hold the image, grown to their size.
     let image = h.image_bytes("cirros");

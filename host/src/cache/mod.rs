@@ -25,7 +25,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 
 use crate::backend::{Backend, BackendError};
-use crate::catalog::{CacheOutcome, Catalog, CatalogError, EntryRecord, ImageRecord, Intent, VolumeRecord};
+use crate::catalog::{CacheOutcome, Catalog, CatalogError, EntryRecord, ImageRecord, Intent, VolumeRecord, Writer};
 use crate::fault;
 use crate::image::convert::{write_image, ConvertOptions};
 use crate::image::source::Location;
@@ -320,7 +320,7 @@ impl CacheService {
                             w.add("fills", 1)?;
                             w.add("fill_ms_total", ms)
                         })?;
-                        let created = self.clone_from(req, &entry, CacheOutcome::Miss)?;
+                        let created = self.clone_from(req, &entry, CacheOutcome::Miss, |_| Ok(()))?;
                         self.count_miss(&image, &created.volume)?;
                         Ok(created)
                     }
@@ -349,10 +349,10 @@ impl CacheService {
 
     /// A hit: clone the entry, grow it, record the volume, bump the entry.
     fn hit(&self, req: &CreateVolume, image: &ImageRecord, entry: &EntryRecord) -> Result<Created, CacheError> {
-        let created = self.clone_from(req, entry, CacheOutcome::Hit)?;
         let now = self.use_time();
         let scope = self.config.scope().to_string();
-        self.catalog.write(|w| {
+        // Bumping the entry commits with the volume's record: one transaction, not two.
+        let created = self.clone_from(req, entry, CacheOutcome::Hit, |w| {
             if let Some(mut e) = w.entry(entry.id)? {
                 e.last_used_ms = now;
                 e.last_used = timestamp();
@@ -360,8 +360,8 @@ impl CacheService {
                 w.put_entry(&scope, &e)?;
             }
             w.add("hits", 1)?;
-            w.add("bytes_not_downloaded", image.virtual_size.min(entry.allocated_bytes.max(1)))?;
-            w.add("bytes_not_written", entry.allocated_bytes)
+            w.add("bytes_not_downloaded", entry.source_bytes)?;
+            w.add("bytes_not_written", entry.allocated_bytes).map(drop)
         })?;
         self.policies.notify(&PolicyEvent::Hit { id: entry.id, now_ms: now });
         self.emit(events::HIT, &image.id, &created.volume.id, created.volume.size, None);
@@ -384,12 +384,13 @@ impl CacheService {
     }
 
     /// Clones the user's volume from a cache entry: the user's volume is the child, never the
-    /// parent.
+    /// parent. `also` runs in the transaction that records the volume.
     fn clone_from(
         &self,
         req: &CreateVolume,
         entry: &EntryRecord,
         outcome: CacheOutcome,
+        also: impl FnOnce(&mut Writer<'_>) -> Result<(), CatalogError>,
     ) -> Result<Created, CacheError> {
         let volume = self.user_volume(req, outcome);
         let source = self
@@ -411,6 +412,7 @@ impl CacheService {
         self.catalog
             .write(|w| {
                 w.put_volume(&volume)?;
+                also(w)?;
                 w.end(intent_id)
             })
             .map_err(|e| undo(e.into()))?;
@@ -453,6 +455,7 @@ impl CacheService {
         Ok(Created { volume, uncached_reason: Some(reason) })
     }
 
+    /// Writes the image into a backend volume; returns the bytes read from its source.
     fn write_into(&self, image: &ImageRecord, backend_name: &str) -> Result<u64, CacheError> {
         let file = self.backend.open_write(backend_name)?;
         let location = Location::parse(&image.source)
@@ -461,7 +464,7 @@ impl CacheService {
             write_image(&location, &file, Target::Fresh, &self.config.spool_dir, &self.options(image), &mut |_, _| {})
                 .map_err(|source| CacheError::Image { image_id: image.id.clone(), source })?;
         file.sync_all().map_err(|e| BackendError::Io { op: "sync", name: backend_name.into(), source: e })?;
-        Ok(report.write.data_bytes_written)
+        Ok(report.bytes_read)
     }
 
     /// The policy view of this scope.
@@ -549,7 +552,7 @@ impl CacheService {
         };
         self.backend.create(&backend_name, candidate.size_gib * GIB).map_err(|e| undo(e.into()))?;
         fault::point("fill:after-create");
-        self.write_into(image, &backend_name).map_err(undo)?;
+        let source_bytes = self.write_into(image, &backend_name).map_err(undo)?;
         fault::point("fill:after-write");
         let allocated = self.backend.allocated_bytes(&backend_name).map_err(|e| undo(e.into()))?;
         let (now, stamp) = (self.use_time(), timestamp());
@@ -577,6 +580,7 @@ impl CacheService {
             last_used_ms: now,
             created_ms: now,
             allocated_bytes: allocated,
+            source_bytes,
             hit_count: 0,
             pinned: false,
         };

@@ -300,6 +300,7 @@ mod tests {
             last_used_ms: 0,
             created_ms: 0,
             allocated_bytes: 0,
+            source_bytes: 0,
             hit_count: 0,
             pinned: false,
         }

@@ -115,6 +115,9 @@ pub struct EntryRecord {
     pub last_used_ms: u64,
     pub created_ms: u64,
     pub allocated_bytes: u64,
+    /// Bytes read from the image's source to fill the entry: what each hit does not download.
+    #[serde(default)]
+    pub source_bytes: u64,
     pub hit_count: u64,
     pub pinned: bool,
 }
