@@ -29,12 +29,20 @@ deps:
 run: plugins
 	$(CARGO) run --release -p volcache -- serve
 
+# The tests build every backend; the RBD ones run against a throwaway single-node Ceph cluster
+# (scripts/ceph-cluster.sh) that `make test` starts on 127.0.0.1 and always stops.
+TEST_FEATURES := --features volcache/rbd
+CEPH_DIR ?= $(CURDIR)/target/ceph-test
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --locked $(TEST_FEATURES) -- -D warnings
 
 test: deps plugins test-plugins lint
-	$(CARGO) test --workspace --all-targets --locked
+	$(CARGO) test --workspace --all-targets --locked $(TEST_FEATURES) --no-run
+	VOLCACHE_TEST_CEPH_CONF=$(CEPH_DIR)/ceph.conf scripts/ceph-cluster.sh run $(CEPH_DIR) \
+		$(CARGO) test --workspace --all-targets --locked $(TEST_FEATURES)
 
 ## Benchmarks print tables of side-by-side ratios; see README.md.
 bench: plugins
@@ -42,6 +50,9 @@ bench: plugins
 	$(CARGO) bench -p volcache --bench convert
 	$(CARGO) bench -p volcache --bench cache
 	$(CARGO) bench -p volcache --bench api
+	$(CARGO) bench -p volcache --features rbd --bench rbd --no-run
+	OBJECTSTORE=bluestore VOLCACHE_TEST_CEPH_CONF=$(CURDIR)/target/ceph-bench/ceph.conf \
+		scripts/ceph-cluster.sh run $(CURDIR)/target/ceph-bench $(CARGO) bench -p volcache --features rbd --bench rbd
 
 ## Fuzz the qcow2 parser for FUZZ_SECONDS (needs rustup nightly; installs cargo-fuzz).
 FUZZ_SECONDS ?= 120

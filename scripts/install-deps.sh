@@ -6,6 +6,12 @@ command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v md5sum >/dev/null || need+=(coreutils)
+# The RBD backend: a single-node test cluster, the rbd tool, and librbd/librados to link.
+command -v ceph-mon >/dev/null || need+=(ceph-mon)
+command -v ceph-osd >/dev/null || need+=(ceph-osd)
+command -v rbd >/dev/null || need+=(ceph-common)
+[ -e /usr/include/rbd/librbd.h ] || need+=(librbd-dev)
+[ -e /usr/include/rados/librados.h ] || need+=(librados-dev)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 [ "$(id -u)" = 0 ] || { echo "install-deps: please install as root: ${need[*]}" >&2; exit 1; }
 echo "install-deps: installing ${need[*]}" >&2

@@ -67,11 +67,31 @@ pub struct RawApi {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBackend {
-    /// Only `file` for now.
+    /// `file` (default) or `rbd` (a build with the `rbd` feature).
     pub kind: Option<String>,
     /// Directory of the file backend's volumes (default: `<state_dir>/volumes`).
     pub path: Option<PathBuf>,
     pub filesystem_thin_provisioning: Option<bool>,
+    /// RBD: pool (default `rbd`).
+    pub rbd_pool: Option<String>,
+    /// RBD: ceph.conf path (default: librados' own search, `CEPH_CONF` first).
+    pub rbd_ceph_conf: Option<PathBuf>,
+    /// RBD: rados user without `client.` (default `admin`).
+    pub rbd_user: Option<String>,
+    /// RBD: keyring path (default: the one ceph.conf names).
+    pub rbd_keyring_conf: Option<PathBuf>,
+    /// RBD: clones deeper than this are flattened in the background (default 5).
+    pub rbd_max_clone_depth: Option<u32>,
+    pub rbd_thin_provisioning: Option<bool>,
+    /// RBD: images are named `<prefix><volume>` (default `volcache-`).
+    pub rbd_image_prefix: Option<String>,
+}
+
+/// Where volumes live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendConfig {
+    File { dir: PathBuf },
+    Rbd(crate::backend::RbdOptions),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,7 +154,7 @@ pub struct Config {
     pub api: ApiOptions,
     pub state_dir: PathBuf,
     pub admin_token: Option<String>,
-    pub volumes_dir: PathBuf,
+    pub backend: BackendConfig,
     pub cache: CacheConfig,
     pub limits: CinderLimits,
     pub engine: EngineOptions,
@@ -222,12 +242,68 @@ impl RawConfig {
                 .collect::<Result<_, _>>()?;
             slots.push((slot, PolicySpec { source, params }));
         }
-        if let Some(kind) = self.backend.kind.as_deref() {
-            if kind != "file" {
-                return Err(invalid("backend.kind", format!("{kind:?} is not available (only \"file\" for now)")));
+        let b = &self.backend;
+        let rbd_keys = [
+            ("rbd_pool", b.rbd_pool.is_some()),
+            ("rbd_ceph_conf", b.rbd_ceph_conf.is_some()),
+            ("rbd_user", b.rbd_user.is_some()),
+            ("rbd_keyring_conf", b.rbd_keyring_conf.is_some()),
+            ("rbd_max_clone_depth", b.rbd_max_clone_depth.is_some()),
+            ("rbd_thin_provisioning", b.rbd_thin_provisioning.is_some()),
+            ("rbd_image_prefix", b.rbd_image_prefix.is_some()),
+        ];
+        let (backend, thin) = match b.kind.as_deref().unwrap_or("file") {
+            "file" => {
+                if let Some((key, _)) = rbd_keys.iter().find(|(_, set)| *set) {
+                    return Err(invalid(format!("backend.{key}"), "only applies with kind = \"rbd\""));
+                }
+                let dir = b.path.clone().unwrap_or_else(|| state_dir.join("volumes"));
+                (BackendConfig::File { dir }, b.filesystem_thin_provisioning.unwrap_or(true))
             }
-        }
-        let volumes_dir = self.backend.path.unwrap_or_else(|| state_dir.join("volumes"));
+            "rbd" => {
+                if !cfg!(feature = "rbd") {
+                    return Err(invalid(
+                        "backend.kind",
+                        "this volcache was built without RBD support (build with `--features rbd`)",
+                    ));
+                }
+                for (key, set) in [
+                    ("path", b.path.is_some()),
+                    ("filesystem_thin_provisioning", b.filesystem_thin_provisioning.is_some()),
+                ] {
+                    if set {
+                        return Err(invalid(format!("backend.{key}"), "only applies with kind = \"file\""));
+                    }
+                }
+                let d = crate::backend::RbdOptions::default();
+                let non_empty = |key: &str, v: &Option<String>, default: String| match v {
+                    Some(v) if v.trim().is_empty() => Err(invalid(format!("backend.{key}"), "must not be empty")),
+                    Some(v) => Ok(v.clone()),
+                    None => Ok(default),
+                };
+                let prefix = non_empty("rbd_image_prefix", &b.rbd_image_prefix, d.prefix)?;
+                if !crate::backend::valid_name(&prefix) {
+                    return Err(invalid("backend.rbd_image_prefix", "use letters, digits, '-', '_' and '.'"));
+                }
+                let options = crate::backend::RbdOptions {
+                    pool: non_empty("rbd_pool", &b.rbd_pool, d.pool)?,
+                    ceph_conf: b.rbd_ceph_conf.clone(),
+                    user: non_empty("rbd_user", &b.rbd_user, d.user)?,
+                    keyring: b.rbd_keyring_conf.clone(),
+                    max_clone_depth: match b.rbd_max_clone_depth {
+                        Some(0) => return Err(invalid("backend.rbd_max_clone_depth", "must be at least 1")),
+                        Some(n) => n,
+                        None => d.max_clone_depth,
+                    },
+                    prefix,
+                    write_depth: d.write_depth,
+                };
+                (BackendConfig::Rbd(options), b.rbd_thin_provisioning.unwrap_or(true))
+            }
+            other => {
+                return Err(invalid("backend.kind", format!("{other:?} is not a backend (\"file\" or \"rbd\")")));
+            }
+        };
         let host = match self.host {
             Some(h) if h.trim().is_empty() => return Err(invalid("host", "must not be empty")),
             Some(h) => h,
@@ -240,11 +316,7 @@ impl RawConfig {
             enabled: self.cache.image_volume_cache_enabled.unwrap_or(true),
             host,
             cluster_name: self.cluster_name.filter(|c| !c.is_empty()),
-            write_mode: if self.backend.filesystem_thin_provisioning.unwrap_or(true) {
-                WriteMode::Thin
-            } else {
-                WriteMode::Dense
-            },
+            write_mode: if thin { WriteMode::Thin } else { WriteMode::Dense },
             min_sparse: crate::sparse::DEFAULT_MIN_SPARSE,
             internal: InternalTenant {
                 project_id: t.project_id.unwrap_or_else(|| "volcache-internal".into()),
@@ -258,7 +330,7 @@ impl RawConfig {
             public_health: self.api.public_health.unwrap_or(true),
             public_metrics: self.api.public_metrics.unwrap_or(true),
         };
-        Ok(Config { listen, api, state_dir, admin_token: self.admin_token, volumes_dir, cache, limits, engine, slots })
+        Ok(Config { listen, api, state_dir, admin_token: self.admin_token, backend, cache, limits, engine, slots })
     }
 }
 
@@ -283,13 +355,38 @@ mod tests {
             ("[policy.slots.evict]\nbuiltin = \"lru\"", "policy.slots.evict"),
             ("[policy.slots.eviction]\nbuiltin = \"lfu\"", "policy.slots.eviction.builtin"),
             ("[policy.slots.eviction]\nbuiltin = \"lru\"\nplugin = \"x.wasm\"", "policy.slots.eviction"),
-            ("[backend]\nkind = \"rbd\"", "backend.kind"),
+            ("[backend]\nkind = \"nfs\"", "backend.kind"),
+            ("[backend]\nrbd_pool = \"rbd\"", "backend.rbd_pool"),
+            (
+                "[backend]\nkind = \"rbd\"\npath = \"/x\"",
+                if cfg!(feature = "rbd") { "backend.path" } else { "backend.kind" },
+            ),
+            (
+                "[backend]\nkind = \"rbd\"\nrbd_max_clone_depth = 0",
+                if cfg!(feature = "rbd") { "backend.rbd_max_clone_depth" } else { "backend.kind" },
+            ),
             ("host = \" \"", "host"),
         ];
         for (text, key) in cases {
             let err = toml::from_str::<RawConfig>(text).unwrap().validate().unwrap_err();
             assert!(err.to_string().starts_with(key), "{text:?} gave {err}");
         }
+    }
+
+    #[cfg(feature = "rbd")]
+    #[test]
+    fn rbd_backend_takes_cinder_option_names() {
+        let c = toml::from_str::<RawConfig>(
+            "[backend]\nkind = \"rbd\"\nrbd_pool = \"volumes\"\nrbd_user = \"cinder\"\n\
+             rbd_ceph_conf = \"/etc/ceph/ceph.conf\"\nrbd_max_clone_depth = 3\nrbd_thin_provisioning = false",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let BackendConfig::Rbd(o) = c.backend else { panic!("not rbd: {:?}", c.backend) };
+        assert_eq!((o.pool.as_str(), o.user.as_str(), o.max_clone_depth), ("volumes", "cinder", 3));
+        assert_eq!(o.ceph_conf.as_deref(), Some(Path::new("/etc/ceph/ceph.conf")));
+        assert_eq!(c.cache.write_mode, WriteMode::Dense);
     }
 
     #[test]

@@ -82,6 +82,39 @@ impl Iterator for DataExtents<'_> {
     }
 }
 
+/// Where a [`ThinWriter`] writes: a random-access byte store such as a file or an RBD image.
+/// Methods take `&self` so one handle can be shared; an implementation that queues writes
+/// (asynchronous I/O) must make every other method see them (drain first).
+pub trait BlockDevice: Send + Sync + std::fmt::Debug {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Deallocates `len` bytes at `offset` (they read back as zeros) without changing the
+    /// size. An error for which [`sys::is_unsupported`] holds makes the caller write zeros.
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Sets the size: new space reads as zeros.
+    fn set_len(&self, size: u64) -> io::Result<()>;
+    /// Makes everything written so far durable.
+    fn sync_all(&self) -> io::Result<()>;
+}
+
+impl BlockDevice for File {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        FileExt::write_all_at(self, buf, offset)
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        sys::punch_hole(self, offset, len)
+    }
+    fn set_len(&self, size: u64) -> io::Result<()> {
+        File::set_len(self, size)
+    }
+    fn sync_all(&self) -> io::Result<()> {
+        File::sync_all(self)
+    }
+}
+
 /// Whether zeros are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum WriteMode {
@@ -115,7 +148,7 @@ pub struct WriteStats {
 /// Writes an image's bytes thin; see the module docs.
 #[derive(Debug)]
 pub struct ThinWriter<'f> {
-    file: &'f File,
+    file: &'f dyn BlockDevice,
     mode: WriteMode,
     target: Target,
     block: u64,
@@ -139,7 +172,7 @@ fn is_zero(block: &[u8]) -> bool {
 
 impl<'f> ThinWriter<'f> {
     /// `min_sparse` is the zero-detection block size (a power of two, at least 512).
-    pub fn new(file: &'f File, mode: WriteMode, target: Target, min_sparse: u64) -> Self {
+    pub fn new(file: &'f dyn BlockDevice, mode: WriteMode, target: Target, min_sparse: u64) -> Self {
         ThinWriter {
             file,
             mode,
@@ -275,7 +308,7 @@ impl<'f> ThinWriter<'f> {
 
     fn flush_punch(&mut self) -> io::Result<()> {
         if let Some((offset, len)) = self.punch.take() {
-            match sys::punch_hole(self.file, offset, len) {
+            match self.file.punch_hole(offset, len) {
                 Ok(()) => {}
                 // No hole punching here: write the zeros so the bytes are still right.
                 Err(e) if sys::is_unsupported(&e) => write_zeros(self.file, offset, len)?,
@@ -299,7 +332,7 @@ impl<'f> ThinWriter<'f> {
     }
 }
 
-fn write_zeros(file: &File, offset: u64, len: u64) -> io::Result<()> {
+fn write_zeros(file: &dyn BlockDevice, offset: u64, len: u64) -> io::Result<()> {
     let zeros = vec![0u8; WRITE_BATCH.min(len as usize)];
     let mut done = 0;
     while done < len {

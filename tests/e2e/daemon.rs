@@ -23,10 +23,10 @@ pub fn request_json(
     Ok((status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)))
 }
 
-struct Daemon {
+pub struct Daemon {
     child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
+    pub addr: String,
+    pub _dir: tempfile::TempDir,
 }
 
 impl Daemon {
@@ -42,7 +42,7 @@ impl Daemon {
         Daemon::start_in(dir)
     }
 
-    fn start_in(dir: tempfile::TempDir) -> Daemon {
+    pub fn start_in(dir: tempfile::TempDir) -> Daemon {
         // Ask the kernel for a free port, then hand it to the daemon.
         let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
         // A volcache.toml in the directory is the daemon's configuration.
@@ -68,7 +68,7 @@ impl Daemon {
         daemon
     }
 
-    fn call(
+    pub fn call(
         &self,
         method: &str,
         path: &str,

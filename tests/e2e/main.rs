@@ -14,6 +14,7 @@
 //! - `cache_service`: Cinder's cache semantics through the service, on real parts.
 //! - `cache_model`: random operation sequences checked against a model.
 //! - `crash`: SIGKILL at every crash point, restart, consistency.
+//! - `rbd` (feature `rbd`): the RBD backend and the daemon on a real Ceph cluster.
 
 mod fixtures;
 
@@ -29,3 +30,5 @@ mod crash;
 mod daemon;
 mod hot_swap;
 mod http_sources;
+#[cfg(feature = "rbd")]
+mod rbd;

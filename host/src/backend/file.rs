@@ -7,21 +7,14 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{Backend, BackendError, CloneMode};
-use crate::sparse::DataExtents;
+use super::{valid_name, Backend, BackendError, CloneMode};
+use crate::sparse::{BlockDevice, DataExtents};
 use crate::sys;
 
 /// Volumes as files in `dir`.
 #[derive(Debug, Clone)]
 pub struct FileBackend {
     dir: PathBuf,
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 200
-        && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 impl FileBackend {
@@ -47,6 +40,15 @@ impl FileBackend {
         File::open(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => BackendError::NotFound(name.to_string()),
             _ => BackendError::Io { op, name: name.to_string(), source: e },
+        })
+    }
+
+    /// Opens a volume's file for reading and writing.
+    pub fn open_rw(&self, name: &str) -> Result<File, BackendError> {
+        let path = self.path(name)?;
+        OpenOptions::new().read(true).write(true).open(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => BackendError::NotFound(name.to_string()),
+            _ => BackendError::Io { op: "open", name: name.to_string(), source: e },
         })
     }
 
@@ -86,7 +88,7 @@ fn copy_user(src: &File, dst: &File, offset: u64, len: usize) -> io::Result<usiz
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; len.min(8 << 20)];
     let n = src.read_at(&mut buf, offset)?;
-    dst.write_all_at(&buf[..n], offset)?;
+    FileExt::write_all_at(dst, &buf[..n], offset)?;
     Ok(n)
 }
 
@@ -96,12 +98,8 @@ impl Backend for FileBackend {
         file.set_len(size).map_err(|source| BackendError::Io { op: "create", name: name.into(), source })
     }
 
-    fn open_write(&self, name: &str) -> Result<File, BackendError> {
-        let path = self.path(name)?;
-        OpenOptions::new().read(true).write(true).open(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => BackendError::NotFound(name.to_string()),
-            _ => BackendError::Io { op: "open", name: name.to_string(), source: e },
-        })
+    fn open(&self, name: &str) -> Result<Box<dyn BlockDevice>, BackendError> {
+        Ok(Box::new(self.open_rw(name)?))
     }
 
     fn clone_volume(&self, src: &str, dst: &str) -> Result<CloneMode, BackendError> {
@@ -125,7 +123,7 @@ impl Backend for FileBackend {
     }
 
     fn resize(&self, name: &str, size: u64) -> Result<(), BackendError> {
-        let file = self.open_write(name)?;
+        let file = self.open_rw(name)?;
         let current =
             file.metadata().map_err(|source| BackendError::Io { op: "resize", name: name.into(), source })?.len();
         if size < current {

@@ -126,6 +126,10 @@ pub struct Stats {
     pub fills: u64,
     pub fill_ms_total: u64,
     pub uncached: u64,
+    /// Evicted cache volumes whose storage is still held because volumes cloned from them
+    /// live (RBD trash), and the bytes they hold. Freed with their last clone.
+    pub evicted_volumes_held: u64,
+    pub evicted_bytes_held: u64,
 }
 
 /// What a leader's fill did.
@@ -457,13 +461,19 @@ impl CacheService {
 
     /// Writes the image into a backend volume; returns the bytes read from its source.
     fn write_into(&self, image: &ImageRecord, backend_name: &str) -> Result<u64, CacheError> {
-        let file = self.backend.open_write(backend_name)?;
+        let device = self.backend.open(backend_name)?;
         let location = Location::parse(&image.source)
             .map_err(|source| CacheError::Image { image_id: image.id.clone(), source })?;
-        let report =
-            write_image(&location, &file, Target::Fresh, &self.config.spool_dir, &self.options(image), &mut |_, _| {})
-                .map_err(|source| CacheError::Image { image_id: image.id.clone(), source })?;
-        file.sync_all().map_err(|e| BackendError::Io { op: "sync", name: backend_name.into(), source: e })?;
+        let report = write_image(
+            &location,
+            &*device,
+            Target::Fresh,
+            &self.config.spool_dir,
+            &self.options(image),
+            &mut |_, _| {},
+        )
+        .map_err(|source| CacheError::Image { image_id: image.id.clone(), source })?;
+        device.sync_all().map_err(|e| BackendError::Io { op: "sync", name: backend_name.into(), source: e })?;
         Ok(report.bytes_read)
     }
 
@@ -553,6 +563,7 @@ impl CacheService {
         self.backend.create(&backend_name, candidate.size_gib * GIB).map_err(|e| undo(e.into()))?;
         fault::point("fill:after-create");
         let source_bytes = self.write_into(image, &backend_name).map_err(undo)?;
+        self.backend.seal(&backend_name).map_err(|e| undo(e.into()))?;
         fault::point("fill:after-write");
         let allocated = self.backend.allocated_bytes(&backend_name).map_err(|e| undo(e.into()))?;
         let (now, stamp) = (self.use_time(), timestamp());
@@ -676,6 +687,7 @@ impl CacheService {
 
     pub fn stats(&self) -> Result<Stats, CacheError> {
         let entries = self.scope_entries()?;
+        let held = self.backend.held()?;
         Ok(self.catalog.read(|r| {
             Ok(Stats {
                 hits: r.counter("hits")?,
@@ -689,6 +701,8 @@ impl CacheService {
                 fills: r.counter("fills")?,
                 fill_ms_total: r.counter("fill_ms_total")?,
                 uncached: r.counter("uncached")?,
+                evicted_volumes_held: held.volumes,
+                evicted_bytes_held: held.bytes,
             })
         })?)
     }

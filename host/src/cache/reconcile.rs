@@ -10,7 +10,8 @@
 //!
 //! Then two sweeps over what only the cache owns: cache volumes (`cache-*`) no entry refers to
 //! are removed, and entries whose volume is missing are dropped. Volumes named `volume-*` are
-//! never removed except through their own `Create` or `Delete` intent.
+//! never removed except through their own `Create` or `Delete` intent. Last, the backend frees
+//! what removed volumes still held if their clones are gone (RBD trash).
 #![forbid(unsafe_code)]
 
 use super::{CacheError, CacheService, EvictReason};
@@ -22,6 +23,8 @@ pub struct Reconciled {
     pub intents_resolved: u64,
     pub orphan_cache_volumes_removed: Vec<String>,
     pub entries_without_volume_dropped: Vec<u64>,
+    /// Removed volumes whose held storage was freed (their last clone was gone).
+    pub held_volumes_freed: u64,
 }
 
 impl CacheService {
@@ -80,6 +83,7 @@ impl CacheService {
                 done.entries_without_volume_dropped.push(entry.id);
             }
         }
+        done.held_volumes_freed = self.backend().collect_garbage()?;
         Ok(done)
     }
 }

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use super::source::{self, Checker, Expected, Location, Opened};
 use super::{check_declared, detect, qcow2, raw, DiskFormat, FileAt, ImageError};
-use crate::sparse::{pipelined, Target, ThinWriter, WriteMode, WriteStats, DEFAULT_MIN_SPARSE};
+use crate::sparse::{pipelined, BlockDevice, Target, ThinWriter, WriteMode, WriteStats, DEFAULT_MIN_SPARSE};
 
 /// How to convert.
 #[derive(Clone, Debug)]
@@ -128,7 +128,7 @@ pub fn convert(
 /// under `spool_dir` first. On error, `out` holds garbage: the caller removes it.
 pub fn write_image(
     src: &Location,
-    out: &File,
+    out: &dyn BlockDevice,
     target: Target,
     spool_dir: &Path,
     opts: &ConvertOptions,

@@ -23,8 +23,10 @@ use axum::{Json, Router};
 use sha2::{Digest, Sha256};
 
 use crate::backend::file::FileBackend;
+use crate::backend::Backend;
 use crate::cache::CacheService;
 use crate::catalog::Catalog;
+use crate::config::BackendConfig;
 use crate::config::Config;
 use crate::policy::{PolicyEngine, PolicySet};
 pub use error::ApiError;
@@ -154,6 +156,24 @@ fn token_file(path: &Path) -> anyhow::Result<String> {
 }
 
 /// Starts the daemon and serves until SIGINT or SIGTERM.
+/// Opens the configured backend; errors name the config key.
+pub fn open_backend(config: &BackendConfig) -> anyhow::Result<Arc<dyn Backend>> {
+    match config {
+        BackendConfig::File { dir } => {
+            Ok(Arc::new(FileBackend::new(dir).map_err(|e| anyhow::anyhow!("backend.path {}: {e}", dir.display()))?))
+        }
+        #[cfg(feature = "rbd")]
+        BackendConfig::Rbd(options) => {
+            let backend = crate::backend::rbd::RbdBackend::connect(options.clone())
+                .map_err(|e| anyhow::anyhow!("backend (rbd pool {:?}): {e}", options.pool))?;
+            tracing::info!(pool = %options.pool, prefix = %options.prefix, "RBD backend connected");
+            Ok(Arc::new(backend))
+        }
+        #[cfg(not(feature = "rbd"))]
+        BackendConfig::Rbd(_) => anyhow::bail!("backend.kind: this volcache was built without RBD support"),
+    }
+}
+
 pub fn serve(config: Config) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -169,10 +189,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         policies.swap(*slot, spec.clone()).map_err(|e| anyhow::anyhow!("policy.slots.{slot}: {e}"))?;
     }
     let catalog = Arc::new(Catalog::open(&config.state_dir.join("catalog.redb"))?);
-    let backend = Arc::new(
-        FileBackend::new(&config.volumes_dir)
-            .map_err(|e| anyhow::anyhow!("backend.path {}: {e}", config.volumes_dir.display()))?,
-    );
+    let backend = open_backend(&config.backend)?;
     let plugin_dir = config.state_dir.join("plugins");
     // Slots swapped at run time win over the configuration file; one that no longer loads is
     // reported and the configured policy keeps the slot.

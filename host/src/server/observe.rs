@@ -78,6 +78,20 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     );
     metric(
         &mut out,
+        "volcache_evicted_bytes_held",
+        "gauge",
+        "Bytes still held by evicted cache volumes whose clones live (freed with the last clone).",
+        &one(stats.evicted_bytes_held),
+    );
+    metric(
+        &mut out,
+        "volcache_evicted_volumes_held",
+        "gauge",
+        "Evicted cache volumes still held by live clones.",
+        &one(stats.evicted_volumes_held),
+    );
+    metric(
+        &mut out,
         "volcache_cache_provisioned_gigabytes",
         "gauge",
         "Provisioned GiB of cache entries.",

@@ -58,7 +58,7 @@ fn thin_and_dense_read_back_the_same_bytes_and_thin_allocates_less() {
 fn zeros_over_old_data_are_punched_not_left_behind() {
     let img = image();
     let file = tempfile::tempfile().unwrap();
-    file.write_all_at(&vec![0xffu8; img.len()], 0).unwrap();
+    FileExt::write_all_at(&file, &vec![0xffu8; img.len()], 0).unwrap();
     let before = sys::allocated_bytes(&file).unwrap();
     write_in_chunks(&file, WriteMode::Thin, Target::MayHoldData, &img, MIB);
     assert_eq!(read_all(&file), img, "old bytes must not survive where the image has zeros");
@@ -83,8 +83,8 @@ fn holes_are_counted_and_never_written() {
 fn data_extents_skip_holes_on_this_file_system() {
     let file = tempfile::tempfile().unwrap();
     file.set_len(64 * MIB as u64).unwrap();
-    file.write_all_at(&[1u8; 8192], 4 * MIB as u64).unwrap();
-    file.write_all_at(&[1u8; 4096], 40 * MIB as u64).unwrap();
+    FileExt::write_all_at(&file, &[1u8; 8192], 4 * MIB as u64).unwrap();
+    FileExt::write_all_at(&file, &[1u8; 4096], 40 * MIB as u64).unwrap();
     let mut ext = DataExtents::new(&file, 64 * MIB as u64);
     let found: Vec<Extent> = ext.by_ref().collect::<io::Result<_>>().unwrap();
     assert!(ext.hole_aware());
@@ -118,7 +118,7 @@ proptest! {
         }
         let file = tempfile::tempfile().unwrap();
         if dirty {
-            file.write_all_at(&vec![0xeeu8; img.len() + shift as usize], 0).unwrap();
+            FileExt::write_all_at(&file, &vec![0xeeu8; img.len() + shift as usize], 0).unwrap();
         }
         let mode = if dense { WriteMode::Dense } else { WriteMode::Thin };
         let target = if dirty { Target::MayHoldData } else { Target::Fresh };

@@ -1,0 +1,207 @@
+//! The RBD backend on a real single-node cluster, side by side in one run:
+//! 1. thin import of a raw image into a new RBD image (volcache's thin writer, async writes) vs
+//!    `rbd import` of the same file: time and `rbd du` used bytes;
+//! 2. create-from-image latency through the cache service, miss vs hit (snapshot clone +
+//!    resize), for a 1 GiB and a 4 GiB image.
+//!
+//! `make bench` starts a bluestore cluster for it (scripts/ceph-cluster.sh) and passes its
+//! ceph.conf in `VOLCACHE_TEST_CEPH_CONF`. Under `cargo test` it runs one small round.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use volcache::backend::rbd::RbdBackend;
+use volcache::backend::{Backend, RbdOptions};
+use volcache::cache::{timestamp, CacheConfig, CacheService, CreateVolume, InternalTenant};
+use volcache::catalog::{CacheOutcome, Catalog, ImageRecord};
+use volcache::image::convert::{write_image, ConvertOptions};
+use volcache::image::source::Location;
+use volcache::image::DiskFormat;
+use volcache::policy::{CinderLimits, EngineOptions, PolicyEngine, PolicySet};
+use volcache::sparse::{Target, WriteMode};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+fn ceph_conf() -> PathBuf {
+    std::env::var_os("VOLCACHE_TEST_CEPH_CONF").map(PathBuf::from).filter(|p| p.is_file()).unwrap_or_else(|| {
+        panic!("the RBD benchmark needs a Ceph cluster: run `make bench`, or set VOLCACHE_TEST_CEPH_CONF")
+    })
+}
+
+fn rbd(args: &[&str]) -> String {
+    let out = Command::new("rbd").args(args).env("CEPH_CONF", ceph_conf()).output().expect("rbd (ceph-common)");
+    assert!(out.status.success(), "rbd {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn rbd_used(image: &str) -> u64 {
+    let du: serde_json::Value =
+        serde_json::from_str(&rbd(&["du", &format!("rbd/{image}"), "--format", "json"])).unwrap();
+    du["images"].as_array().unwrap().iter().find(|i| i["name"] == image).unwrap()["used_size"].as_u64().unwrap()
+}
+
+fn drop_caches() {
+    let _ = Command::new("sh").args(["-c", "sync; echo 3 > /proc/sys/vm/drop_caches"]).status();
+}
+
+/// A raw image of `size`: `extents` data extents of 4 MiB spread evenly, each followed by
+/// 1 MiB of explicitly written zeros (which a thin import must not write).
+fn image(path: &Path, size: u64, extents: u64) {
+    let f = File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    let block: Vec<u8> = (0..4 * MIB).map(|i| (i % 251) as u8 + 1).collect();
+    let zeros = vec![0u8; MIB as usize];
+    let stride = size / extents;
+    for i in 0..extents {
+        f.write_all_at(&block, i * stride).unwrap();
+        f.write_all_at(&zeros, i * stride + 4 * MIB).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let prefix = format!("bench{}-", std::process::id());
+    let options = RbdOptions { ceph_conf: Some(ceph_conf()), prefix: prefix.clone(), ..RbdOptions::default() };
+    let backend = Arc::new(RbdBackend::connect(options).unwrap());
+    let work = tempfile::tempdir_in(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")).unwrap();
+
+    // 1. Thin import vs `rbd import`.
+    let (size, extents) = if full { (4 * GIB, 128) } else { (64 * MIB, 4) };
+    let rounds = if full { 3 } else { 1 };
+    let raw = work.path().join("import.raw");
+    image(&raw, size, extents);
+    let location = Location::parse(raw.to_str().unwrap()).unwrap();
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let name = format!("import-{round}");
+        drop_caches();
+        let t = Instant::now();
+        backend.create(&name, size).unwrap();
+        let dev = backend.open(&name).unwrap();
+        write_image(&location, &*dev, Target::Fresh, work.path(), &ConvertOptions::default(), &mut |_, _| {}).unwrap();
+        dev.sync_all().unwrap();
+        drop(dev);
+        ours.push(t.elapsed());
+
+        let reference = format!("{prefix}rbd-import-{round}");
+        drop_caches();
+        let t = Instant::now();
+        rbd(&["import", "--no-progress", raw.to_str().unwrap(), &format!("rbd/{reference}")]);
+        theirs.push(t.elapsed());
+    }
+    let (used_ours, used_theirs) = (rbd_used(&format!("{prefix}import-0")), rbd_used(&format!("{prefix}rbd-import-0")));
+    for round in 0..rounds {
+        backend.remove(&format!("import-{round}")).unwrap();
+        rbd(&["rm", "--no-progress", &format!("rbd/{prefix}rbd-import-{round}")]);
+    }
+    let (t_ours, t_theirs) = (median(ours), median(theirs));
+    assert!(used_ours.abs_diff(used_theirs) * 100 <= used_theirs, "used {used_ours} vs rbd import {used_theirs}");
+
+    // 2. Miss vs hit through the cache service.
+    let sizes: &[(u64, u64)] = if full { &[(GIB, 32), (4 * GIB, 32), (4 * GIB, 128)] } else { &[(64 * MIB, 4)] };
+    let hits_per_size = if full { 20 } else { 2 };
+    let catalog = Arc::new(Catalog::open(&work.path().join("catalog.redb")).unwrap());
+    let policies =
+        Arc::new(PolicySet::new(PolicyEngine::new(EngineOptions::default()).unwrap(), CinderLimits::default()));
+    let config = CacheConfig {
+        enabled: true,
+        host: "bench".into(),
+        cluster_name: None,
+        write_mode: WriteMode::Thin,
+        min_sparse: 4096,
+        internal: InternalTenant {
+            project_id: "internal".into(),
+            user_id: "internal".into(),
+            quota_gigabytes: 0,
+            quota_volumes: 0,
+        },
+        spool_dir: work.path().to_path_buf(),
+    };
+    let cache = CacheService::new(catalog.clone(), backend.clone(), policies, config);
+    let mut rows = Vec::new();
+    let mut created = Vec::new();
+    for &(size, extents) in sizes {
+        let id = format!("img-{}m-{extents}", size / MIB);
+        let path = work.path().join(format!("{id}.raw"));
+        image(&path, size, extents);
+        let stamp = timestamp();
+        let record = ImageRecord {
+            id: id.clone(),
+            name: id.clone(),
+            source: path.display().to_string(),
+            disk_format: DiskFormat::Raw,
+            checksum: None,
+            virtual_size: size,
+            updated_at: stamp.clone(),
+            created_at: stamp,
+        };
+        catalog.write(|w| w.put_image(&record)).unwrap();
+        let req = CreateVolume {
+            image_id: id.clone(),
+            size: size.div_ceil(GIB) + 1,
+            project_id: "p".into(),
+            user_id: "u".into(),
+        };
+        drop_caches();
+        let t = Instant::now();
+        let miss = cache.create_volume(&req).unwrap();
+        let miss_time = t.elapsed();
+        assert_eq!(miss.volume.cache, Some(CacheOutcome::Miss));
+        created.push(miss.volume.id.clone());
+        let hits: Vec<Duration> = (0..hits_per_size)
+            .map(|_| {
+                let t = Instant::now();
+                let hit = cache.create_volume(&req).unwrap();
+                let elapsed = t.elapsed();
+                assert_eq!(hit.volume.cache, Some(CacheOutcome::Hit));
+                created.push(hit.volume.id.clone());
+                elapsed
+            })
+            .collect();
+        rows.push((size, extents, miss_time, median(hits)));
+    }
+    for id in &created {
+        cache.delete_volume(id).unwrap();
+    }
+    for entry in catalog.read(|r| r.entries()).unwrap() {
+        cache.evict_entry(entry.id).unwrap();
+    }
+    assert!(backend.list().unwrap().is_empty(), "the benchmark left images: {:?}", backend.list().unwrap());
+    if !full {
+        return;
+    }
+    let data = extents * 4 * MIB;
+    println!(
+        "thin import into RBD, {} GiB raw with {} MiB of data (+ {} MiB of written zeros), median of {rounds}",
+        size / GIB,
+        data / MIB,
+        extents
+    );
+    println!("{:>14} | {:>8} | {:>12}", "", "time", "rbd du used");
+    println!("{:>14} | {:>6.2} s | {:>8} MiB", "volcache", t_ours.as_secs_f64(), used_ours / MIB);
+    println!("{:>14} | {:>6.2} s | {:>8} MiB", "rbd import", t_theirs.as_secs_f64(), used_theirs / MIB);
+    println!("volcache / rbd import time: {:.2}x", t_ours.as_secs_f64() / t_theirs.as_secs_f64());
+    println!();
+    println!("create-from-image latency on RBD (hit: snapshot clone + resize, median of {hits_per_size})");
+    println!("{:>8} | {:>8} | {:>10} | {:>10} | {:>9}", "image", "extents", "miss", "hit", "miss/hit");
+    for (size, extents, miss, hit) in rows {
+        println!(
+            "{:>6} G | {extents:>8} | {:>8.2} s | {:>7.2} ms | {:>8.0}x",
+            size / GIB,
+            miss.as_secs_f64(),
+            hit.as_secs_f64() * 1e3,
+            miss.as_secs_f64() / hit.as_secs_f64()
+        );
+    }
+}
