@@ -165,6 +165,18 @@ fn collect(pool: &Arc<ffi::Pool>, prefix: &str) -> io::Result<u64> {
     Ok(freed)
 }
 
+/// Gives an open image its protected [`SEAL`] snapshot unless it has it.
+fn seal(image: &ffi::Image, name: &str) -> Result<(), BackendError> {
+    let err = io_err("seal", name);
+    if !image.snap_exists(SEAL).map_err(&err)? {
+        image.snap_create(SEAL).map_err(&err)?;
+    }
+    if !image.snap_is_protected(SEAL).map_err(&err)? {
+        image.snap_protect(SEAL).map_err(&err)?;
+    }
+    Ok(())
+}
+
 /// An open image as the thin writer's target.
 #[derive(Debug)]
 struct RbdDevice(ffi::Device);
@@ -199,24 +211,15 @@ impl Backend for RbdBackend {
     }
 
     fn seal(&self, name: &str) -> Result<(), BackendError> {
-        let image = self.open_image(name, "seal")?;
-        let err = io_err("seal", name);
-        if !image.snap_exists(SEAL).map_err(&err)? {
-            image.snap_create(SEAL).map_err(&err)?;
-        }
-        if !image.snap_is_protected(SEAL).map_err(&err)? {
-            image.snap_protect(SEAL).map_err(&err)?;
-        }
-        Ok(())
+        seal(&self.open_image(name, "seal")?, name)
     }
 
     fn clone_volume(&self, src: &str, dst: &str) -> Result<CloneMode, BackendError> {
         let (src_image, dst_image) = (self.image_name(src)?, self.image_name(dst)?);
-        if self.exists(dst)? {
-            return Err(BackendError::Exists(dst.to_string()));
-        }
-        self.seal(src)?;
+        // One open of the source serves the seal check, its features and its depth: each
+        // open costs round trips to the cluster, and a hit is mostly this.
         let source = self.open_image(src, "clone")?;
+        seal(&source, src)?;
         let features = source.features().map_err(io_err("clone", src))?;
         self.pool.clone_image(&src_image, SEAL, &dst_image, features).map_err(io_err("clone", dst))?;
         let depth = self.depth(&source).map_err(io_err("clone", src))? + 1;
