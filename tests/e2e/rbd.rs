@@ -183,6 +183,20 @@ fn a_removed_volume_with_live_clones_waits_in_the_trash_and_is_freed_with_the_la
 }
 
 #[test]
+fn a_removed_volume_is_freed_when_its_last_clone_is_flattened() {
+    let b = backend();
+    fill(&b, "entry");
+    let original = read(&b, "entry");
+    b.clone_volume("entry", "user").unwrap();
+    b.remove("entry").unwrap();
+    assert_eq!(b.held().unwrap().volumes, 1);
+    b.flatten("user").unwrap();
+    assert_eq!(b.held().unwrap(), Held::default(), "the flattened clone no longer needs its parent");
+    assert_eq!(read(&b, "user"), original);
+    b.remove("user").unwrap();
+}
+
+#[test]
 fn garbage_left_by_clones_removed_elsewhere_is_collected() {
     let b = backend();
     let prefix = b.options().prefix.clone();

@@ -93,6 +93,14 @@ impl RbdBackend {
         }
     }
 
+    /// Copies a clone's data up from its parent so that it stands alone (as `rbd flatten`),
+    /// then frees a removed parent that only it kept.
+    pub fn flatten(&self, name: &str) -> Result<(), BackendError> {
+        self.settle_one(name);
+        self.open_image(name, "flatten")?.flatten().map_err(io_err("flatten", name))?;
+        self.collect_garbage().map(drop)
+    }
+
     /// How many clones deep `image` is (0: not a clone). Parents in the trash are followed by id.
     fn depth(&self, image: &ffi::Image) -> io::Result<u32> {
         let mut depth = 0;
