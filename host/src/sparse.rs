@@ -20,6 +20,8 @@ use crate::sys;
 pub const DEFAULT_MIN_SPARSE: u64 = 4096;
 /// Largest single write.
 const WRITE_BATCH: usize = 8 << 20;
+/// Runs of data at least this long are written from the caller's buffer without gathering.
+const DIRECT_WRITE: usize = 1 << 20;
 
 /// A run of data: `len` bytes at `offset`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,12 +204,25 @@ impl<'f> ThinWriter<'f> {
         let (mut offset, mut data) = (offset, data);
         while !data.is_empty() {
             if self.carry.is_empty() && offset % self.block == 0 && data.len() >= block {
-                // Fast path: whole aligned blocks straight from the caller's buffer.
+                // Fast path: whole aligned blocks straight from the caller's buffer; runs of
+                // data blocks go out as one write each.
                 let whole = data.len() / block * block;
-                for chunk in data[..whole].chunks_exact(block) {
-                    self.block_at(offset, chunk)?;
-                    offset += self.block;
+                let region = &data[..whole];
+                let mut run_start = None;
+                for (i, chunk) in region.chunks_exact(block).enumerate() {
+                    if self.mode == WriteMode::Thin && is_zero(chunk) {
+                        if let Some(start) = run_start.take() {
+                            self.data_run(offset + start as u64, &region[start..i * block])?;
+                        }
+                        self.zero_block(offset + (i * block) as u64)?;
+                    } else if run_start.is_none() {
+                        run_start = Some(i * block);
+                    }
                 }
+                if let Some(start) = run_start {
+                    self.data_run(offset + start as u64, &region[start..])?;
+                }
+                offset += whole as u64;
                 data = &data[whole..];
                 continue;
             }
@@ -263,23 +278,45 @@ impl<'f> ThinWriter<'f> {
         Ok(())
     }
 
+    /// One block (a carried-over partial one, or the last one of the image).
     fn block_at(&mut self, offset: u64, block: &[u8]) -> io::Result<()> {
         if self.mode == WriteMode::Thin && is_zero(block) {
-            self.flush_pending()?;
-            self.stats.zero_bytes_skipped += block.len() as u64;
-            if self.target == Target::MayHoldData {
-                self.add_punch(offset, block.len() as u64)?;
-            }
-            return Ok(());
+            self.zero_block_len(offset, block.len() as u64)
+        } else {
+            self.data_run(offset, block)
         }
+    }
+
+    fn zero_block(&mut self, offset: u64) -> io::Result<()> {
+        self.zero_block_len(offset, self.block)
+    }
+
+    fn zero_block_len(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.flush_pending()?;
+        self.stats.zero_bytes_skipped += len;
+        if self.target == Target::MayHoldData {
+            self.add_punch(offset, len)?;
+        }
+        Ok(())
+    }
+
+    /// Data blocks at `offset`. A large run is written straight from the caller's buffer (no
+    /// copy); small ones are gathered into one larger write.
+    fn data_run(&mut self, offset: u64, run: &[u8]) -> io::Result<()> {
         self.flush_punch()?;
         if !self.pending.is_empty() && self.pending_at + self.pending.len() as u64 != offset {
             self.flush_pending()?;
         }
+        if run.len() >= DIRECT_WRITE {
+            self.flush_pending()?;
+            self.file.write_all_at(run, offset)?;
+            self.stats.data_bytes_written += run.len() as u64;
+            return Ok(());
+        }
         if self.pending.is_empty() {
             self.pending_at = offset;
         }
-        self.pending.extend_from_slice(block);
+        self.pending.extend_from_slice(run);
         if self.pending.len() >= WRITE_BATCH {
             self.flush_pending()?;
         }
@@ -376,10 +413,17 @@ pub struct ChannelSink {
     spare: std::sync::mpsc::Receiver<Vec<u8>>,
     pending: Vec<u8>,
     pending_at: u64,
+    /// A pending run of holes (never at the same time as pending data). A qcow2 image reports
+    /// one hole per unallocated cluster: sent one by one, the hand-offs cost more than the copy.
+    hole: Option<(u64, u64)>,
 }
 
 impl ChannelSink {
+    /// Sends what is pending (data or a hole run).
     fn flush(&mut self) -> io::Result<()> {
+        if let Some((offset, len)) = self.hole.take() {
+            return self.chunks.send(Chunk::Hole(offset, len)).map_err(|_| closed());
+        }
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -396,6 +440,9 @@ fn closed() -> io::Error {
 
 impl ImageSink for ChannelSink {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if self.hole.is_some() {
+            self.flush()?;
+        }
         let contiguous = self.pending_at + self.pending.len() as u64 == offset;
         if !self.pending.is_empty() && (!contiguous || self.pending.len() + data.len() > WRITE_BATCH) {
             self.flush()?;
@@ -407,8 +454,14 @@ impl ImageSink for ChannelSink {
         Ok(())
     }
     fn hole(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        self.flush()?;
-        self.chunks.send(Chunk::Hole(offset, len)).map_err(|_| closed())
+        match &mut self.hole {
+            Some((at, n)) if *at + *n == offset => *n += len,
+            _ => {
+                self.flush()?;
+                self.hole = Some((offset, len));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -426,7 +479,7 @@ pub fn pipelined<T: Send, E: Send>(
         let (chunks, incoming) = std::sync::mpsc::sync_channel(PIPELINE_DEPTH);
         let (give_back, spare) = std::sync::mpsc::channel::<Vec<u8>>();
         let reader = scope.spawn(move || {
-            let mut sink = ChannelSink { chunks, spare, pending: Vec::new(), pending_at: 0 };
+            let mut sink = ChannelSink { chunks, spare, pending: Vec::new(), pending_at: 0, hole: None };
             let result = read(&mut sink);
             // Whatever was gathered still goes out; if the writer has stopped, its error wins.
             let _ = sink.flush();

@@ -64,3 +64,11 @@ pub fn allocated_bytes(file: &File) -> io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     Ok(file.metadata()?.blocks() * 512)
 }
+
+/// Asks the kernel to start reading `len` bytes at `offset` in the background (a hint: errors
+/// are ignored), so that reads of scattered extents overlap instead of waiting one by one.
+pub fn prefetch(file: &File, offset: u64, len: u64) {
+    if let Some(len) = std::num::NonZeroU64::new(len) {
+        let _ = rustix::fs::fadvise(file, offset, Some(len), rustix::fs::Advice::WillNeed);
+    }
+}
