@@ -49,6 +49,9 @@ impl ImageError {
 pub trait ReadAt {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     fn len(&self) -> u64;
+    /// A hint that `len` bytes at `offset` will be read soon (a file starts reading them in
+    /// the background).
+    fn prefetch(&self, _offset: u64, _len: u64) {}
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -74,6 +77,9 @@ impl ReadAt for FileAt {
     }
     fn len(&self) -> u64 {
         self.len
+    }
+    fn prefetch(&self, offset: u64, len: u64) {
+        crate::sys::prefetch(&self.file, offset, len);
     }
 }
 

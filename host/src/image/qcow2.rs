@@ -186,6 +186,7 @@ pub fn copy<R: ReadAt + ?Sized>(src: &R, header: &Header, out: &mut dyn ImageSin
     let mut l2 = vec![0u8; (per_l2 * header.l2_entry_bytes()) as usize];
     let mut run = Run::default();
     let mut cluster_buf = Vec::new();
+    let mut prefetch = Prefetch::default();
     for (l1_index, l1_entry) in l1.chunks_exact(8).enumerate() {
         let l1_entry = u64::from_be_bytes(l1_entry.try_into().unwrap_or_default());
         let guest_base = l1_index as u64 * per_l2 * cs;
@@ -200,11 +201,13 @@ pub fn copy<R: ReadAt + ?Sized>(src: &R, header: &Header, out: &mut dyn ImageSin
         src.read_exact_at(&mut l2, l2_offset).map_err(|e| ImageError::io("reading an L2 table", e))?;
         stats.bytes_read += l2.len() as u64;
         let clusters = span.div_ceil(cs);
+        prefetch.plan(header, &l2, clusters);
         for i in 0..clusters {
             let guest = guest_base + i * cs;
             let len = cs.min(header.virtual_size - guest);
             let at = (i * header.l2_entry_bytes()) as usize;
             let entry = u64::from_be_bytes(l2[at..at + 8].try_into().unwrap_or_default());
+            prefetch.advance(src, header, entry);
             if entry & L2_COMPRESSED != 0 {
                 run.flush(src, out, &mut stats)?;
                 decompress(src, header, entry, &mut cluster_buf, &mut stats)?;
@@ -317,6 +320,73 @@ impl Run {
         out.write_at(self.guest, &self.buf).map_err(ImageError::Write)?;
         self.len = 0;
         Ok(())
+    }
+}
+
+/// Bytes the source is asked to read ahead of the copy.
+const PREFETCH_WINDOW: u64 = 32 << 20;
+/// Largest single prefetch request.
+const PREFETCH_STEP: u64 = 4 << 20;
+
+/// Where a cluster's stored bytes are in the file (data or compressed), if anywhere.
+fn stored_range(header: &Header, entry: u64) -> Option<(u64, u64)> {
+    if entry & L2_COMPRESSED != 0 {
+        let x = 62 - (header.cluster_bits - 8);
+        let offset = entry & ((1u64 << x) - 1);
+        let sectors = (entry & ((1u64 << 62) - 1)) >> x;
+        return Some((offset, (sectors + 1) * 512 - (offset & 511)));
+    }
+    let host = entry & L2_OFFSET_MASK;
+    let zero = entry & L2_ZERO != 0 && header.version == 3 && !header.extended_l2;
+    (host != 0 && !zero).then_some((host, header.cluster_size()))
+}
+
+/// Hands the stored ranges of the clusters ahead to the source to read in the background, a
+/// window of [`PREFETCH_WINDOW`] bytes ahead of the copy, so that reads overlap. Only a hint:
+/// ranges are checked when they are actually read.
+#[derive(Default)]
+struct Prefetch {
+    /// Coalesced stored ranges of the current L2 table's clusters, in table order.
+    ranges: Vec<(u64, u64)>,
+    next: usize,
+    within: u64,
+    advised: u64,
+    consumed: u64,
+}
+
+impl Prefetch {
+    fn plan(&mut self, header: &Header, l2: &[u8], clusters: u64) {
+        self.ranges.clear();
+        (self.next, self.within, self.advised, self.consumed) = (0, 0, 0, 0);
+        for i in 0..clusters {
+            let at = (i * header.l2_entry_bytes()) as usize;
+            let Some(entry) = l2.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) else {
+                break;
+            };
+            if let Some((offset, len)) = stored_range(header, entry) {
+                match self.ranges.last_mut() {
+                    Some((o, l)) if *o + *l == offset => *l += len,
+                    _ => self.ranges.push((offset, len)),
+                }
+            }
+        }
+    }
+
+    /// The copy reached the cluster with this L2 entry: keep the window ahead of it.
+    fn advance<R: ReadAt + ?Sized>(&mut self, src: &R, header: &Header, entry: u64) {
+        if let Some((_, len)) = stored_range(header, entry) {
+            self.consumed += len;
+        }
+        while self.advised < self.consumed + PREFETCH_WINDOW && self.next < self.ranges.len() {
+            let (offset, len) = self.ranges[self.next];
+            let piece = (len - self.within).min(PREFETCH_STEP);
+            src.prefetch(offset + self.within, piece);
+            self.advised += piece;
+            self.within += piece;
+            if self.within >= len {
+                (self.next, self.within) = (self.next + 1, 0);
+            }
+        }
     }
 }
 
