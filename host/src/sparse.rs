@@ -385,6 +385,18 @@ fn write_zeros(file: &dyn BlockDevice, offset: u64, len: u64) -> io::Result<()> 
 pub trait ImageSink {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
     fn hole(&mut self, offset: u64, len: u64) -> io::Result<()>;
+    /// Takes `len` bytes at `offset` that `fill` produces into a buffer the sink provides (so
+    /// a reader can read straight into it: one copy fewer than `write_at`).
+    fn write_with(
+        &mut self,
+        offset: u64,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut buf = vec![0u8; len];
+        fill(&mut buf)?;
+        self.write_at(offset, &buf)
+    }
 }
 
 impl ImageSink for ThinWriter<'_> {
@@ -400,7 +412,8 @@ impl ImageSink for ThinWriter<'_> {
 const PIPELINE_DEPTH: usize = 4;
 
 enum Chunk {
-    Data(u64, Vec<u8>),
+    /// Offset, buffer, and how many of its bytes are data.
+    Data(u64, Vec<u8>, usize),
     Hole(u64, u64),
 }
 
@@ -411,7 +424,10 @@ enum Chunk {
 pub struct ChannelSink {
     chunks: std::sync::mpsc::SyncSender<Chunk>,
     spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    /// The first `used` bytes of `pending` are data. The buffer keeps its length between
+    /// uses, so that readers fill it in place without zeroing it first.
     pending: Vec<u8>,
+    used: usize,
     pending_at: u64,
     /// A pending run of holes (never at the same time as pending data). A qcow2 image reports
     /// one hole per unallocated cluster: sent one by one, the hand-offs cost more than the copy.
@@ -424,13 +440,32 @@ impl ChannelSink {
         if let Some((offset, len)) = self.hole.take() {
             return self.chunks.send(Chunk::Hole(offset, len)).map_err(|_| closed());
         }
-        if self.pending.is_empty() {
+        if self.used == 0 {
             return Ok(());
         }
-        let mut next = self.spare.try_recv().unwrap_or_default();
-        next.clear();
+        let next = self.spare.try_recv().unwrap_or_default();
         let full = std::mem::replace(&mut self.pending, next);
-        self.chunks.send(Chunk::Data(self.pending_at, full)).map_err(|_| closed())
+        let used = std::mem::take(&mut self.used);
+        self.chunks.send(Chunk::Data(self.pending_at, full, used)).map_err(|_| closed())
+    }
+
+    /// Room for `len` more bytes at `offset`, after flushing what cannot be extended.
+    fn room(&mut self, offset: u64, len: usize) -> io::Result<&mut [u8]> {
+        if self.hole.is_some() {
+            self.flush()?;
+        }
+        let contiguous = self.pending_at + self.used as u64 == offset;
+        if self.used > 0 && (!contiguous || self.used + len > WRITE_BATCH) {
+            self.flush()?;
+        }
+        if self.used == 0 {
+            self.pending_at = offset;
+        }
+        let end = self.used + len;
+        if self.pending.len() < end {
+            self.pending.resize(end, 0);
+        }
+        Ok(&mut self.pending[self.used..end])
     }
 }
 
@@ -440,17 +475,18 @@ fn closed() -> io::Error {
 
 impl ImageSink for ChannelSink {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        if self.hole.is_some() {
-            self.flush()?;
-        }
-        let contiguous = self.pending_at + self.pending.len() as u64 == offset;
-        if !self.pending.is_empty() && (!contiguous || self.pending.len() + data.len() > WRITE_BATCH) {
-            self.flush()?;
-        }
-        if self.pending.is_empty() {
-            self.pending_at = offset;
-        }
-        self.pending.extend_from_slice(data);
+        self.room(offset, data.len())?.copy_from_slice(data);
+        self.used += data.len();
+        Ok(())
+    }
+    fn write_with(
+        &mut self,
+        offset: u64,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        fill(self.room(offset, len)?)?;
+        self.used += len;
         Ok(())
     }
     fn hole(&mut self, offset: u64, len: u64) -> io::Result<()> {
@@ -479,7 +515,7 @@ pub fn pipelined<T: Send, E: Send>(
         let (chunks, incoming) = std::sync::mpsc::sync_channel(PIPELINE_DEPTH);
         let (give_back, spare) = std::sync::mpsc::channel::<Vec<u8>>();
         let reader = scope.spawn(move || {
-            let mut sink = ChannelSink { chunks, spare, pending: Vec::new(), pending_at: 0, hole: None };
+            let mut sink = ChannelSink { chunks, spare, pending: Vec::new(), used: 0, pending_at: 0, hole: None };
             let result = read(&mut sink);
             // Whatever was gathered still goes out; if the writer has stopped, its error wins.
             let _ = sink.flush();
@@ -488,9 +524,9 @@ pub fn pipelined<T: Send, E: Send>(
         let mut written: io::Result<()> = Ok(());
         for chunk in incoming.iter() {
             written = match chunk {
-                Chunk::Data(offset, buf) => {
-                    let r = out.write_at(offset, &buf);
-                    progress(offset + buf.len() as u64);
+                Chunk::Data(offset, buf, used) => {
+                    let r = out.write_at(offset, &buf[..used]);
+                    progress(offset + used as u64);
                     let _ = give_back.send(buf);
                     r
                 }

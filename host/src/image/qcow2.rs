@@ -8,7 +8,7 @@
 //! Backing files, external data files and encryption are refused.
 #![forbid(unsafe_code)]
 
-use std::io::Read;
+use std::io::{self, Read};
 
 use super::{ImageError, ReadAt};
 use crate::sparse::ImageSink;
@@ -282,7 +282,6 @@ struct Run {
     guest: u64,
     host: u64,
     len: u64,
-    buf: Vec<u8>,
 }
 
 impl Run {
@@ -314,10 +313,21 @@ impl Run {
         if self.len == 0 {
             return Ok(());
         }
-        self.buf.resize(self.len as usize, 0);
-        src.read_exact_at(&mut self.buf, self.host).map_err(|e| ImageError::io("reading data clusters", e))?;
-        stats.bytes_read += self.len;
-        out.write_at(self.guest, &self.buf).map_err(ImageError::Write)?;
+        // Read straight into the sink's buffer; a read error is told apart from a write error.
+        let (host, len) = (self.host, self.len);
+        let mut read_error = None;
+        let written = out.write_with(self.guest, len as usize, &mut |buf| {
+            src.read_exact_at(buf, host).map_err(|e| {
+                let marker = io::Error::other("read failed");
+                read_error = Some(e);
+                marker
+            })
+        });
+        if let Some(e) = read_error {
+            return Err(ImageError::io("reading data clusters", e));
+        }
+        written.map_err(ImageError::Write)?;
+        stats.bytes_read += len;
         self.len = 0;
         Ok(())
     }
