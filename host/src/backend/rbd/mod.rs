@@ -148,8 +148,14 @@ impl RbdBackend {
 
 /// Deletes the trashed images with `prefix` whose sealed snapshot has no clones left.
 fn collect(pool: &Arc<ffi::Pool>, prefix: &str) -> io::Result<u64> {
+    collect_matching(pool, |name| name.starts_with(prefix))
+}
+
+/// Deletes the trashed images whose name `wanted` accepts and whose sealed snapshot has no
+/// clones left.
+fn collect_matching(pool: &Arc<ffi::Pool>, wanted: impl Fn(&str) -> bool) -> io::Result<u64> {
     let mut freed = 0;
-    for entry in pool.trash_list()?.into_iter().filter(|t| t.name.starts_with(prefix)) {
+    for entry in pool.trash_list()?.into_iter().filter(|t| wanted(&t.name)) {
         let image = match pool.open_by_id(&entry.id) {
             Ok(image) => image,
             Err(e) if ffi::is_not_found(&e) => continue,
@@ -256,7 +262,7 @@ impl Backend for RbdBackend {
             Err(e) => return Err(io_err("remove", name)(e)),
         };
         let err = io_err("remove", name);
-        let had_parent = image.parent().map_err(&err)?.is_some();
+        let parent = image.parent().map_err(&err)?;
         if image.snap_exists(SEAL).map_err(&err)? {
             if image.snap_is_protected(SEAL).map_err(&err)? {
                 if let Err(e) = image.snap_unprotect(SEAL) {
@@ -278,9 +284,9 @@ impl Backend for RbdBackend {
             Err(e) if ffi::is_not_found(&e) => {}
             Err(e) => return Err(err(e)),
         }
-        if had_parent {
-            // This may have been the last clone of a trashed cache volume.
-            self.collect_garbage()?;
+        if let Some(parent) = parent.filter(|p| p.image.starts_with(&self.options.prefix)) {
+            // This may have been the last clone of its (trashed) parent: free just that one.
+            collect_matching(&self.pool, |name| name == parent.image).map_err(io_err("trash", &parent.image))?;
         }
         Ok(())
     }
