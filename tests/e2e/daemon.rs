@@ -104,9 +104,20 @@ fn request(
     let (content_type, payload) = body.unwrap_or(("application/json", b""));
     head.push_str(&format!("Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n", payload.len()));
     stream.write_all(head.as_bytes())?;
-    stream.write_all(payload)?;
+    if let Err(e) = stream.write_all(payload) {
+        // The server may answer early (413 for an oversized body) and close without reading the
+        // rest: the write then fails, and the answer is still there to read.
+        if !matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) {
+            return Err(e);
+        }
+    }
     let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
+    if let Err(e) = stream.read_to_end(&mut response) {
+        // A reset after the answer arrived (the unread body above) still leaves the answer.
+        if response.is_empty() {
+            return Err(e);
+        }
+    }
     let split = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or(std::io::ErrorKind::InvalidData)?;
     let status_line = String::from_utf8_lossy(&response[..split]).into_owned();
     let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or(std::io::ErrorKind::InvalidData)?;
