@@ -341,10 +341,7 @@ const PREFETCH_STEP: u64 = 4 << 20;
 /// Where a cluster's stored bytes are in the file (data or compressed), if anywhere.
 fn stored_range(header: &Header, entry: u64) -> Option<(u64, u64)> {
     if entry & L2_COMPRESSED != 0 {
-        let x = 62 - (header.cluster_bits - 8);
-        let offset = entry & ((1u64 << x) - 1);
-        let sectors = (entry & ((1u64 << 62) - 1)) >> x;
-        return Some((offset, (sectors + 1) * 512 - (offset & 511)));
+        return Some(compressed_range(header, entry));
     }
     let host = entry & L2_OFFSET_MASK;
     let zero = entry & L2_ZERO != 0 && header.version == 3 && !header.extended_l2;
@@ -425,6 +422,16 @@ fn read_vec<R: ReadAt + ?Sized>(
 }
 
 /// Inflates one compressed cluster into `out` (resized to the cluster size).
+/// Where a compressed cluster's bytes are: its descriptor holds the host offset in the low x
+/// bits and the number of additional 512-byte sectors above them. The length may run past the
+/// end of the file for the last cluster; readers clip it.
+fn compressed_range(header: &Header, entry: u64) -> (u64, u64) {
+    let x = 62 - (header.cluster_bits - 8);
+    let offset = entry & ((1u64 << x) - 1);
+    let sectors = (entry & ((1u64 << 62) - 1)) >> x;
+    (offset, (sectors + 1) * 512 - (offset & 511))
+}
+
 fn decompress<R: ReadAt + ?Sized>(
     src: &R,
     header: &Header,
@@ -433,11 +440,7 @@ fn decompress<R: ReadAt + ?Sized>(
     stats: &mut ReadStats,
 ) -> Result<(), ImageError> {
     let cs = header.cluster_size();
-    // Descriptor: host offset in the low x bits, additional 512-byte sectors above it.
-    let x = 62 - (header.cluster_bits - 8);
-    let offset = entry & ((1u64 << x) - 1);
-    let sectors = (entry & ((1u64 << 62) - 1)) >> x;
-    let len = (sectors + 1) * 512 - (offset & 511);
+    let (offset, len) = compressed_range(header, entry);
     // The last compressed cluster may end before its last sector does.
     let len = len.min(src.len().saturating_sub(offset));
     if len == 0 {
