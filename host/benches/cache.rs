@@ -5,23 +5,18 @@
 //! `cargo bench --bench cache` (or `make bench`) prints the table; it needs root (mount). Under
 //! `cargo test` it runs one small round and checks miss then hit.
 
+mod common;
+
 use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{GIB, MIB};
 use volcache::backend::file::FileBackend;
 use volcache::backend::Backend;
-use volcache::cache::{timestamp, CacheConfig, CacheService, CreateVolume, InternalTenant};
-use volcache::catalog::{CacheOutcome, Catalog, ImageRecord};
-use volcache::image::DiskFormat;
-use volcache::policy::{CinderLimits, EngineOptions, PolicyEngine, PolicySet};
-use volcache::sparse::WriteMode;
-
-const MIB: u64 = 1 << 20;
-const GIB: u64 = 1 << 30;
+use volcache::catalog::{CacheOutcome, Catalog};
 
 fn run(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
@@ -55,18 +50,6 @@ impl Drop for Xfs {
     }
 }
 
-/// A raw image of `size` with `extents` data extents of 4 MiB, spread evenly.
-fn image(path: &Path, size: u64, extents: u64) {
-    let f = File::create(path).unwrap();
-    f.set_len(size).unwrap();
-    let block: Vec<u8> = (0..4 * MIB).map(|i| (i % 251) as u8 + 1).collect();
-    let stride = size / extents;
-    for i in 0..extents {
-        f.write_all_at(&block, i * stride).unwrap();
-    }
-    f.sync_all().unwrap();
-}
-
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     // (virtual size, data extents): the same layout at two sizes separates size from layout;
@@ -79,23 +62,7 @@ fn main() {
     std::fs::create_dir_all(&images).unwrap();
     let catalog = Arc::new(Catalog::open(&xfs.mnt.join("catalog.redb")).unwrap());
     let backend: Arc<dyn Backend> = Arc::new(FileBackend::new(xfs.mnt.join("volumes")).unwrap());
-    let policies =
-        Arc::new(PolicySet::new(PolicyEngine::new(EngineOptions::default()).unwrap(), CinderLimits::default()));
-    let config = CacheConfig {
-        enabled: true,
-        host: "bench".into(),
-        cluster_name: None,
-        write_mode: WriteMode::Thin,
-        min_sparse: 4096,
-        internal: InternalTenant {
-            project_id: "internal".into(),
-            user_id: "internal".into(),
-            quota_gigabytes: 0,
-            quota_volumes: 0,
-        },
-        spool_dir: xfs.mnt.clone(),
-    };
-    let cache = CacheService::new(catalog.clone(), backend, policies, config);
+    let cache = common::cache_service(catalog.clone(), backend, &xfs.mnt);
 
     // Misses first, then hits interleaved round-robin across the images, so that drift on a
     // noisy machine affects every image alike.
@@ -104,25 +71,8 @@ fn main() {
     for &(size, extents) in sizes {
         let id = format!("img-{}m-{extents}", size / MIB);
         let path = images.join(format!("{id}.raw"));
-        image(&path, size, extents);
-        let stamp = timestamp();
-        let record = ImageRecord {
-            id: id.clone(),
-            name: id.clone(),
-            source: path.display().to_string(),
-            disk_format: DiskFormat::Raw,
-            checksum: None,
-            virtual_size: size,
-            updated_at: stamp.clone(),
-            created_at: stamp,
-        };
-        catalog.write(|w| w.put_image(&record)).unwrap();
-        let req = CreateVolume {
-            image_id: id.clone(),
-            size: size.div_ceil(GIB) + 1,
-            project_id: "p".into(),
-            user_id: "u".into(),
-        };
+        common::image(&path, size, extents, 0);
+        let req = common::register_image(&catalog, &id, &path, size);
         let _ = Command::new("sh").args(["-c", "sync; echo 3 > /proc/sys/vm/drop_caches"]).status();
         let t = Instant::now();
         let miss = cache.create_volume(&req).unwrap();
@@ -143,10 +93,7 @@ fn main() {
         .iter()
         .zip(misses)
         .zip(hits)
-        .map(|((&(size, extents), miss), mut hits)| {
-            hits.sort();
-            (size, extents, miss, hits[hits.len() / 2])
-        })
+        .map(|((&(size, extents), miss), hits)| (size, extents, miss, common::median(hits)))
         .collect();
     if !full {
         return;

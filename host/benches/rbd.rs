@@ -7,25 +7,20 @@
 //! `make bench` starts a bluestore cluster for it (scripts/ceph-cluster.sh) and passes its
 //! ceph.conf in `VOLCACHE_TEST_CEPH_CONF`. Under `cargo test` it runs one small round.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{image, median, GIB, MIB};
 use volcache::backend::rbd::RbdBackend;
 use volcache::backend::{Backend, RbdOptions};
-use volcache::cache::{timestamp, CacheConfig, CacheService, CreateVolume, InternalTenant};
-use volcache::catalog::{CacheOutcome, Catalog, ImageRecord};
+use volcache::catalog::{CacheOutcome, Catalog};
 use volcache::image::convert::{write_image, ConvertOptions};
 use volcache::image::source::Location;
-use volcache::image::DiskFormat;
-use volcache::policy::{CinderLimits, EngineOptions, PolicyEngine, PolicySet};
-use volcache::sparse::{Target, WriteMode};
-
-const MIB: u64 = 1 << 20;
-const GIB: u64 = 1 << 30;
+use volcache::sparse::Target;
 
 fn ceph_conf() -> PathBuf {
     std::env::var_os("VOLCACHE_TEST_CEPH_CONF").map(PathBuf::from).filter(|p| p.is_file()).unwrap_or_else(|| {
@@ -49,26 +44,6 @@ fn drop_caches() {
     let _ = Command::new("sh").args(["-c", "sync; echo 3 > /proc/sys/vm/drop_caches"]).status();
 }
 
-/// A raw image of `size`: `extents` data extents of 4 MiB spread evenly, each followed by
-/// 1 MiB of explicitly written zeros (which a thin import must not write).
-fn image(path: &Path, size: u64, extents: u64) {
-    let f = File::create(path).unwrap();
-    f.set_len(size).unwrap();
-    let block: Vec<u8> = (0..4 * MIB).map(|i| (i % 251) as u8 + 1).collect();
-    let zeros = vec![0u8; MIB as usize];
-    let stride = size / extents;
-    for i in 0..extents {
-        f.write_all_at(&block, i * stride).unwrap();
-        f.write_all_at(&zeros, i * stride + 4 * MIB).unwrap();
-    }
-    f.sync_all().unwrap();
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let prefix = format!("bench{}-", std::process::id());
@@ -80,7 +55,7 @@ fn main() {
     let (size, extents) = if full { (4 * GIB, 128) } else { (64 * MIB, 4) };
     let rounds = if full { 3 } else { 1 };
     let raw = work.path().join("import.raw");
-    image(&raw, size, extents);
+    image(&raw, size, extents, MIB);
     let location = Location::parse(raw.to_str().unwrap()).unwrap();
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for round in 0..rounds {
@@ -112,47 +87,14 @@ fn main() {
     let sizes: &[(u64, u64)] = if full { &[(GIB, 32), (4 * GIB, 32), (4 * GIB, 128)] } else { &[(64 * MIB, 4)] };
     let hits_per_size = if full { 20 } else { 2 };
     let catalog = Arc::new(Catalog::open(&work.path().join("catalog.redb")).unwrap());
-    let policies =
-        Arc::new(PolicySet::new(PolicyEngine::new(EngineOptions::default()).unwrap(), CinderLimits::default()));
-    let config = CacheConfig {
-        enabled: true,
-        host: "bench".into(),
-        cluster_name: None,
-        write_mode: WriteMode::Thin,
-        min_sparse: 4096,
-        internal: InternalTenant {
-            project_id: "internal".into(),
-            user_id: "internal".into(),
-            quota_gigabytes: 0,
-            quota_volumes: 0,
-        },
-        spool_dir: work.path().to_path_buf(),
-    };
-    let cache = CacheService::new(catalog.clone(), backend.clone(), policies, config);
+    let cache = common::cache_service(catalog.clone(), backend.clone(), work.path());
     let mut rows = Vec::new();
     let mut created = Vec::new();
     for &(size, extents) in sizes {
         let id = format!("img-{}m-{extents}", size / MIB);
         let path = work.path().join(format!("{id}.raw"));
-        image(&path, size, extents);
-        let stamp = timestamp();
-        let record = ImageRecord {
-            id: id.clone(),
-            name: id.clone(),
-            source: path.display().to_string(),
-            disk_format: DiskFormat::Raw,
-            checksum: None,
-            virtual_size: size,
-            updated_at: stamp.clone(),
-            created_at: stamp,
-        };
-        catalog.write(|w| w.put_image(&record)).unwrap();
-        let req = CreateVolume {
-            image_id: id.clone(),
-            size: size.div_ceil(GIB) + 1,
-            project_id: "p".into(),
-            user_id: "u".into(),
-        };
+        image(&path, size, extents, MIB);
+        let req = common::register_image(&catalog, &id, &path, size);
         drop_caches();
         let t = Instant::now();
         let miss = cache.create_volume(&req).unwrap();

@@ -1,0 +1,77 @@
+//! What the create-from-image benchmarks (`cache`, `rbd`) share: test images, a cache service
+//! over a given backend, image records and medians.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use volcache::backend::Backend;
+use volcache::cache::{timestamp, CacheConfig, CacheService, CreateVolume, InternalTenant};
+use volcache::catalog::{Catalog, ImageRecord};
+use volcache::image::DiskFormat;
+use volcache::policy::{CinderLimits, EngineOptions, PolicyEngine, PolicySet};
+use volcache::sparse::WriteMode;
+
+pub const MIB: u64 = 1 << 20;
+pub const GIB: u64 = 1 << 30;
+
+/// A raw image of `size` with `extents` data extents of 4 MiB spread evenly, each followed by
+/// `zeros` bytes of explicitly written zeros (which a thin writer must not write).
+pub fn image(path: &Path, size: u64, extents: u64, zeros: u64) {
+    let f = File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    let block: Vec<u8> = (0..4 * MIB).map(|i| (i % 251) as u8 + 1).collect();
+    let zero_block = vec![0u8; zeros as usize];
+    let stride = size / extents;
+    for i in 0..extents {
+        f.write_all_at(&block, i * stride).unwrap();
+        f.write_all_at(&zero_block, i * stride + 4 * MIB).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+/// The cache service with built-in policies and no limits, spooling under `spool_dir`.
+pub fn cache_service(catalog: Arc<Catalog>, backend: Arc<dyn Backend>, spool_dir: &Path) -> CacheService {
+    let policies =
+        Arc::new(PolicySet::new(PolicyEngine::new(EngineOptions::default()).unwrap(), CinderLimits::default()));
+    let config = CacheConfig {
+        enabled: true,
+        host: "bench".into(),
+        cluster_name: None,
+        write_mode: WriteMode::Thin,
+        min_sparse: 4096,
+        internal: InternalTenant {
+            project_id: "internal".into(),
+            user_id: "internal".into(),
+            quota_gigabytes: 0,
+            quota_volumes: 0,
+        },
+        spool_dir: spool_dir.to_path_buf(),
+    };
+    CacheService::new(catalog, backend, policies, config)
+}
+
+/// Records the raw image at `path` as `id` and returns a create request for a volume 1 GiB
+/// larger than it.
+pub fn register_image(catalog: &Catalog, id: &str, path: &Path, size: u64) -> CreateVolume {
+    let stamp = timestamp();
+    let record = ImageRecord {
+        id: id.to_string(),
+        name: id.to_string(),
+        source: path.display().to_string(),
+        disk_format: DiskFormat::Raw,
+        checksum: None,
+        virtual_size: size,
+        updated_at: stamp.clone(),
+        created_at: stamp,
+    };
+    catalog.write(|w| w.put_image(&record)).unwrap();
+    CreateVolume { image_id: id.to_string(), size: size.div_ceil(GIB) + 1, project_id: "p".into(), user_id: "u".into() }
+}
+
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
