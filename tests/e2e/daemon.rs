@@ -35,9 +35,16 @@ impl Daemon {
     }
 
     /// Stops the daemon with SIGTERM and starts a new one on the same state directory.
-    fn restart(mut self) -> Daemon {
+    pub fn restart(self) -> Daemon {
+        self.restart_after(|| {})
+    }
+
+    /// Stops the daemon with SIGTERM, runs `meanwhile`, and starts a new one on the same state
+    /// directory.
+    pub fn restart_after(mut self, meanwhile: impl FnOnce()) -> Daemon {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         assert!(self.child.wait().unwrap().success());
+        meanwhile();
         let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
         Daemon::start_in(dir)
     }

@@ -133,6 +133,28 @@ fn thin_import_uses_what_rbd_import_uses() {
 }
 
 #[test]
+fn dense_mode_writes_every_byte_and_reads_back_the_same() {
+    let b = backend();
+    let prefix = b.options().prefix.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("cloud.raw");
+    cloud_like_raw(&raw, 32 * MIB);
+    b.create("dense", 32 * MIB).unwrap();
+    let dev = b.open("dense").unwrap();
+    let opts = ConvertOptions { mode: volcache::sparse::WriteMode::Dense, ..ConvertOptions::default() };
+    let location = Location::parse(raw.to_str().unwrap()).unwrap();
+    write_image(&location, &*dev, Target::Fresh, dir.path(), &opts, &mut |_, _| {}).unwrap();
+    dev.sync_all().unwrap();
+    drop(dev);
+    // rbd_thin_provisioning = false: every object is written, zeros included.
+    assert_eq!(rbd_used(&format!("{prefix}dense")), 32 * MIB);
+    let exported = dir.path().join("exported.raw");
+    rbd(&["export", "--no-progress", &format!("rbd/{prefix}dense"), exported.to_str().unwrap()]);
+    crate::fixtures::assert_same_bytes(&raw, &exported);
+    b.remove("dense").unwrap();
+}
+
+#[test]
 fn clones_deeper_than_the_limit_are_flattened_in_the_background() {
     let b = RbdBackend::connect(options(2)).unwrap();
     let prefix = b.options().prefix.clone();
@@ -220,6 +242,46 @@ fn images_outside_the_prefix_are_never_listed_or_touched() {
     b.collect_garbage().unwrap();
     assert!(rbd(&["ls", "rbd"]).lines().any(|l| l == foreign));
     rbd(&["rm", "--no-progress", &format!("rbd/{foreign}")]);
+}
+
+/// Start-up reconciliation frees an evicted cache volume whose clones were removed while the
+/// daemon was down.
+#[test]
+fn daemon_start_up_frees_evicted_volumes_whose_clones_went_while_it_was_down() {
+    use crate::daemon::{Daemon, TOKEN};
+    let prefix = unique_prefix();
+    let dir = tempfile::tempdir().unwrap();
+    cloud_like_raw(&dir.path().join("img.raw"), 8 * MIB);
+    std::fs::write(
+        dir.path().join("volcache.toml"),
+        format!("[backend]\nkind = \"rbd\"\nrbd_ceph_conf = {:?}\nrbd_image_prefix = {prefix:?}\n", ceph_conf()),
+    )
+    .unwrap();
+    let d = Daemon::start_in(dir);
+    let source = d._dir.path().join("img.raw");
+    let post = |d: &Daemon, path: &str, body: serde_json::Value| {
+        let body = body.to_string();
+        d.call("POST", path, Some(TOKEN), Some(("application/json", body.as_bytes())))
+    };
+    let (status, _) =
+        post(&d, "/v1/images", serde_json::json!({"id": "img", "name": "img", "source": source, "disk_format": "raw"}));
+    assert_eq!(status, 201);
+    let (status, volume) = post(&d, "/v1/volumes", serde_json::json!({"image_id": "img", "size": 1}));
+    assert_eq!(status, 201, "{volume}");
+    let (_, entries) = d.call("GET", "/v1/cache/entries", Some(TOKEN), None);
+    let (status, _) = d.call("DELETE", &format!("/v1/cache/entries/{}", entries[0]["id"]), Some(TOKEN), None);
+    assert_eq!(status, 204);
+    let (_, stats) = d.call("GET", "/v1/cache/stats", Some(TOKEN), None);
+    assert_eq!(stats["evicted_volumes_held"], 1, "{stats}");
+
+    // While the daemon is down, the clone goes behind its back.
+    let user_image = format!("rbd/{prefix}{}", volume["backend_name"].as_str().unwrap());
+    let d = d.restart_after(|| {
+        rbd(&["rm", "--no-progress", &user_image]);
+    });
+    let (_, stats) = d.call("GET", "/v1/cache/stats", Some(TOKEN), None);
+    assert_eq!(stats["evicted_volumes_held"], 0, "{stats}");
+    assert!(!trash_names().iter().any(|n| n.starts_with(&prefix)), "trash still has {:?}", trash_names());
 }
 
 /// The daemon on RBD: miss, hit, the user's volume a child of the cache snapshot, eviction
