@@ -15,8 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use volcache::image::convert::{convert, ConvertOptions};
-use volcache::image::source::Location;
 use volcache::sparse::DataExtents;
 
 const MIB: u64 = 1 << 20;
@@ -74,7 +72,15 @@ fn allocated(path: &Path) -> u64 {
     fs::metadata(path).unwrap().blocks() * 512
 }
 
+/// Removes the last output (freeing an 8 GiB file's extents takes ext4 a good part of a second,
+/// and must not be timed as part of any tool), then empties the page cache.
+fn fresh_start(out: &Path) {
+    let _ = fs::remove_file(out);
+    drop_caches();
+}
+
 fn drop_caches() {
+    let _ = Command::new("sync").status();
     // Root only; without it results include the page cache for every tool alike.
     let _ = fs::write("/proc/sys/vm/drop_caches", "3");
 }
@@ -108,15 +114,36 @@ fn same_bytes(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Rounds per tool and image in a full run.
+const ROUNDS: usize = 5;
+
+/// The median and the fastest of a tool's rounds.
+#[derive(Clone, Copy, Default)]
+struct Timing {
+    median: Duration,
+    min: Duration,
+}
+
+impl Timing {
+    fn of(runs: &[Duration]) -> Timing {
+        if runs.is_empty() {
+            return Timing::default();
+        }
+        let mut sorted = runs.to_vec();
+        sorted.sort();
+        Timing { median: sorted[sorted.len() / 2], min: sorted[0] }
+    }
+}
+
 struct Row {
     name: String,
-    time: Duration,
+    time: Timing,
     allocated: u64,
 }
 
+/// The `volcache convert` command, run as a process like the other tools.
 fn volcache_convert(src: &Path, dst: &Path) {
-    let _ = fs::remove_file(dst);
-    convert(&Location::File(src.to_path_buf()), dst, &ConvertOptions::default(), &mut |_, _| {}).unwrap();
+    tool(env!("CARGO_BIN_EXE_volcache"), &["convert", src.to_str().unwrap(), dst.to_str().unwrap()]);
 }
 
 fn compare(dir: &Path, label: &str, src: &Path, reference: &Path, with_cp: bool, full: bool) -> Vec<Row> {
@@ -124,31 +151,29 @@ fn compare(dir: &Path, label: &str, src: &Path, reference: &Path, with_cp: bool,
     let ours = dir.join("out-volcache.raw");
     let qemu = dir.join("out-qemu.raw");
     let cp = dir.join("out-cp.raw");
-    // Best of three for each tool, alternating, so drift hits all alike.
-    let rounds = if full { 3 } else { 1 };
-    let mut best = [Duration::MAX; 3];
+    // Several rounds for each tool, alternating, so drift hits all alike.
+    let rounds = if full { ROUNDS } else { 1 };
+    let mut times: [Vec<Duration>; 3] = Default::default();
     for _ in 0..rounds {
-        drop_caches();
-        best[0] = best[0].min(timed(&ours, || volcache_convert(src, &ours)));
-        drop_caches();
-        let _ = fs::remove_file(&qemu);
-        best[1] = best[1].min(timed(&qemu, || {
+        fresh_start(&ours);
+        times[0].push(timed(&ours, || volcache_convert(src, &ours)));
+        fresh_start(&qemu);
+        times[1].push(timed(&qemu, || {
             tool("qemu-img", &["convert", "-O", "raw", src.to_str().unwrap(), qemu.to_str().unwrap()])
         }));
         if with_cp {
-            drop_caches();
-            let _ = fs::remove_file(&cp);
-            best[2] = best[2]
-                .min(timed(&cp, || tool("cp", &["--sparse=always", src.to_str().unwrap(), cp.to_str().unwrap()])));
+            fresh_start(&cp);
+            times[2].push(timed(&cp, || tool("cp", &["--sparse=always", src.to_str().unwrap(), cp.to_str().unwrap()])));
         }
     }
+    let [t_ours, t_qemu, t_cp] = times.map(|t| Timing::of(&t));
     assert!(same_bytes(&ours, reference), "{label}: volcache output differs");
     assert!(same_bytes(&qemu, reference), "{label}: qemu-img output differs");
-    rows.push(Row { name: format!("{label}: volcache convert"), time: best[0], allocated: allocated(&ours) });
-    rows.push(Row { name: format!("{label}: qemu-img convert"), time: best[1], allocated: allocated(&qemu) });
+    rows.push(Row { name: format!("{label}: volcache convert"), time: t_ours, allocated: allocated(&ours) });
+    rows.push(Row { name: format!("{label}: qemu-img convert"), time: t_qemu, allocated: allocated(&qemu) });
     if with_cp {
         assert!(same_bytes(&cp, reference), "{label}: cp output differs");
-        rows.push(Row { name: format!("{label}: cp --sparse=always"), time: best[2], allocated: allocated(&cp) });
+        rows.push(Row { name: format!("{label}: cp --sparse=always"), time: t_cp, allocated: allocated(&cp) });
     }
     rows
 }
@@ -191,6 +216,9 @@ fn main() {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
     fs::create_dir_all(&base).unwrap();
     let dir = tempfile::tempdir_in(&base).unwrap();
+    if std::env::var_os("VOLCACHE_BENCH_KEEP").is_some() {
+        eprintln!("keeping the images in {}", dir.path().display());
+    }
     let raw = dir.path().join("cloud.raw");
     make_cloud_image(&raw, size, data);
     let qcow2 = dir.path().join("cloud.qcow2");
@@ -227,26 +255,37 @@ fn main() {
     assert_eq!(whole, huge);
     assert!(by_extents >= data && by_extents < data + 64 * MIB);
 
+    if std::env::var_os("VOLCACHE_BENCH_KEEP").is_some() {
+        let _ = fs::remove_file(&sparse);
+        let _ = dir.keep();
+    }
     if !full {
         return;
     }
     println!(
-        "thin conversion of an {} GiB image with {} GiB of data (best of 3, page cache dropped, timed until the output is fsynced)",
+        "thin conversion of an {} GiB image with {} GiB of data ({ROUNDS} rounds alternating, page cache dropped, \
+         timed until the output is fsynced; ratios of medians, best run in brackets)",
         size / GIB,
         data / GIB
     );
-    println!("{:<32} | {:>9} | {:>14} | {:>12} | {:>12}", "", "time", "allocated", "time vs qemu", "alloc vs qemu");
+    println!(
+        "{:<32} | {:>9} | {:>9} | {:>14} | {:>20} | {:>12}",
+        "", "median", "best", "allocated", "time vs qemu", "alloc vs qemu"
+    );
     for row in &rows {
         let qemu = rows
             .iter()
             .find(|r| r.name.starts_with(row.name.split(':').next().unwrap()) && r.name.contains("qemu-img"))
             .unwrap();
+        let ratio = |ours: Duration, theirs: Duration| ours.as_secs_f64() / theirs.as_secs_f64();
         println!(
-            "{:<32} | {:>7.2} s | {:>10.1} MiB | {:>11.2}x | {:>11.4}x",
+            "{:<32} | {:>7.2} s | {:>7.2} s | {:>10.1} MiB | {:>9.2}x  ({:>5.2}x) | {:>11.4}x",
             row.name,
-            row.time.as_secs_f64(),
+            row.time.median.as_secs_f64(),
+            row.time.min.as_secs_f64(),
             row.allocated as f64 / MIB as f64,
-            row.time.as_secs_f64() / qemu.time.as_secs_f64(),
+            ratio(row.time.median, qemu.time.median),
+            ratio(row.time.min, qemu.time.min),
             row.allocated as f64 / qemu.allocated as f64
         );
     }
