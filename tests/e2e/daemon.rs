@@ -380,6 +380,31 @@ fn cli_client_drives_the_daemon() {
         &["policy", "set", "capacity", "--builtin", "quota", "--param", "image_volume_cache_max_count=3"],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A parameter value holding query syntax reaches the plugin unchanged.
+    let odd = "a&b=c +d%20e";
+    let out = cli(
+        &d,
+        TOKEN,
+        &[
+            "policy",
+            "set",
+            "capacity",
+            "--plugin",
+            plugin("quota").to_str().unwrap(),
+            "--param",
+            "image_volume_cache_max_count=4",
+            "--param",
+            &format!("note={odd}"),
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&d, TOKEN, &["policy", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let capacity = list.as_array().unwrap().iter().find(|s| s["slot"] == "capacity").unwrap();
+    let params = capacity["params"].as_array().unwrap();
+    assert!(params.contains(&serde_json::json!(["note", odd])), "{capacity}");
+    assert!(params.contains(&serde_json::json!(["image_volume_cache_max_count", "4"])), "{capacity}");
+    assert!(!params.iter().any(|p| p[0] == "b" || p[0] == "d"), "{capacity}");
     let out = cli(&d, TOKEN, &["policy", "set", "eviction", "--plugin", plugin("quota").to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrong_slot"), "{}", String::from_utf8_lossy(&out.stderr));

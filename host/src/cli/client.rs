@@ -309,11 +309,12 @@ pub fn policy(conn: &Connection, cmd: PolicyCommand) -> anyhow::Result<ExitCode>
                 }
                 (None, Some(file)) => {
                     let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-                    let query: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    // Values may hold '&', '=', '+', '%' or spaces: encode them for the query.
+                    let query = serde_urlencoded::to_string(&pairs).context("encoding --param")?;
                     let path = if query.is_empty() {
                         format!("/v1/policies/{slot}")
                     } else {
-                        format!("/v1/policies/{slot}?{}", query.join("&"))
+                        format!("/v1/policies/{slot}?{query}")
                     };
                     c.upload(&path, &bytes)?
                 }
