@@ -58,3 +58,48 @@ fn an_artifact_written_under_another_key_is_not_loaded() {
     fs::copy(&from_a[0], &in_b[0]).unwrap();
     assert!(!engine(b.path()).compile(&bytes).unwrap().from_cache);
 }
+
+#[test]
+fn the_cache_keeps_the_most_recently_used_artifacts_and_sweeps_the_unusable() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = |dir: &std::path::Path| {
+        PolicyEngine::new(EngineOptions {
+            cache_dir: Some(dir.to_path_buf()),
+            cache_max_artifacts: 2,
+            ..EngineOptions::default()
+        })
+        .unwrap()
+    };
+    let [lru, quota, max_size] = ["lru", "quota", "max-size"].map(|p| fs::read(plugin(p)).unwrap());
+    let e = small(dir.path());
+    for bytes in [&lru, &quota] {
+        assert!(!e.compile(bytes).unwrap().from_cache);
+    }
+    assert_eq!(artifacts(dir.path()).len(), 2);
+    // Using lru makes quota the least recently used; a third plugin pushes quota out.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert!(e.compile(&lru).unwrap().from_cache);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert!(!e.compile(&max_size).unwrap().from_cache);
+    assert_eq!(artifacts(dir.path()).len(), 2);
+    assert!(e.compile(&lru).unwrap().from_cache, "the recently used artifact was kept");
+    assert!(e.compile(&max_size).unwrap().from_cache);
+    assert!(!e.compile(&quota).unwrap().from_cache, "the least recently used artifact was pruned");
+
+    // Files no build of this daemon can use: another wasmtime's artifact, a dead writer's temp.
+    let foreign = dir.path().join(format!("{}-0123456789abcdef.cwasm", "ab".repeat(32)));
+    fs::write(&foreign, b"old engine").unwrap();
+    let temp = dir.path().join("x.tmp.1.0");
+    fs::write(&temp, b"half").unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600);
+    fs::File::options().write(true).open(&temp).unwrap().set_modified(old).unwrap();
+    let fresh_temp = dir.path().join("y.tmp.2.0");
+    fs::write(&fresh_temp, b"being written").unwrap();
+    drop(e);
+    let e = small(dir.path());
+    assert!(!foreign.exists(), "another build's artifact is removed at start-up");
+    assert!(!temp.exists(), "a dead writer's temporary file is removed");
+    assert!(fresh_temp.exists(), "a temporary file that may still be written is left alone");
+    assert_eq!(artifacts(dir.path()).len(), 2);
+    assert!(e.compile(&quota).unwrap().from_cache);
+}

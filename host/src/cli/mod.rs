@@ -190,7 +190,7 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let options = EngineOptions {
         memory_limit_bytes: args.memory_mib << 20,
         call_deadline: Duration::from_millis(args.deadline_ms),
-        cache_dir: None,
+        ..EngineOptions::default()
     };
     let engine = PolicyEngine::new(options)?;
     let set = PolicySet::new(engine, policy::CinderLimits::default());

@@ -6,6 +6,10 @@
 //! artifact runs its machine code, so a cached file is only loaded when it carries an HMAC made
 //! with this daemon's own secret key (a 0600 file beside the cache): bytes anyone else wrote are
 //! recompiled, never deserialized.
+//!
+//! The cache is bounded: it keeps the [`EngineOptions::cache_max_artifacts`] most recently used
+//! artifacts, and on start-up drops artifacts of other wasmtime builds (this daemon can never
+//! load them) and temporary files left by a writer that crashed.
 
 use std::collections::hash_map::DefaultHasher;
 use std::fs;
@@ -39,11 +43,18 @@ pub struct EngineOptions {
     pub call_deadline: Duration,
     /// Where precompiled components are kept; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
+    /// Most artifacts kept in `cache_dir`; the least recently used go first.
+    pub cache_max_artifacts: usize,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { memory_limit_bytes: 64 << 20, call_deadline: Duration::from_millis(100), cache_dir: None }
+        EngineOptions {
+            memory_limit_bytes: 64 << 20,
+            call_deadline: Duration::from_millis(100),
+            cache_dir: None,
+            cache_max_artifacts: 32,
+        }
     }
 }
 
@@ -81,7 +92,8 @@ impl PolicyEngine {
         let engine = Engine::new(&config).map_err(LoadError::Engine)?;
         let cache = match &options.cache_dir {
             Some(dir) => Some(
-                ArtifactCache::open(dir, &engine).map_err(|source| LoadError::Cache { path: dir.clone(), source })?,
+                ArtifactCache::open(dir, &engine, options.cache_max_artifacts.max(1))
+                    .map_err(|source| LoadError::Cache { path: dir.clone(), source })?,
             ),
             None => None,
         };
@@ -155,15 +167,69 @@ struct ArtifactCache {
     dir: PathBuf,
     key: [u8; KEY_LEN],
     engine_tag: String,
+    max_artifacts: usize,
 }
 
+/// A temporary file this old was left by a writer that died (a store takes milliseconds).
+const STALE_TEMP: Duration = Duration::from_secs(3600);
+
 impl ArtifactCache {
-    fn open(dir: &Path, engine: &Engine) -> io::Result<Self> {
+    fn open(dir: &Path, engine: &Engine, max_artifacts: usize) -> io::Result<Self> {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         let key = load_or_create_key(&dir.join("cache.key"))?;
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        Ok(ArtifactCache { dir: dir.to_path_buf(), key, engine_tag: format!("{:016x}", hasher.finish()) })
+        let cache = ArtifactCache {
+            dir: dir.to_path_buf(),
+            key,
+            engine_tag: format!("{:016x}", hasher.finish()),
+            max_artifacts,
+        };
+        cache.sweep();
+        cache.prune();
+        Ok(cache)
+    }
+
+    /// Removes artifacts another wasmtime build wrote and temporary files of dead writers.
+    fn sweep(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return };
+        let ours = format!("-{}.cwasm", self.engine_tag);
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale_temp = name.contains(".tmp.")
+                && entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().unwrap_or_default() > STALE_TEMP);
+            let other_build = name.ends_with(".cwasm") && !name.ends_with(&ours);
+            if stale_temp || other_build {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => tracing::info!(file = %name, "removed an unusable file from the plugin cache"),
+                    Err(e) => tracing::warn!(file = %name, error = %e, "could not remove a file from the plugin cache"),
+                }
+            }
+        }
+    }
+
+    /// Keeps the `max_artifacts` most recently used artifacts (by modification time, which a
+    /// load refreshes).
+    fn prune(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return };
+        let mut artifacts: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        if artifacts.len() <= self.max_artifacts {
+            return;
+        }
+        artifacts.sort();
+        let excess = artifacts.len() - self.max_artifacts;
+        for (_, path) in artifacts.into_iter().take(excess) {
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove an old precompiled plugin");
+            }
+        }
     }
 
     fn path(&self, digest: &str) -> PathBuf {
@@ -191,6 +257,11 @@ impl ArtifactCache {
         // daemon wrote these bytes (the key never leaves the 0600 key file), the file name binds
         // them to this engine's compatibility hash, and wasmtime re-checks its own header.
         let component = unsafe { Component::deserialize(engine, artifact) };
+        if component.is_ok() {
+            // Used: the least recently used artifacts are the ones pruned.
+            let _ =
+                fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        }
         component.ok()
     }
 
@@ -207,7 +278,9 @@ impl ArtifactCache {
         file.write_all(&artifact)?;
         file.write_all(&tag)?;
         file.sync_all()?;
-        fs::rename(&tmp, &path)
+        fs::rename(&tmp, &path)?;
+        self.prune();
+        Ok(())
     }
 }
 
