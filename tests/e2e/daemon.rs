@@ -563,3 +563,43 @@ fn without_a_configured_token_the_daemon_writes_one_to_a_0600_file() {
     let _ = child.wait();
     assert!(stderr.contains("admin token written to"), "the path is printed: {stderr}");
 }
+
+/// Two daemons on one backend directory would take each other's cache volumes for orphans:
+/// the second is refused at start-up, naming the first; once the first is gone (even killed),
+/// the directory can be served again.
+#[test]
+fn a_second_daemon_on_the_same_backend_is_refused() {
+    let shared = tempfile::tempdir().unwrap();
+    let config = |dir: &tempfile::TempDir| {
+        std::fs::write(
+            dir.path().join("volcache.toml"),
+            format!("[backend]\npath = \"{}\"\n", shared.path().join("volumes").display()),
+        )
+        .unwrap();
+    };
+    let first_dir = tempfile::tempdir().unwrap();
+    config(&first_dir);
+    let first_state = std::fs::canonicalize(first_dir.path()).unwrap().join("var");
+    let mut first = Daemon::start_in(first_dir);
+
+    let second_dir = tempfile::tempdir().unwrap();
+    config(&second_dir);
+    let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_volcache"))
+        .args(["serve", "--listen", &addr, "--config", "volcache.toml"])
+        .current_dir(second_dir.path())
+        .env("VOLCACHE_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already used by another volcache daemon"), "{err}");
+    assert!(err.contains(&first_state.display().to_string()), "the owner is named: {err}");
+
+    // SIGKILL: the kernel drops the lock with the process.
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+    let second = Daemon::start_in(second_dir);
+    let (status, _) = second.call("GET", "/v1/volumes", Some(TOKEN), None);
+    assert_eq!(status, 200);
+}

@@ -356,3 +356,36 @@ fn daemon_on_rbd_serves_hits_as_snapshot_clones_and_frees_evicted_entries_with_t
     assert!(!trash_names().iter().any(|n| n.starts_with(&prefix)));
     assert!(!rbd(&["ls", "rbd"]).lines().any(|l| l.starts_with(&prefix)), "images left behind");
 }
+
+/// One daemon owns a prefix: another identity is refused with the owner's name and the way
+/// out, the same identity (a restart) claims it again, and after an operator removes the
+/// claim object another daemon may take it.
+#[test]
+fn one_daemon_owns_a_prefix() {
+    let opts = options(5);
+    let oid = format!("volcache.owner.{}", opts.prefix);
+    let first = RbdBackend::connect(opts.clone()).unwrap();
+    first.claim("volcache on host-a with state /srv/a").unwrap();
+    first.claim("volcache on host-a with state /srv/a").unwrap();
+
+    let second = RbdBackend::connect(opts.clone()).unwrap();
+    let err = second.claim("volcache on host-b with state /srv/b").unwrap_err().to_string();
+    assert!(err.contains("host-a") && err.contains("rbd_image_prefix") && err.contains(&oid), "{err}");
+    // A different prefix in the same pool is a different owner's.
+    let other = RbdBackend::connect(options(5)).unwrap();
+    other.claim("volcache on host-b with state /srv/b").unwrap();
+    // A restart of the first daemon (a new connection, the same identity) is welcome.
+    drop(first);
+    RbdBackend::connect(opts.clone()).unwrap().claim("volcache on host-a with state /srv/a").unwrap();
+
+    let out = std::process::Command::new("rados")
+        .args(["-p", &opts.pool, "rm", &oid])
+        .env("CEPH_CONF", ceph_conf())
+        .output()
+        .expect("the rados tool (ceph-common)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    second.claim("volcache on host-b with state /srv/b").unwrap();
+    assert!(RbdBackend::connect(opts).unwrap().claim("volcache on host-a with state /srv/a").is_err());
+    // The claim object is not an image: the listing does not show it.
+    assert!(second.list().unwrap().is_empty());
+}

@@ -5,7 +5,9 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use super::{valid_name, Backend, BackendError, CloneMode};
 use crate::sparse::{BlockDevice, DataExtents};
@@ -15,13 +17,18 @@ use crate::sys;
 #[derive(Debug, Clone)]
 pub struct FileBackend {
     dir: PathBuf,
+    /// The daemon's lock on the directory ([`Backend::claim`]), held while it lives.
+    claim: Arc<Mutex<Option<File>>>,
 }
+
+/// The lock file of [`Backend::claim`]; a name no volume can have.
+const CLAIM_FILE: &str = ".volcache.lock";
 
 impl FileBackend {
     pub fn new(dir: impl Into<PathBuf>) -> io::Result<Self> {
         let dir = dir.into();
         fs::create_dir_all(&dir)?;
-        Ok(FileBackend { dir })
+        Ok(FileBackend { dir, claim: Arc::default() })
     }
 
     pub fn dir(&self) -> &Path {
@@ -152,6 +159,37 @@ impl Backend for FileBackend {
 
     fn exists(&self, name: &str) -> Result<bool, BackendError> {
         Ok(self.path(name)?.is_file())
+    }
+
+    /// An exclusive `flock` on `.volcache.lock` in the directory, held until the backend is
+    /// dropped (the kernel releases it if the daemon dies); the file names the owner.
+    fn claim(&self, owner: &str) -> Result<(), BackendError> {
+        let path = self.dir.join(CLAIM_FILE);
+        let io_err = |source| BackendError::Io { op: "claim", name: path.display().to_string(), source };
+        let mut held = self.claim.lock().unwrap_or_else(|e| e.into_inner());
+        if held.is_some() {
+            return Ok(());
+        }
+        let mut file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io_err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut other = String::new();
+                let _ = file.read_to_string(&mut other);
+                return Err(BackendError::Claimed {
+                    what: format!("backend.path {}", self.dir.display()),
+                    owner: if other.trim().is_empty() { "owner unknown".into() } else { other.trim().to_string() },
+                    remedy: "give each daemon its own directory".into(),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+        file.set_len(0).map_err(io_err)?;
+        file.rewind().map_err(io_err)?;
+        writeln!(file, "{owner} (pid {})", std::process::id()).map_err(io_err)?;
+        *held = Some(file);
+        Ok(())
     }
 
     fn list(&self) -> Result<Vec<String>, BackendError> {

@@ -80,6 +80,8 @@ pub enum BackendError {
     Shrink { name: String, size: u64, requested: u64 },
     #[error("{op} of volume {name:?}: {source}")]
     Io { op: &'static str, name: String, source: io::Error },
+    #[error("{what} is already used by another volcache daemon ({owner}); {remedy}")]
+    Claimed { what: String, owner: String, remedy: String },
 }
 
 /// Storage still occupied by volumes that were removed while clones of them live (RBD images
@@ -116,6 +118,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn exists(&self, name: &str) -> Result<bool, BackendError>;
     /// Every volume's name, for reconciliation.
     fn list(&self) -> Result<Vec<String>, BackendError>;
+    /// Claims the backend's volumes for one daemon, named by `owner`, before it serves. Two
+    /// daemons sharing a backend would take each other's volumes for orphans and remove them,
+    /// so a second claimant gets [`BackendError::Claimed`]. Claiming again as the same owner
+    /// (a restart) succeeds.
+    fn claim(&self, _owner: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
     /// Storage held by removed volumes whose clones still live.
     fn held(&self) -> Result<Held, BackendError> {
         Ok(Held::default())

@@ -190,6 +190,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     }
     let catalog = Arc::new(Catalog::open(&config.state_dir.join("catalog.redb"))?);
     let backend = open_backend(&config.backend)?;
+    // This daemon: its host and its state directory (one catalog, one owner of the volumes).
+    let state_dir = std::fs::canonicalize(&config.state_dir).unwrap_or_else(|_| config.state_dir.clone());
+    let owner = format!("volcache on {} with state {}", config.cache.host, state_dir.display());
+    backend.claim(&owner).map_err(|e| anyhow::anyhow!("backend: {e}"))?;
     let plugin_dir = config.state_dir.join("plugins");
     // Slots swapped at run time win over the configuration file; one that no longer loads is
     // reported and the configured policy keeps the slot.

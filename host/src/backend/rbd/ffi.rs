@@ -18,9 +18,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use librados_sys::{
-    rados_conf_read_file, rados_conf_set, rados_connect, rados_create, rados_ioctx_create, rados_ioctx_destroy,
-    rados_ioctx_t, rados_shutdown, rados_t,
+    rados_conf_read_file, rados_conf_set, rados_connect, rados_create, rados_create_write_op, rados_ioctx_create,
+    rados_ioctx_destroy, rados_ioctx_t, rados_read, rados_release_write_op, rados_shutdown, rados_t,
+    rados_write_op_create, rados_write_op_operate, rados_write_op_write_full,
 };
+
+/// `LIBRADOS_CREATE_EXCLUSIVE`: creating an object that exists fails with `EEXIST`.
+const CREATE_EXCLUSIVE: c_int = 1;
 use librbd_sys::{
     rbd_aio_create_completion, rbd_aio_get_return_value, rbd_aio_release, rbd_aio_wait_for_complete, rbd_aio_write,
     rbd_clone, rbd_close, rbd_completion_t, rbd_create, rbd_discard, rbd_flatten, rbd_flush, rbd_get_features,
@@ -155,8 +159,9 @@ pub struct Pool {
     _cluster: Arc<Cluster>,
 }
 
-// SAFETY: the context is only used for librbd image operations, which are safe to issue from
-// several threads; its snapshot context and namespace are never changed.
+// SAFETY: the context is used for librbd image operations and whole-object reads and writes,
+// which are safe to issue from several threads; its snapshot context and namespace are never
+// changed.
 unsafe impl Send for Pool {}
 // SAFETY: as above.
 unsafe impl Sync for Pool {}
@@ -246,6 +251,41 @@ impl Pool {
                 .filter(|n| !n.is_empty())
                 .map(|n| String::from_utf8_lossy(n).into_owned())
                 .collect());
+        }
+    }
+
+    /// The first `max` bytes of RADOS object `oid` in the pool, or `None` if it does not exist.
+    pub fn read_object(&self, oid: &str, max: usize) -> io::Result<Option<Vec<u8>>> {
+        let c = cstr(oid)?;
+        let mut buf = vec![0u8; max];
+        // SAFETY: a valid context, NUL-terminated oid, and `buf` with `max` writable bytes;
+        // librados returns how many it wrote (at most `max`).
+        let r = unsafe { rados_read(self.io, c.as_ptr(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        match check(r) {
+            Ok(n) => {
+                buf.truncate(usize::try_from(n).unwrap_or(0).min(max));
+                Ok(Some(buf))
+            }
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates RADOS object `oid` holding `data`, atomically; `EEXIST` if it exists.
+    pub fn create_object(&self, oid: &str, data: &[u8]) -> io::Result<()> {
+        let c = cstr(oid)?;
+        // SAFETY: the op is created, filled with pointers that outlive `operate` (`data`, `c`),
+        // run once and released on every path.
+        unsafe {
+            let op = rados_create_write_op();
+            if op.is_null() {
+                return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+            }
+            rados_write_op_create(op, CREATE_EXCLUSIVE, std::ptr::null());
+            rados_write_op_write_full(op, data.as_ptr().cast(), data.len());
+            let r = rados_write_op_operate(op, self.io, c.as_ptr(), std::ptr::null_mut(), 0);
+            rados_release_write_op(op);
+            check(r).map(drop)
         }
     }
 

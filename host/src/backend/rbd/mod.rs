@@ -9,7 +9,8 @@
 //!   the listing at once, its space is reported by [`Backend::held`], and it is deleted when its
 //!   last clone is removed or flattened (or by [`Backend::collect_garbage`] at start-up).
 //! - Only images with the prefix are ever listed, touched or garbage-collected, so the pool may
-//!   be shared with other users.
+//!   be shared with other users. One daemon owns a prefix: [`Backend::claim`] records it in the
+//!   RADOS object `volcache.owner.<prefix>`, and a daemon with another identity is refused.
 //!
 //! `unsafe` code is denied crate-wide; only [`ffi`] allows it.
 
@@ -305,6 +306,38 @@ impl Backend for RbdBackend {
             Err(BackendError::NotFound(_)) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Records `owner` in the RADOS object `volcache.owner.<prefix>` (created atomically), or
+    /// checks that it is the one recorded there. Unlike a lock, the record outlives a crash:
+    /// the same daemon restarting claims it again, any other is refused until an operator
+    /// removes the object.
+    fn claim(&self, owner: &str) -> Result<(), BackendError> {
+        let oid = format!("volcache.owner.{}", self.options.prefix);
+        let err = |source| BackendError::Io { op: "claim", name: oid.clone(), source };
+        let refused = |other: &[u8]| BackendError::Claimed {
+            what: format!("rbd pool {:?} with rbd_image_prefix {:?}", self.options.pool, self.options.prefix),
+            owner: String::from_utf8_lossy(other).trim().to_string(),
+            remedy: format!(
+                "give each daemon its own rbd_image_prefix; if that daemon is gone for good, remove its claim \
+                 with `rados -p {} rm {oid}`",
+                self.options.pool
+            ),
+        };
+        const MAX_OWNER: usize = 4096;
+        for _ in 0..3 {
+            match self.pool.read_object(&oid, MAX_OWNER).map_err(err)? {
+                Some(other) if other == owner.as_bytes() => return Ok(()),
+                Some(other) => return Err(refused(&other)),
+                None => match self.pool.create_object(&oid, owner.as_bytes()) {
+                    Ok(()) => return Ok(()),
+                    // Another daemon created it between the read and the create: read it again.
+                    Err(e) if ffi::is_exists(&e) => continue,
+                    Err(e) => return Err(err(e)),
+                },
+            }
+        }
+        Err(err(io::Error::other("the claim object keeps appearing and disappearing")))
     }
 
     fn list(&self) -> Result<Vec<String>, BackendError> {
