@@ -197,6 +197,19 @@ fn a_removed_volume_with_live_clones_waits_in_the_trash_and_is_freed_with_the_la
     assert!((8 * MIB..=12 * MIB).contains(&held.bytes), "held {held:?} (8 MiB of data in 4 MiB objects)");
     assert_eq!(read(&b, "a"), original, "clones keep reading their parent's data");
 
+    // A second held volume adds to the figure; asking again (measured once, remembered) and
+    // asking a fresh connection (measuring everything) agree.
+    fill(&b, "entry2");
+    b.clone_volume("entry2", "c").unwrap();
+    b.remove("entry2").unwrap();
+    let two = b.held().unwrap();
+    assert_eq!(two.volumes, 2);
+    assert!(two.bytes >= held.bytes + 8 * MIB, "{two:?} after {held:?}");
+    assert_eq!(b.held().unwrap(), two);
+    assert_eq!(RbdBackend::connect(b.options().clone()).unwrap().held().unwrap(), two);
+    b.remove("c").unwrap();
+    assert_eq!(b.held().unwrap(), held, "entry2 was freed with its clone");
+
     b.remove("a").unwrap();
     assert_eq!(b.held().unwrap().volumes, 1, "one clone still lives");
     b.remove("b").unwrap();

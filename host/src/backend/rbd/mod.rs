@@ -34,6 +34,10 @@ pub struct RbdBackend {
     options: RbdOptions,
     /// Background flattens, by volume name.
     flattening: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// Bytes stored by each of our images in the trash, by image id. A trashed image is never
+    /// written again, so [`Backend::held`] only measures images it has not seen: a stats or
+    /// metrics scrape costs one trash listing, not one open per held volume.
+    held_bytes: Mutex<HashMap<String, u64>>,
 }
 
 fn io_err<'n>(op: &'static str, name: &'n str) -> impl Fn(io::Error) -> BackendError + 'n {
@@ -59,7 +63,7 @@ impl RbdBackend {
         let err = |source| BackendError::Io { op: "connect", name: options.pool.clone(), source };
         let cluster = ffi::Cluster::connect(&options.user, options.ceph_conf.as_deref(), &settings).map_err(err)?;
         let pool = Arc::new(cluster.pool(&options.pool).map_err(err)?);
-        Ok(RbdBackend { pool, options, flattening: Mutex::new(HashMap::new()) })
+        Ok(RbdBackend { pool, options, flattening: Mutex::default(), held_bytes: Mutex::default() })
     }
 
     pub fn options(&self) -> &RbdOptions {
@@ -355,19 +359,24 @@ impl Backend for RbdBackend {
 
     fn held(&self) -> Result<Held, BackendError> {
         let err = io_err("trash", "");
-        let mut held = Held::default();
-        for entry in self.pool.trash_list().map_err(&err)? {
-            if !entry.name.starts_with(&self.options.prefix) {
-                continue;
-            }
-            let image = match self.pool.open_by_id(&entry.id) {
-                Ok(image) => image,
-                Err(e) if ffi::is_not_found(&e) => continue,
-                Err(e) => return Err(err(e)),
+        let trashed: Vec<ffi::TrashEntry> = (self.pool.trash_list().map_err(&err)?.into_iter())
+            .filter(|entry| entry.name.starts_with(&self.options.prefix))
+            .collect();
+        let known = self.held_bytes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut now = HashMap::with_capacity(trashed.len());
+        for entry in trashed {
+            let bytes = match known.get(&entry.id) {
+                Some(&bytes) => bytes,
+                None => match self.pool.open_by_id(&entry.id) {
+                    Ok(image) => image.used_bytes().map_err(&err)?,
+                    Err(e) if ffi::is_not_found(&e) => continue, // freed since the listing
+                    Err(e) => return Err(err(e)),
+                },
             };
-            held.volumes += 1;
-            held.bytes += image.used_bytes().map_err(&err)?;
+            now.insert(entry.id, bytes);
         }
+        let held = Held { volumes: now.len() as u64, bytes: now.values().sum() };
+        *self.held_bytes.lock().unwrap_or_else(|p| p.into_inner()) = now;
         Ok(held)
     }
 
