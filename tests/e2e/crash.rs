@@ -74,25 +74,60 @@ fn names_in(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The daemon's volumes seen from outside, on one backend.
+pub trait Volumes {
+    /// The configuration's `[backend]` section for a daemon rooted at `root`.
+    fn backend_toml(&mut self, root: &Path) -> String;
+    /// Every volume on the backend, sorted.
+    fn names(&self) -> Vec<String>;
+    /// A digest of one volume's bytes.
+    fn digest(&self, name: &str) -> String;
+}
+
+/// The file backend under `<root>/volumes`.
+#[derive(Default)]
+struct FileVolumes {
+    dir: PathBuf,
+}
+
+impl Volumes for FileVolumes {
+    fn backend_toml(&mut self, root: &Path) -> String {
+        self.dir = root.join("volumes");
+        format!("[backend]\npath = \"{}\"\n", self.dir.display())
+    }
+    fn names(&self) -> Vec<String> {
+        // Everything in the directory but the daemon's lock file must be a volume.
+        names_in(&self.dir).into_iter().filter(|n| n != ".volcache.lock").collect()
+    }
+    fn digest(&self, name: &str) -> String {
+        sha(&self.dir.join(name))
+    }
+}
+
 #[test]
 fn sigkill_at_every_crash_point_leaves_a_consistent_cache() {
     let fs = LoopFs::xfs();
-    let images = fs.mnt.join("images");
+    crash_suite(&fs.mnt, &mut FileVolumes::default());
+}
+
+/// For every crash point: set up a cache with a user volume to protect, kill the daemon with
+/// SIGKILL at that point in the middle of a request, restart it, and check it from outside.
+pub fn crash_suite(base: &Path, volumes: &mut dyn Volumes) {
+    let images = base.join("images");
     std::fs::create_dir_all(&images).unwrap();
     for (name, size) in [("a", 24 * MIB), ("b", 24 * MIB), ("c", 5 * (1u64 << 30) / 2)] {
         cloud_like_raw(&images.join(format!("{name}.raw")), size);
     }
     for point in volcache::fault::POINTS {
-        let root: PathBuf = fs.mnt.join(point.replace(':', "-"));
-        let volumes = root.join("volumes");
+        let root: PathBuf = base.join(point.replace(':', "-"));
         let config = root.join("volcache.toml");
         std::fs::create_dir_all(&root).unwrap();
         std::fs::write(
             &config,
             format!(
-                "state_dir = \"{}\"\n[backend]\npath = \"{}\"\n[cache]\nimage_volume_cache_max_count = 1\nimage_volume_cache_max_size_gb = 2\n",
+                "state_dir = \"{}\"\n{}[cache]\nimage_volume_cache_max_count = 1\nimage_volume_cache_max_size_gb = 2\n",
                 root.join("state").display(),
-                volumes.display()
+                volumes.backend_toml(&root)
             ),
         )
         .unwrap();
@@ -106,8 +141,8 @@ fn sigkill_at_every_crash_point_leaves_a_consistent_cache() {
         let (status, v0) =
             d.call("POST", "/v1/volumes", Some(serde_json::json!({"image_id": "a", "size": 1}))).unwrap();
         assert_eq!((status, v0["cache"].as_str()), (201, Some("miss")), "{v0}");
-        let v0_file = volumes.join(v0["backend_name"].as_str().unwrap());
-        let v0_sha = sha(&v0_file);
+        let v0_name = v0["backend_name"].as_str().unwrap().to_string();
+        let v0_digest = volumes.digest(&v0_name);
         d.stop();
 
         // The crash: requests that pass through every point; the one that reaches ours dies.
@@ -129,15 +164,13 @@ fn sigkill_at_every_crash_point_leaves_a_consistent_cache() {
             all.as_array().unwrap().iter().map(|v| v["backend_name"].as_str().unwrap().to_string()).collect();
         let mut sorted = records.clone();
         sorted.sort();
-        // Everything in the directory but the daemon's lock file must be a recorded volume.
-        let on_disk: Vec<String> = names_in(&volumes).into_iter().filter(|n| n != ".volcache.lock").collect();
-        assert_eq!(on_disk, sorted, "{point}: backend volumes and catalog records differ");
+        assert_eq!(volumes.names(), sorted, "{point}: backend volumes and catalog records differ");
         for entry in entries.as_array().unwrap() {
             let id = entry["volume_id"].as_str().unwrap();
             assert!(all.as_array().unwrap().iter().any(|v| v["id"] == id), "{point}: entry {entry} has no volume");
         }
         assert!(entries.as_array().unwrap().len() <= 1, "{point}: max_count broken");
-        assert_eq!(sha(&v0_file), v0_sha, "{point}: a user volume changed");
+        assert_eq!(volumes.digest(&v0_name), v0_digest, "{point}: a user volume changed");
         let leftovers: Vec<String> = names_in(&root.join("state").join("spool"));
         assert!(leftovers.is_empty(), "{point}: spool files left: {leftovers:?}");
 

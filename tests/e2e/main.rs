@@ -13,8 +13,9 @@
 //! - `backend`: the backend conformance suite on XFS (reflink), ext4 and tmpfs.
 //! - `cache_service`: Cinder's cache semantics through the service, on real parts.
 //! - `cache_model`: random operation sequences checked against a model.
-//! - `crash`: SIGKILL at every crash point, restart, consistency.
-//! - `rbd` (feature `rbd`): the RBD backend and the daemon on a real Ceph cluster.
+//! - `crash`: SIGKILL at every crash point, restart, consistency (file backend on XFS).
+//! - `rbd` (feature `rbd`): the RBD backend and the daemon on a real Ceph cluster, including
+//!   the crash suite.
 
 mod fixtures;
 
