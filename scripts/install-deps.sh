@@ -6,6 +6,7 @@ command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v md5sum >/dev/null || need+=(coreutils)
+command -v openssl >/dev/null || need+=(openssl)
 # The RBD backend: a single-node test cluster, the rbd tool, and librbd/librados to link.
 command -v ceph-mon >/dev/null || need+=(ceph-mon)
 command -v ceph-osd >/dev/null || need+=(ceph-osd)

@@ -239,3 +239,116 @@ fn glance_checksum_or_format_mismatch_is_refused() {
     }
     let _ = img.dir;
 }
+
+/// `openssl s_server -WWW`: a real TLS server on 127.0.0.1 serving the files in `root`, with a
+/// certificate for IP 127.0.0.1 issued by a CA made for the test (`ca.pem` in `pki`).
+struct TlsServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl TlsServer {
+    fn start(pki: &Path, root: &Path) -> TlsServer {
+        let p = |name: &str| pki.join(name).to_str().unwrap().to_string();
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        let mut args = vec!["req", "-x509"];
+        args.extend(ec);
+        let (ca_key, ca, key, csr, cert, ext) =
+            (p("ca.key"), p("ca.pem"), p("srv.key"), p("srv.csr"), p("srv.pem"), p("ext.cnf"));
+        args.extend(["-keyout", &ca_key, "-out", &ca, "-days", "2", "-subj", "/CN=volcache test CA"]);
+        run("openssl", &args);
+        let mut args = vec!["req"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=127.0.0.1"]);
+        run("openssl", &args);
+        std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+            .unwrap();
+        run(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-out",
+                &cert,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ],
+        );
+        for _ in 0..20 {
+            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let mut child = std::process::Command::new("openssl")
+                .args(["s_server", "-accept", &format!("127.0.0.1:{port}"), "-cert", &cert, "-key", &key])
+                .args(["-WWW", "-quiet"])
+                .current_dir(root)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("openssl (make test installs it)");
+            for _ in 0..100 {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return TlsServer { child, port };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break; // the port was taken meanwhile: try another
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("openssl s_server did not start");
+    }
+
+    fn url(&self, file: &str) -> String {
+        format!("https://127.0.0.1:{}/{file}", self.port)
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// HTTPS: the server's certificate is checked against the system's trust store, which
+/// SSL_CERT_FILE can replace; an unknown issuer is refused with a way out, and nothing stays.
+#[test]
+fn https_trusts_the_system_store_or_ssl_cert_file_and_refuses_an_unknown_issuer() {
+    let img = images();
+    let pki = tempfile::tempdir().unwrap();
+    let server = TlsServer::start(pki.path(), img.dir.path());
+    let url = server.url("image.qcow2");
+
+    let (dir, out) = out_dir();
+    let res = std::process::Command::new(env!("CARGO_BIN_EXE_volcache"))
+        .args(["convert", &url, out.to_str().unwrap()])
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR")
+        .output()
+        .unwrap();
+    assert!(!res.status.success(), "a certificate from an unknown CA was accepted");
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(err.contains("invalid peer certificate") && err.contains("SSL_CERT_FILE"), "{err}");
+    assert_eq!(err.matches(&url).count(), 1, "the URL is named once: {err}");
+    assert!(is_empty(dir.path()), "nothing stays after a refused download");
+
+    let res = std::process::Command::new(env!("CARGO_BIN_EXE_volcache"))
+        .args(["convert", &url, out.to_str().unwrap(), "--json"])
+        .env("SSL_CERT_FILE", pki.path().join("ca.pem"))
+        .output()
+        .unwrap();
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert_same_bytes(&out, &img.raw);
+    let report: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    assert_eq!(report["format"], "qcow2", "{report}");
+}

@@ -184,7 +184,26 @@ fn agent() -> ureq::Agent {
 fn http_error(url: &str, e: ureq::Error) -> ImageError {
     match e {
         ureq::Error::Status(code, _) => ImageError::Download(format!("{url}: HTTP {code}")),
-        ureq::Error::Transport(t) => ImageError::Download(format!("{url}: {t}")),
+        ureq::Error::Transport(t) => {
+            // ureq's own text repeats the URL; name it once (or where a redirect led).
+            let mut text = match t.url().map(|u| u.as_str()) {
+                Some(at) if at != url => format!("{url}: redirected to {at}: {}", t.kind()),
+                _ => format!("{url}: {}", t.kind()),
+            };
+            if let Some(message) = t.message() {
+                text.push_str(&format!(": {message}"));
+            }
+            if let Some(source) = std::error::Error::source(&t) {
+                text.push_str(&format!(": {source}"));
+            }
+            if text.contains("invalid peer certificate") {
+                text.push_str(
+                    " (server certificates are checked against the system's trust store: add the \
+                     issuing CA there with update-ca-certificates, or point SSL_CERT_FILE at a PEM bundle)",
+                );
+            }
+            ImageError::Download(text)
+        }
     }
 }
 
