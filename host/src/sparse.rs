@@ -357,14 +357,20 @@ impl<'f> ThinWriter<'f> {
 
     /// Writes what is pending and sets the file's size to `size`; what the source never
     /// reached counts as a hole.
-    pub fn finish(mut self, size: u64) -> io::Result<WriteStats> {
+    pub fn finish(self, size: u64) -> io::Result<WriteStats> {
+        self.finish_at(size, size)
+    }
+
+    /// [`finish`](Self::finish), leaving the target `len` bytes long (at least `size`): the
+    /// bytes past the image read as zeros, and a target created at that length is not resized.
+    pub fn finish_at(mut self, size: u64, len: u64) -> io::Result<WriteStats> {
         self.flush_carry()?;
         if self.next < size {
             self.hole(self.next, size - self.next)?;
         }
         self.flush_pending()?;
         self.flush_punch()?;
-        self.file.set_len(size)?;
+        self.file.set_len(len.max(size))?;
         Ok(self.stats)
     }
 }

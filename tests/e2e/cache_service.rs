@@ -250,6 +250,18 @@ fn disabled_cache_writes_directly_and_emits_nothing() {
     assert_eq!(v.volume.cache, Some(CacheOutcome::Uncached));
     assert!(h.drain().is_empty());
     assert!(h.cache.scope_entries().unwrap().is_empty());
+    // Written at the volume's size: the image, then zeros to 1 GiB.
+    let (volume, image) = (h.read_volume(&v.volume.backend_name), h.image_bytes("img"));
+    assert_eq!(volume.len() as u64, GIB);
+    assert_eq!(&volume[..image.len()], &image[..]);
+    assert!(volume[image.len()..].iter().all(|&b| b == 0));
+
+    // The source grew past the volume since it was registered: an error, and no volume left.
+    cloud_like_raw(&h.images.join("img.raw"), 3 * GIB / 2);
+    let before = h.backend_volumes();
+    let err = h.create("img", 1).unwrap_err().to_string();
+    assert!(err.contains("does not fit"), "{err}");
+    assert_eq!(h.backend_volumes(), before, "the half-written volume was removed");
 }
 
 #[test]

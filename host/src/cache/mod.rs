@@ -277,6 +277,7 @@ impl CacheService {
             mode: self.config.write_mode,
             expected: crate::image::source::Expected { md5: image.checksum.clone(), hash: None },
             token: std::env::var("OS_AUTH_TOKEN").ok().filter(|t| !t.is_empty()),
+            length: None,
         }
     }
 
@@ -441,9 +442,8 @@ impl CacheService {
             e
         };
         self.backend.create(&volume.backend_name, volume.size * GIB).map_err(|e| undo(e.into()))?;
-        self.write_into(image, &volume.backend_name).map_err(undo)?;
-        // The image is smaller than the volume: grow back what writing set to the virtual size.
-        self.backend.resize(&volume.backend_name, volume.size * GIB).map_err(|e| undo(e.into()))?;
+        // Written at the volume's size: the bytes past the image stay zeros, nothing is resized.
+        self.write_into(image, &volume.backend_name, Some(volume.size * GIB)).map_err(undo)?;
         fault::point("direct:after-write");
         self.catalog
             .write(|w| {
@@ -459,8 +459,9 @@ impl CacheService {
         Ok(Created { volume, uncached_reason: Some(reason) })
     }
 
-    /// Writes the image into a backend volume; returns the bytes read from its source.
-    fn write_into(&self, image: &ImageRecord, backend_name: &str) -> Result<u64, CacheError> {
+    /// Writes the image into a backend volume, which ends `length` bytes long (default: the
+    /// image's virtual size); returns the bytes read from its source.
+    fn write_into(&self, image: &ImageRecord, backend_name: &str, length: Option<u64>) -> Result<u64, CacheError> {
         let device = self.backend.open(backend_name)?;
         let location = Location::parse(&image.source)
             .map_err(|source| CacheError::Image { image_id: image.id.clone(), source })?;
@@ -469,7 +470,7 @@ impl CacheService {
             &*device,
             Target::Fresh,
             &self.config.spool_dir,
-            &self.options(image),
+            &ConvertOptions { length, ..self.options(image) },
             &mut |_, _| {},
         )
         .map_err(|source| CacheError::Image { image_id: image.id.clone(), source })?;
@@ -562,7 +563,7 @@ impl CacheService {
         };
         self.backend.create(&backend_name, candidate.size_gib * GIB).map_err(|e| undo(e.into()))?;
         fault::point("fill:after-create");
-        let source_bytes = self.write_into(image, &backend_name).map_err(undo)?;
+        let source_bytes = self.write_into(image, &backend_name, None).map_err(undo)?;
         self.backend.seal(&backend_name).map_err(|e| undo(e.into()))?;
         fault::point("fill:after-write");
         let allocated = self.backend.allocated_bytes(&backend_name).map_err(|e| undo(e.into()))?;

@@ -235,6 +235,7 @@ fn convert(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         mode: if args.dense { crate::sparse::WriteMode::Dense } else { crate::sparse::WriteMode::Thin },
         expected: Expected { md5: args.md5.map(|m| m.to_ascii_lowercase()), hash },
         token: std::env::var("OS_AUTH_TOKEN").ok().filter(|t| !t.is_empty()),
+        length: None,
     };
     let location = Location::parse(&args.src)?;
     let show = !args.json && std::io::stderr().is_terminal();

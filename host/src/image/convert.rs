@@ -27,6 +27,9 @@ pub struct ConvertOptions {
     pub expected: Expected,
     /// Sent to Glance as `X-Auth-Token`.
     pub token: Option<String>,
+    /// The output's final length, if longer than the image (a volume larger than its image);
+    /// `None`: the image's virtual size.
+    pub length: Option<u64>,
 }
 
 impl Default for ConvertOptions {
@@ -37,6 +40,7 @@ impl Default for ConvertOptions {
             mode: WriteMode::Thin,
             expected: Expected::default(),
             token: None,
+            length: None,
         }
     }
 }
@@ -152,7 +156,12 @@ pub fn write_image(
             from_stream(&mut *reader, len, declared, Checker::new(expected), spool_dir, &mut writer, progress)?
         }
     };
-    let write = writer.finish(virtual_size).map_err(ImageError::Write)?;
+    if let Some(length) = opts.length.filter(|&l| l < virtual_size) {
+        return Err(ImageError::Unsupported(format!(
+            "the image's virtual size is {virtual_size} bytes: it does not fit in {length} bytes"
+        )));
+    }
+    let write = writer.finish_at(virtual_size, opts.length.unwrap_or(0)).map_err(ImageError::Write)?;
     let elapsed = started.elapsed().as_secs_f64();
     Ok(ConvertReport {
         format,
