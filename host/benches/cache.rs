@@ -98,19 +98,12 @@ fn main() {
     if !full {
         return;
     }
-    println!(
-        "create-from-image latency, file backend on XFS with reflink (hit: median of {hits_per_size}, interleaved)"
+    common::print_latency_table(
+        &format!(
+            "create-from-image latency, file backend on XFS with reflink (hit: median of {hits_per_size}, interleaved)"
+        ),
+        &rows,
     );
-    println!("{:>8} | {:>8} | {:>10} | {:>10} | {:>9}", "image", "extents", "miss", "hit", "miss/hit");
-    for &(size, extents, miss, hit) in &rows {
-        println!(
-            "{:>6} G | {extents:>8} | {:>8.2} s | {:>7.2} ms | {:>8.0}x",
-            size / GIB,
-            miss.as_secs_f64(),
-            hit.as_secs_f64() * 1e3,
-            miss.as_secs_f64() / hit.as_secs_f64()
-        );
-    }
     if let [(_, e1, _, small), (_, e2, _, big), ..] = rows[..] {
         if e1 == e2 {
             println!(

@@ -135,15 +135,8 @@ fn main() {
     println!("{:>14} | {:>6.2} s | {:>8} MiB", "rbd import", t_theirs.as_secs_f64(), used_theirs / MIB);
     println!("volcache / rbd import time: {:.2}x", t_ours.as_secs_f64() / t_theirs.as_secs_f64());
     println!();
-    println!("create-from-image latency on RBD (hit: snapshot clone + resize, median of {hits_per_size})");
-    println!("{:>8} | {:>8} | {:>10} | {:>10} | {:>9}", "image", "extents", "miss", "hit", "miss/hit");
-    for (size, extents, miss, hit) in rows {
-        println!(
-            "{:>6} G | {extents:>8} | {:>8.2} s | {:>7.2} ms | {:>8.0}x",
-            size / GIB,
-            miss.as_secs_f64(),
-            hit.as_secs_f64() * 1e3,
-            miss.as_secs_f64() / hit.as_secs_f64()
-        );
-    }
+    common::print_latency_table(
+        &format!("create-from-image latency on RBD (hit: snapshot clone + resize, median of {hits_per_size})"),
+        &rows,
+    );
 }

@@ -75,3 +75,18 @@ pub fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
+
+/// Prints a create-from-image latency table: (image size, data extents, miss, hit) per row.
+pub fn print_latency_table(title: &str, rows: &[(u64, u64, Duration, Duration)]) {
+    println!("{title}");
+    println!("{:>8} | {:>8} | {:>10} | {:>10} | {:>9}", "image", "extents", "miss", "hit", "miss/hit");
+    for &(size, extents, miss, hit) in rows {
+        println!(
+            "{:>6} G | {extents:>8} | {:>8.2} s | {:>7.2} ms | {:>8.0}x",
+            size / GIB,
+            miss.as_secs_f64(),
+            hit.as_secs_f64() * 1e3,
+            miss.as_secs_f64() / hit.as_secs_f64()
+        );
+    }
+}
