@@ -113,6 +113,8 @@ pub struct RawCache {
     pub image_volume_cache_max_size_gb: Option<u64>,
     pub image_volume_cache_max_count: Option<u64>,
     pub size_basis: Option<String>,
+    /// How long a create waits for another create's fill of the same image (default 1800).
+    pub fill_wait_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -325,6 +327,11 @@ impl RawConfig {
                 quota_volumes: t.quota_volumes.unwrap_or(0),
             },
             spool_dir: state_dir.join("spool"),
+            fill_wait: match self.cache.fill_wait_seconds {
+                Some(0) => return Err(invalid("cache.fill_wait_seconds", "must be at least 1")),
+                Some(s) => std::time::Duration::from_secs(s),
+                None => crate::cache::DEFAULT_FILL_WAIT,
+            },
         };
         let api = ApiOptions {
             public_health: self.api.public_health.unwrap_or(true),

@@ -1,8 +1,32 @@
 //! volcache: a host daemon that makes creating volumes from VM images fast and cheap.
 //!
-//! Modules, in the order data flows through them (see `../shared/DESIGN.md` in the team's
-//! notes, and README.md): [`policy`] decides what is cached and evicted, in sandboxed wasm
-//! components; [`cli`] and [`server`] are the command line and the HTTP daemon on top.
+//! The modules, in the one direction data flows through them (docs/ARCHITECTURE.md has the
+//! flows, the entry state machine and the crash model):
+//!
+//! ```text
+//! main -> cli ----------------------------> daemon (composition root) -> server (HTTP: routes,
+//!                                                                       auth, errors, SSE)
+//!                                                                          |
+//!                                            cache (the service: create, fill, evict, images,
+//!                                                   reservations, leases, intents, reconcile)
+//!                                              |            |            |
+//!                                           policy       catalog      backend (file, rbd,
+//!                                           (wasm)       (redb)       memory, faulty)
+//!                                                           \            |
+//!                                              image (sources, formats) -> sparse -> sys
+//! ```
+//!
+//! - [`sys`]: the only syscall wrappers with `unsafe` (SEEK_DATA/HOLE, FICLONE, fallocate).
+//! - [`sparse`]: extents, zero detection, thin writing.
+//! - [`image`]: sources (file, HTTP(S), Glance v2), formats (raw, qcow2), conversion.
+//! - [`backend`]: where volumes live and how they are cloned.
+//! - [`catalog`]: every record in one redb file; each call one transaction.
+//! - [`policy`]: sandboxed wasm policies and their native twins.
+//! - [`cache`]: the image-volume cache service; the only place that changes volumes and entries.
+//! - [`server`]: the HTTP API, a translation layer over [`cache`] and [`policy`].
+//! - [`daemon`]: assembles the parts from a [`config::Config`] and serves.
+//! - [`cli`]: the command line, including the HTTP client commands.
+//! - [`fault`]: crash points for the crash-safety tests.
 #![deny(unsafe_code)]
 
 pub mod backend;
@@ -10,6 +34,7 @@ pub mod cache;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod fault;
 pub mod image;
 pub mod policy;

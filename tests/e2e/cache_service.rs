@@ -41,6 +41,7 @@ pub fn config(spool: &Path) -> CacheConfig {
             quota_volumes: 0,
         },
         spool_dir: spool.to_path_buf(),
+        fill_wait: volcache::cache::DEFAULT_FILL_WAIT,
     }
 }
 

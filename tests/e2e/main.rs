@@ -12,6 +12,8 @@
 //! - `http_sources`: HTTP and Glance v2 sources, checksums, short downloads.
 //! - `backend`: the backend conformance suite on XFS (reflink), ext4 and tmpfs.
 //! - `cache_service`: Cinder's cache semantics through the service, on real parts.
+//! - `cache_core`: the cache core when requests overlap and fail (in-memory and faulty backends):
+//!   regression tests named after each defect, and the concurrent model test.
 //! - `cache_model`: random operation sequences checked against a model.
 //! - `crash`: SIGKILL at every crash point, restart, consistency (file backend on XFS).
 //! - `rbd` (feature `rbd`): the RBD backend and the daemon on a real Ceph cluster, including
@@ -22,6 +24,7 @@ mod fixtures;
 mod adversarial;
 mod artifact_cache;
 mod backend;
+mod cache_core;
 mod cache_model;
 mod cache_service;
 mod cinder;

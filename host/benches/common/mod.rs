@@ -49,6 +49,7 @@ pub fn cache_service(catalog: Arc<Catalog>, backend: Arc<dyn Backend>, spool_dir
             quota_volumes: 0,
         },
         spool_dir: spool_dir.to_path_buf(),
+        fill_wait: volcache::cache::DEFAULT_FILL_WAIT,
     };
     CacheService::new(catalog, backend, policies, config)
 }

@@ -2,9 +2,12 @@
 //! single-purpose methods; the cache service only ever talks to `dyn Backend`.
 //!
 //! Backends: [`file::FileBackend`] (always) and, with the `rbd` cargo feature, the Ceph RBD
-//! backend `rbd::RbdBackend`. Only `rbd::ffi` holds `unsafe` code.
+//! backend `rbd::RbdBackend`. Only `rbd::ffi` holds `unsafe` code. For tests of the cache core:
+//! [`memory::MemoryBackend`] and the fault-injecting wrapper [`faulty::FaultyBackend`].
 
+pub mod faulty;
 pub mod file;
+pub mod memory;
 #[cfg(feature = "rbd")]
 pub mod rbd;
 

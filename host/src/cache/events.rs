@@ -26,7 +26,10 @@ pub struct CacheEvent {
     /// `image_volume_cache.hit`, `.miss` or `.evict`.
     pub event_type: &'static str,
     pub image_id: String,
+    /// The host that filled the entry (Cinder's `host` of the cache entry).
     pub host: String,
+    /// The host that served this request or made this eviction.
+    pub serving_host: String,
     /// The user's volume for hit and miss; the cache volume for evict.
     pub volume_id: String,
     /// Size in GiB.

@@ -25,9 +25,34 @@ pub struct Reconciled {
     pub entries_without_volume_dropped: Vec<u64>,
     /// Removed volumes whose held storage was freed (their last clone was gone).
     pub held_volumes_freed: u64,
+    /// Partial downloads a crash left in the spool directory.
+    pub spool_files_removed: u64,
 }
 
 impl CacheService {
+    /// Removes partial downloads left by a crash (`.volcache-download.*` in the spool
+    /// directory; this daemon owns its state directory, so none is in use).
+    fn clear_spool(&self) -> u64 {
+        let Ok(dir) = std::fs::read_dir(&self.config().spool_dir) else { return 0 };
+        let mut removed = 0;
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            if !name.to_string_lossy().starts_with(".volcache-download.") {
+                continue;
+            }
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "could not remove a partial download")
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::warn!(removed, "removed partial downloads left by a crash");
+        }
+        removed
+    }
+
     /// Runs reconciliation; call it before serving.
     pub fn reconcile(&self) -> Result<Reconciled, CacheError> {
         let mut done = Reconciled::default();
@@ -84,6 +109,7 @@ impl CacheService {
             }
         }
         done.held_volumes_freed = self.backend().collect_garbage()?;
+        done.spool_files_removed = self.clear_spool();
         Ok(done)
     }
 }

@@ -100,6 +100,21 @@ impl Catalog {
         txn.commit()?;
         Ok(result)
     }
+
+    /// Like [`Catalog::write`], but commits only when `f` answers `Some`; `None` aborts
+    /// everything `f` did.
+    pub fn write_or_abort<R>(
+        &self,
+        f: impl FnOnce(&mut Writer<'_>) -> Result<Option<R>, CatalogError>,
+    ) -> Result<Option<R>, CatalogError> {
+        let txn = self.db.begin_write()?;
+        let Some(result) = f(&mut Writer { txn: &txn })? else {
+            txn.abort()?;
+            return Ok(None);
+        };
+        txn.commit()?;
+        Ok(Some(result))
+    }
 }
 
 fn index_key(scope: &str, image_id: &str) -> String {

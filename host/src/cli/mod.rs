@@ -144,7 +144,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(listen) = listen {
                 config.listen = listen.parse().with_context(|| format!("--listen: {listen:?} is not an address"))?;
             }
-            crate::server::serve(config)?;
+            crate::daemon::serve(config)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Convert(args) => convert(args),

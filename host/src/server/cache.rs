@@ -12,10 +12,8 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::AppState;
-use crate::cache::{timestamp, CacheError, CreateVolume};
-use crate::catalog::{ImageRecord, VolumeRecord};
-use crate::image::convert::probe;
-use crate::image::source::Location;
+use crate::cache::{images, CacheError, Cancel, CreateVolume};
+use crate::catalog::VolumeRecord;
 use crate::image::DiskFormat;
 
 /// Runs blocking cache work off the async workers.
@@ -49,38 +47,9 @@ pub async fn create_image(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: NewImage = body(&raw)?;
     let disk_format: DiskFormat = req.disk_format.parse().map_err(bad_request)?;
-    let location = Location::parse(&req.source).map_err(|e| bad_request(e.to_string()))?;
-    if let Some(sum) = &req.checksum {
-        if sum.len() != 32 || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad_request("checksum: expected 32 hex digits (md5)"));
-        }
-    }
-    let id = req.id.unwrap_or_else(crate::cache::new_uuid);
-    if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        return Err(bad_request("id: use 1-128 letters, digits, '-' or '_'"));
-    }
+    let new = images::NewImage { id: req.id, name: req.name, source: req.source, disk_format, checksum: req.checksum };
     let cache = state.cache.clone();
-    let image = blocking(move || {
-        if cache.catalog().read(|r| r.image(&id))?.is_some() {
-            return Err(CacheError::Invalid(format!("image {id} already exists")));
-        }
-        let (_, virtual_size) = probe(&location, Some(disk_format), None)
-            .map_err(|source| CacheError::Image { image_id: id.clone(), source })?;
-        let stamp = timestamp();
-        let image = ImageRecord {
-            id,
-            name: req.name,
-            source: req.source,
-            disk_format,
-            checksum: req.checksum.map(|c| c.to_ascii_lowercase()),
-            virtual_size,
-            updated_at: stamp.clone(),
-            created_at: stamp,
-        };
-        cache.catalog().write(|w| w.put_image(&image))?;
-        Ok(image)
-    })
-    .await?;
+    let image = blocking(move || cache.register_image(new)).await?;
     Ok((StatusCode::CREATED, Json(json!(image))))
 }
 
@@ -111,29 +80,9 @@ pub async fn patch_image(
     raw: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let patch: ImagePatch = body(&raw)?;
-    if let Some(source) = &patch.source {
-        Location::parse(source).map_err(|e| bad_request(e.to_string()))?;
-    }
+    let patch = images::ImagePatch { name: patch.name, source: patch.source, checksum: patch.checksum };
     let cache = state.cache.clone();
-    let image = blocking(move || {
-        let mut image = cache.catalog().read(|r| r.image(&id))?.ok_or_else(|| CacheError::ImageNotFound(id.clone()))?;
-        if let Some(source) = patch.source {
-            let (_, size) = probe(
-                &Location::parse(&source).map_err(|s| CacheError::Image { image_id: id.clone(), source: s })?,
-                Some(image.disk_format),
-                None,
-            )
-            .map_err(|source| CacheError::Image { image_id: id.clone(), source })?;
-            image.source = source;
-            image.virtual_size = size;
-        }
-        image.name = patch.name.unwrap_or(image.name);
-        image.checksum = patch.checksum.or(image.checksum);
-        image.updated_at = timestamp();
-        cache.catalog().write(|w| w.put_image(&image))?;
-        Ok(image)
-    })
-    .await?;
+    let image = blocking(move || cache.patch_image(&id, patch)).await?;
     Ok(Json(json!(image)))
 }
 
@@ -170,15 +119,22 @@ pub async fn create_volume(
         return Err(bad_request("size: expected 1 to 65536 GiB"));
     }
     let cache = state.cache.clone();
+    // The server drops this handler when its client disconnects: the guard then cancels a
+    // wait for another request's fill, which frees the blocking thread.
+    let cancel = Cancel::new();
+    let on_disconnect = cancel.on_drop();
     let created = blocking(move || {
-        cache.create_volume(&CreateVolume {
+        let req = CreateVolume {
             image_id: req.image_id,
             size: req.size,
             project_id: req.project_id.unwrap_or_else(|| "admin".into()),
             user_id: req.user_id.unwrap_or_else(|| "admin".into()),
-        })
+        };
+        cache.create_volume_with(&req, &cancel)
     })
-    .await?;
+    .await;
+    on_disconnect.disarm();
+    let created = created?;
     Ok((StatusCode::CREATED, Json(volume_json(&created.volume, created.uncached_reason))))
 }
 

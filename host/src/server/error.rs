@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::cache::CacheError;
+use crate::cache::{CacheError, FailureClass};
 use crate::policy::LoadError;
 
 /// An error as clients see it.
@@ -61,16 +61,42 @@ impl ApiError {
 impl From<CacheError> for ApiError {
     fn from(e: CacheError) -> Self {
         let (status, code) = match &e {
-            CacheError::ImageNotFound(_) => (StatusCode::NOT_FOUND, "image_not_found"),
+            CacheError::ImageNotFound(_) | CacheError::ImageGone { .. } => (StatusCode::NOT_FOUND, "image_not_found"),
             CacheError::VolumeNotFound(_) => (StatusCode::NOT_FOUND, "volume_not_found"),
             CacheError::EntryNotFound(_) => (StatusCode::NOT_FOUND, "entry_not_found"),
             CacheError::TooSmall { .. } => (StatusCode::BAD_REQUEST, "volume_too_small"),
             CacheError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            CacheError::Image { .. } | CacheError::FillFailed { .. } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "image_unusable")
-            }
-            CacheError::Backend(_) | CacheError::Catalog(_) => return ApiError::internal(&e),
+            CacheError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            CacheError::WaitTimedOut { .. } => (StatusCode::SERVICE_UNAVAILABLE, "fill_wait_timeout"),
+            // Nobody reads this answer; a status that says so, for the access log.
+            CacheError::Cancelled => (StatusCode::REQUEST_TIMEOUT, "client_gone"),
+            _ => return storage_or_source(e),
         };
         ApiError::new(status, code, e.to_string())
+    }
+}
+
+/// A fill's or a write's failure: the image's fault (422, with the reason) or the storage's
+/// (507 or 503, retryable, the details only in the log).
+fn storage_or_source(e: CacheError) -> ApiError {
+    match e.class() {
+        FailureClass::Source => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "image_unusable", e.to_string()),
+        FailureClass::ImageGone => ApiError::new(StatusCode::NOT_FOUND, "image_not_found", e.to_string()),
+        FailureClass::NoSpace => {
+            tracing::error!(error = %e, "out of space");
+            ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                "the backend or the state directory is out of space; free space, then retry",
+            )
+        }
+        FailureClass::Unavailable => {
+            tracing::error!(error = %e, "storage failure");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "the backend or the catalog failed; retry later (details in the daemon's log)",
+            )
+        }
     }
 }

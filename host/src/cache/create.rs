@@ -1,0 +1,286 @@
+//! Creating a volume from an image: hit, miss or uncached.
+//!
+//! A request tries a few times: the entry it found may be evicted before it can lease it, its
+//! cache volume may turn out to be lost, or the fill it waited for may be abandoned. Each of
+//! those turns the next attempt into a fresh lookup (hit, or a miss that joins or leads a
+//! flight); only when every attempt lost such a race is the volume written directly.
+#![forbid(unsafe_code)]
+
+use std::time::Instant;
+
+use super::fill::FillOutcome;
+use super::flight::{Cancel, Filled, Role, WaitError};
+use super::intent::IntentGuard;
+use super::ledger::Lease;
+use super::{events, timestamp, CacheError, CacheService, CreateVolume, Created, EvictReason, GIB};
+use crate::backend::BackendError;
+use crate::catalog::{CacheOutcome, CatalogError, EntryRecord, ImageRecord, Intent, VolumeRecord, Writer};
+use crate::fault;
+use crate::image::convert::write_image;
+use crate::image::source::Location;
+use crate::policy::PolicyEvent;
+use crate::sparse::Target;
+
+/// Lookups a request makes before it gives up on the cache and writes directly.
+const ATTEMPTS: usize = 4;
+
+/// Whether a direct write counts as the request's miss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Count {
+    Miss,
+    NotCounted,
+}
+
+impl CacheService {
+    /// Creates a volume from an image: hit, miss or uncached, as the module docs say.
+    pub fn create_volume(&self, req: &CreateVolume) -> Result<Created, CacheError> {
+        self.create_volume_with(req, &Cancel::new())
+    }
+
+    /// [`CacheService::create_volume`] for a client that may go away: a wait for another
+    /// request's fill ends when `cancel` is set.
+    pub fn create_volume_with(&self, req: &CreateVolume, cancel: &Cancel) -> Result<Created, CacheError> {
+        let image = self.image_for(req)?;
+        let span = tracing::info_span!("create_volume", image_id = %image.id, size = req.size);
+        let _enter = span.enter();
+        self.finish_deferred_removals();
+        if !self.config.enabled {
+            let reason = "the image-volume cache is disabled on this backend".to_string();
+            return self.direct(req, &image, reason, Count::NotCounted);
+        }
+        let scope = self.config.scope().to_string();
+        let key = format!("{scope}\0{}", image.id);
+        for _ in 0..ATTEMPTS {
+            if cancel.is_cancelled() {
+                return Err(CacheError::Cancelled);
+            }
+            let image = self.image_for(req)?;
+            if let Some(entry) = self.catalog.read(|r| r.entry_for(&scope, &image.id))? {
+                if entry.image_updated_at == image.updated_at {
+                    if let Some(created) = self.hit(req, &image, &entry)? {
+                        return Ok(created);
+                    }
+                    continue;
+                }
+            }
+            match self.flights.join(&key) {
+                Role::Leader(leader) => return self.lead(req, leader),
+                Role::Follower(flight) => {
+                    let deadline = Instant::now() + self.config.fill_wait;
+                    match flight.wait(deadline, cancel) {
+                        Ok(Filled::Entry(id)) => {
+                            if let Some(entry) = self.catalog.read(|r| r.entry(id))? {
+                                if let Some(created) = self.hit(req, &image, &entry)? {
+                                    return Ok(created);
+                                }
+                            }
+                        }
+                        Ok(Filled::NotCached(reason)) => return self.direct(req, &image, reason, Count::Miss),
+                        Ok(Filled::Failed(failure)) => {
+                            return Err(CacheError::FillFailed { image_id: image.id.clone(), failure })
+                        }
+                        Ok(Filled::Abandoned) => {}
+                        Err(WaitError::Cancelled) => return Err(CacheError::Cancelled),
+                        Err(WaitError::TimedOut) => {
+                            return Err(CacheError::WaitTimedOut {
+                                image_id: image.id.clone(),
+                                waited_s: self.config.fill_wait.as_secs(),
+                            })
+                        }
+                    }
+                }
+            }
+        }
+        let image = self.image_for(req)?;
+        let reason = "the image's cache entry kept being evicted under this request".to_string();
+        self.direct(req, &image, reason, Count::Miss)
+    }
+
+    /// The image, checked against the request.
+    fn image_for(&self, req: &CreateVolume) -> Result<ImageRecord, CacheError> {
+        let image = self
+            .catalog
+            .read(|r| r.image(&req.image_id))?
+            .ok_or_else(|| CacheError::ImageNotFound(req.image_id.clone()))?;
+        if req.size == 0 || req.size.saturating_mul(GIB) < image.virtual_size {
+            return Err(CacheError::TooSmall { image_id: image.id, size: req.size, virtual_size: image.virtual_size });
+        }
+        Ok(image)
+    }
+
+    /// The leader of the image's flight: inside the flight it looks again (another flight may
+    /// have just filled it, or the entry may be stale), then fills and publishes the result.
+    fn lead(&self, req: &CreateVolume, leader: super::flight::Leader<'_>) -> Result<Created, CacheError> {
+        let scope = self.config.scope().to_string();
+        let image = self.image_for(req)?;
+        if let Some(entry) = self.catalog.read(|r| r.entry_for(&scope, &image.id))? {
+            if entry.image_updated_at == image.updated_at {
+                leader.publish(Filled::Entry(entry.id));
+                // Lost in the meantime: the next request fills it.
+                return match self.hit(req, &image, &entry)? {
+                    Some(created) => Ok(created),
+                    None => self.direct(req, &image, "the cache entry was evicted".into(), Count::Miss),
+                };
+            }
+            self.evict(&entry, EvictReason::Stale)?;
+        }
+        let result = self.fill(&image);
+        match result {
+            Ok(FillOutcome::Filled(entry, lease)) => {
+                leader.publish(Filled::Entry(entry.id));
+                let outcome = CacheOutcome::Miss;
+                let created = self.clone_from(req, &entry, &lease, outcome, count_miss)?;
+                drop(lease);
+                self.finish_deferred_removals();
+                self.emit(events::MISS, &image.id, &entry.host, (&created.volume.id, created.volume.size), None);
+                Ok(created)
+            }
+            Ok(FillOutcome::Skipped(reason)) => {
+                leader.publish(Filled::NotCached(reason.clone()));
+                self.direct(req, &image, reason, Count::Miss)
+            }
+            Err(e) => {
+                tracing::warn!(image_id = %image.id, error = %e, "cache fill failed; nothing was evicted");
+                leader.publish(Filled::Failed(e.failure()));
+                Err(e)
+            }
+        }
+    }
+
+    /// A hit: lease the entry, clone it, grow it, record the volume and bump the entry in one
+    /// transaction. `None` when the entry went away first (evicted, or its volume lost): the
+    /// caller looks again.
+    fn hit(&self, req: &CreateVolume, image: &ImageRecord, entry: &EntryRecord) -> Result<Option<Created>, CacheError> {
+        let Some(lease) = self.ledger.lease(entry.id) else { return Ok(None) };
+        // Leased, and the row is still there: any eviction now waits for this lease.
+        if self.catalog.read(|r| r.entry(entry.id))?.is_none() {
+            return Ok(None);
+        }
+        let now = self.use_time();
+        let scope = self.config.scope().to_string();
+        let result = self.clone_from(req, entry, &lease, CacheOutcome::Hit, |w| {
+            if let Some(mut e) = w.entry(entry.id)? {
+                e.last_used_ms = now;
+                e.last_used = timestamp();
+                e.hit_count += 1;
+                w.put_entry(&scope, &e)?;
+            }
+            w.add("hits", 1)?;
+            w.add("bytes_not_downloaded", entry.source_bytes)?;
+            w.add("bytes_not_written", entry.allocated_bytes).map(drop)
+        });
+        drop(lease);
+        self.finish_deferred_removals();
+        let created = match result {
+            Ok(created) => created,
+            Err(CacheError::Backend(BackendError::NotFound(name))) if name.starts_with("cache-") => {
+                tracing::error!(image_id = %image.id, entry = entry.id, volume = %name, "cache volume lost: dropping its entry");
+                self.evict(entry, EvictReason::Lost)?;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        self.policies.notify(&PolicyEvent::Hit { id: entry.id, now_ms: now });
+        self.emit(events::HIT, &image.id, &entry.host, (&created.volume.id, created.volume.size), None);
+        Ok(Some(created))
+    }
+
+    fn user_volume(&self, req: &CreateVolume, outcome: CacheOutcome) -> VolumeRecord {
+        let id = super::new_uuid();
+        VolumeRecord {
+            backend_name: format!("volume-{id}"),
+            id,
+            size: req.size,
+            image_id: Some(req.image_id.clone()),
+            project_id: req.project_id.clone(),
+            user_id: req.user_id.clone(),
+            cache: Some(outcome),
+            cache_entry: None,
+            created_at: timestamp(),
+        }
+    }
+
+    /// Clones the user's volume from a leased cache entry: the user's volume is the child,
+    /// never the parent. `also` runs in the transaction that records the volume.
+    fn clone_from(
+        &self,
+        req: &CreateVolume,
+        entry: &EntryRecord,
+        _lease: &Lease,
+        outcome: CacheOutcome,
+        also: impl FnOnce(&mut Writer<'_>) -> Result<(), CatalogError>,
+    ) -> Result<Created, CacheError> {
+        let volume = self.user_volume(req, outcome);
+        let source = self
+            .catalog
+            .read(|r| r.volume(&entry.volume_id))?
+            .map(|v| v.backend_name)
+            .unwrap_or_else(|| format!("cache-{}", entry.id));
+        let intent = Intent::Create { volume_id: volume.id.clone(), backend_name: volume.backend_name.clone() };
+        let guard = IntentGuard::begin(self, intent, &volume.backend_name)?;
+        fault::point("clone:after-intent");
+        let mode = self.backend.clone_volume(&source, &volume.backend_name)?;
+        fault::point("clone:after-clone");
+        self.backend.resize(&volume.backend_name, volume.size * GIB)?;
+        fault::point("clone:after-resize");
+        guard.commit(|w| {
+            w.put_volume(&volume)?;
+            also(w)?;
+            Ok(Some(()))
+        })?;
+        tracing::info!(volume_id = %volume.id, entry = entry.id, ?mode, "volume cloned from the cache");
+        Ok(Created { volume, uncached_reason: None })
+    }
+
+    /// Writes the image straight into a new user volume (cache disabled or not admitted).
+    fn direct(
+        &self,
+        req: &CreateVolume,
+        image: &ImageRecord,
+        reason: String,
+        count: Count,
+    ) -> Result<Created, CacheError> {
+        let volume = self.user_volume(req, CacheOutcome::Uncached);
+        let intent = Intent::Create { volume_id: volume.id.clone(), backend_name: volume.backend_name.clone() };
+        let guard = IntentGuard::begin(self, intent, &volume.backend_name)?;
+        self.backend.create(&volume.backend_name, volume.size * GIB)?;
+        // Written at the volume's size: the bytes past the image stay zeros, nothing is resized.
+        self.write_into(image, &volume.backend_name, Some(volume.size * GIB))?;
+        fault::point("direct:after-write");
+        guard.commit(|w| {
+            w.put_volume(&volume)?;
+            w.add("uncached", 1)?;
+            if count == Count::Miss {
+                count_miss(w)?;
+            }
+            Ok(Some(()))
+        })?;
+        if count == Count::Miss {
+            self.emit(events::MISS, &image.id, &self.config.host, (&volume.id, volume.size), None);
+        }
+        tracing::info!(volume_id = %volume.id, %reason, "volume written without the cache");
+        Ok(Created { volume, uncached_reason: Some(reason) })
+    }
+
+    /// Writes the image into a backend volume, which ends `length` bytes long (default: the
+    /// image's virtual size); returns the bytes read from its source.
+    pub(super) fn write_into(
+        &self,
+        image: &ImageRecord,
+        backend_name: &str,
+        length: Option<u64>,
+    ) -> Result<u64, CacheError> {
+        let device = self.backend.open(backend_name)?;
+        let location = Location::parse(&image.source)
+            .map_err(|source| CacheError::Image { image_id: image.id.clone(), source })?;
+        let options = crate::image::convert::ConvertOptions { length, ..self.options(image) };
+        let report = write_image(&location, &*device, Target::Fresh, &self.config.spool_dir, &options, &mut |_, _| {})
+            .map_err(|source| CacheError::Image { image_id: image.id.clone(), source })?;
+        device.sync_all().map_err(|e| BackendError::Io { op: "sync", name: backend_name.into(), source: e })?;
+        Ok(report.bytes_read)
+    }
+}
+
+fn count_miss(w: &mut Writer<'_>) -> Result<(), CatalogError> {
+    w.add("misses", 1).map(drop)
+}

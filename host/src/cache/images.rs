@@ -1,0 +1,132 @@
+//! Image records: register, change, as one service call each. The slow part (probing the
+//! source for its format and size) runs outside any transaction; the check-and-write runs
+//! inside one, so two registrations of one id cannot both succeed, two changes cannot lose one,
+//! and a change racing a delete cannot bring the image back.
+#![forbid(unsafe_code)]
+
+use super::{timestamp, CacheError, CacheService};
+use crate::catalog::ImageRecord;
+use crate::image::convert::probe;
+use crate::image::source::Location;
+use crate::image::DiskFormat;
+
+/// A registration request (`POST /v1/images`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewImage {
+    /// Chosen by the caller (Glance's id), or a new UUID.
+    pub id: Option<String>,
+    pub name: String,
+    pub source: String,
+    pub disk_format: DiskFormat,
+    pub checksum: Option<String>,
+}
+
+/// A change (`PATCH /v1/images/{id}`); absent fields stay.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImagePatch {
+    pub name: Option<String>,
+    pub source: Option<String>,
+    pub checksum: Option<String>,
+}
+
+fn invalid(message: impl Into<String>) -> CacheError {
+    CacheError::Invalid(message.into())
+}
+
+/// Glance's `checksum`: an md5, 32 hex digits; stored lower-case.
+fn checksum(sum: Option<String>) -> Result<Option<String>, CacheError> {
+    match sum {
+        Some(sum) if sum.len() != 32 || !sum.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Err(invalid("checksum: expected 32 hex digits (md5)"))
+        }
+        sum => Ok(sum.map(|s| s.to_ascii_lowercase())),
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl CacheService {
+    /// Registers an image after probing its source; `Conflict` if the id is taken.
+    pub fn register_image(&self, new: NewImage) -> Result<ImageRecord, CacheError> {
+        let location = Location::parse(&new.source).map_err(|e| invalid(format!("source: {e}")))?;
+        let checksum = checksum(new.checksum)?;
+        let id = new.id.unwrap_or_else(super::new_uuid);
+        if !valid_id(&id) {
+            return Err(invalid("id: use 1-128 letters, digits, '-' or '_'"));
+        }
+        if self.catalog.read(|r| r.image(&id))?.is_some() {
+            return Err(CacheError::Conflict(format!("image {id} already exists")));
+        }
+        let (_, virtual_size) = probe(&location, Some(new.disk_format), None)
+            .map_err(|source| CacheError::Image { image_id: id.clone(), source })?;
+        let stamp = timestamp();
+        let image = ImageRecord {
+            id,
+            name: new.name,
+            source: new.source,
+            disk_format: new.disk_format,
+            checksum,
+            virtual_size,
+            updated_at: stamp.clone(),
+            created_at: stamp,
+        };
+        let put = self.catalog.write(|w| {
+            if w.image(&image.id)?.is_some() {
+                return Ok(false);
+            }
+            w.put_image(&image).map(|()| true)
+        })?;
+        if !put {
+            return Err(CacheError::Conflict(format!("image {} already exists", image.id)));
+        }
+        Ok(image)
+    }
+
+    /// Changes an image's metadata and its `updated_at`: its cache entries are then stale.
+    pub fn patch_image(&self, id: &str, patch: ImagePatch) -> Result<ImageRecord, CacheError> {
+        let checksum = checksum(patch.checksum)?;
+        let current = self.catalog.read(|r| r.image(id))?.ok_or_else(|| CacheError::ImageNotFound(id.into()))?;
+        let probed = match &patch.source {
+            Some(source) => {
+                let location = Location::parse(source).map_err(|e| invalid(format!("source: {e}")))?;
+                let (_, size) = probe(&location, Some(current.disk_format), None)
+                    .map_err(|source| CacheError::Image { image_id: id.to_string(), source })?;
+                Some((source.clone(), size))
+            }
+            None => None,
+        };
+        let updated = self.catalog.write(|w| {
+            // Read again inside the transaction: a concurrent change is kept, a delete wins.
+            let Some(mut image) = w.image(id)? else { return Ok(None) };
+            if let Some((source, size)) = &probed {
+                image.source = source.clone();
+                image.virtual_size = *size;
+            }
+            if let Some(name) = &patch.name {
+                image.name = name.clone();
+            }
+            if checksum.is_some() {
+                image.checksum = checksum.clone();
+            }
+            image.updated_at = later_than(&image.updated_at);
+            w.put_image(&image)?;
+            Ok(Some(image))
+        })?;
+        updated.ok_or_else(|| CacheError::ImageNotFound(id.into()))
+    }
+}
+
+/// A timestamp that differs from `previous` even within one millisecond, so that every change
+/// makes the image's entries stale.
+fn later_than(previous: &str) -> String {
+    let now = timestamp();
+    if now.as_str() > previous {
+        return now;
+    }
+    // Same millisecond (or a clock step back): one millisecond after the previous stamp.
+    humantime::parse_rfc3339(previous)
+        .map(|t| humantime::format_rfc3339_millis(t + std::time::Duration::from_millis(1)).to_string())
+        .unwrap_or(now)
+}

@@ -1,0 +1,125 @@
+//! The composition root: turns a validated [`Config`] into a running daemon. It opens the
+//! catalog, the backend (and claims it), the policy set, restores the policies chosen at run
+//! time, reconciles what a crash left, and serves the HTTP API until SIGINT or SIGTERM. Nothing
+//! else in the crate wires these parts together.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::backend::file::FileBackend;
+use crate::backend::Backend;
+use crate::cache::CacheService;
+use crate::catalog::Catalog;
+use crate::config::{BackendConfig, Config};
+use crate::policy::{PolicyEngine, PolicySet};
+use crate::server::{app, policies, AppState};
+
+/// The admin token: from the config, else `VOLCACHE_ADMIN_TOKEN`, else a token file under the
+/// state directory, created 0600 with a random token on first start.
+pub fn admin_token(config: &Config) -> anyhow::Result<String> {
+    if let Some(token) = &config.admin_token {
+        return Ok(token.clone());
+    }
+    if let Ok(token) = std::env::var("VOLCACHE_ADMIN_TOKEN") {
+        if !token.trim().is_empty() {
+            return Ok(token.trim().to_string());
+        }
+    }
+    let path = config.state_dir.join("admin-token");
+    token_file(&path)
+}
+
+fn token_file(path: &Path) -> anyhow::Result<String> {
+    if let Ok(token) = std::fs::read_to_string(path) {
+        return Ok(token.trim().to_string());
+    }
+    let mut raw = [0u8; 24];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut raw)?;
+    let token = hex::encode(raw);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    writeln!(file, "{token}")?;
+    eprintln!("volcache: admin token written to {}", path.display());
+    Ok(token)
+}
+
+/// Starts the daemon and serves until SIGINT or SIGTERM.
+/// Opens the configured backend; errors name the config key.
+pub fn open_backend(config: &BackendConfig) -> anyhow::Result<Arc<dyn Backend>> {
+    match config {
+        BackendConfig::File { dir } => {
+            Ok(Arc::new(FileBackend::new(dir).map_err(|e| anyhow::anyhow!("backend.path {}: {e}", dir.display()))?))
+        }
+        #[cfg(feature = "rbd")]
+        BackendConfig::Rbd(options) => {
+            let backend = crate::backend::rbd::RbdBackend::connect(options.clone())
+                .map_err(|e| anyhow::anyhow!("backend (rbd pool {:?}): {e}", options.pool))?;
+            tracing::info!(pool = %options.pool, prefix = %options.prefix, "RBD backend connected");
+            Ok(Arc::new(backend))
+        }
+        #[cfg(not(feature = "rbd"))]
+        BackendConfig::Rbd(_) => anyhow::bail!("backend.kind: this volcache was built without RBD support"),
+    }
+}
+
+pub fn serve(config: Config) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    std::fs::create_dir_all(&config.state_dir)?;
+    std::fs::create_dir_all(&config.cache.spool_dir)?;
+    let token = admin_token(&config)?;
+    let engine = PolicyEngine::new(config.engine.clone())?;
+    let policies = Arc::new(PolicySet::new(engine, config.limits));
+    for (slot, spec) in &config.slots {
+        policies.swap(*slot, spec.clone()).map_err(|e| anyhow::anyhow!("policy.slots.{slot}: {e}"))?;
+    }
+    let catalog = Arc::new(Catalog::open(&config.state_dir.join("catalog.redb"))?);
+    let backend = open_backend(&config.backend)?;
+    // This daemon: its host and its state directory (one catalog, one owner of the volumes).
+    let state_dir = std::fs::canonicalize(&config.state_dir).unwrap_or_else(|_| config.state_dir.clone());
+    let owner = format!("volcache on {} with state {}", config.cache.host, state_dir.display());
+    backend.claim(&owner).map_err(|e| anyhow::anyhow!("backend: {e}"))?;
+    let plugin_dir = config.state_dir.join("plugins");
+    // Slots swapped at run time win over the configuration file; one that no longer loads is
+    // reported and the configured policy keeps the slot.
+    for (slot, choice) in catalog.read(|r| r.policy_choices())? {
+        let Ok(slot) = slot.parse::<crate::policy::Slot>() else { continue };
+        match policies::stored_spec(&plugin_dir, &choice)
+            .and_then(|spec| policies.swap(slot, spec).map_err(|e| e.to_string()))
+        {
+            Ok(status) => tracing::info!(%slot, policy = %status.name, "restored the policy chosen at run time"),
+            Err(e) => {
+                tracing::error!(%slot, error = %e, "could not restore the policy chosen at run time; using the configured one")
+            }
+        }
+    }
+    let cache = Arc::new(CacheService::new(catalog, backend, policies, config.cache.clone()));
+    let reconciled = cache.reconcile()?;
+    tracing::info!(?reconciled, "start-up reconciliation done");
+    let state = AppState::new(cache, &token, plugin_dir, config.api);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        tracing::info!(listen = %listener.local_addr()?, "volcache serving");
+        axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await?;
+        tracing::info!("volcache stopped");
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

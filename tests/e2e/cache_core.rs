@@ -1,0 +1,411 @@
+//! The cache core when requests overlap and fail, on the in-memory backend behind the
+//! fault-injecting wrapper (milliseconds a case, no root). Each regression test is named after
+//! the defect it guards against; `concurrent_model` runs thousands of random concurrent cases.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use volcache::backend::faulty::{Fault, FaultyBackend, Op};
+use volcache::backend::memory::MemoryBackend;
+use volcache::backend::Backend;
+use volcache::cache::images::{ImagePatch, NewImage};
+use volcache::cache::{
+    CacheConfig, CacheError, CacheEvent, CacheService, Cancel, CreateVolume, Created, FailureClass, GIB,
+};
+use volcache::catalog::{CacheOutcome, Catalog};
+use volcache::image::DiskFormat;
+use volcache::policy::{CinderLimits, PolicySet, SizeBasis};
+
+use crate::fixtures::engine;
+
+/// Bytes of data at the start of every test image; the rest is a hole.
+const DATA: usize = 64 * 1024;
+
+pub struct Core {
+    pub cache: Arc<CacheService>,
+    pub faulty: FaultyBackend,
+    pub memory: MemoryBackend,
+    pub events: tokio::sync::broadcast::Receiver<CacheEvent>,
+    pub dir: tempfile::TempDir,
+}
+
+/// A temporary directory in memory when there is one: catalog commits then cost no fsync.
+fn fast_tempdir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(d) = tempfile::tempdir_in(shm) {
+            return d;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
+
+pub fn limits(max_size_gb: u64, max_count: u64) -> CinderLimits {
+    CinderLimits { max_size_gb, max_count, basis: SizeBasis::Provisioned }
+}
+
+impl Core {
+    pub fn new(limits: CinderLimits) -> Core {
+        Core::with(limits, |_| {})
+    }
+
+    pub fn with(limits: CinderLimits, tweak: impl FnOnce(&mut CacheConfig)) -> Core {
+        let dir = fast_tempdir();
+        let memory = MemoryBackend::new();
+        let faulty = FaultyBackend::new(Arc::new(memory.clone()));
+        let catalog = Arc::new(Catalog::open(&dir.path().join("catalog.redb")).unwrap());
+        std::fs::create_dir_all(dir.path().join("images")).unwrap();
+        let mut cfg = crate::cache_service::config(&dir.path().join("spool"));
+        tweak(&mut cfg);
+        let policies = Arc::new(PolicySet::new(engine(), limits));
+        let cache = Arc::new(CacheService::new(catalog, Arc::new(faulty.clone()), policies, cfg));
+        let events = cache.subscribe();
+        Core { cache, faulty, memory, events, dir }
+    }
+
+    /// Writes version `version` of image `id`: `gib` GiB provisioned (virtual size just over
+    /// `gib - 1` GiB), DATA bytes of a pattern naming the image and version, the rest a hole.
+    pub fn image_file(&self, id: &str, version: u32, gib: u64) -> PathBuf {
+        let path = self.dir.path().join("images").join(format!("{id}.v{version}.raw"));
+        let file = std::fs::File::create(&path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &pattern(id, version), 0).unwrap();
+        file.set_len((gib - 1) * GIB + DATA as u64).unwrap();
+        path
+    }
+
+    pub fn register(&self, id: &str, gib: u64) {
+        let path = self.image_file(id, 0, gib);
+        self.cache
+            .register_image(NewImage {
+                id: Some(id.into()),
+                name: id.into(),
+                source: path.display().to_string(),
+                disk_format: DiskFormat::Raw,
+                checksum: None,
+            })
+            .unwrap();
+    }
+
+    pub fn create(&self, image: &str, size: u64) -> Result<Created, CacheError> {
+        self.cache.create_volume(&request(image, size))
+    }
+
+    pub fn drain(&mut self) -> Vec<CacheEvent> {
+        let mut out = Vec::new();
+        while let Ok(e) = self.events.try_recv() {
+            out.push(e);
+        }
+        out
+    }
+
+    pub fn entry_images(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.cache.scope_entries().unwrap().into_iter().map(|e| e.image_id).collect();
+        v.sort();
+        v
+    }
+
+    /// The first DATA bytes of a backend volume.
+    pub fn head(&self, backend_name: &str) -> Vec<u8> {
+        let dev = self.memory.open(backend_name).unwrap();
+        let mut buf = vec![0u8; DATA];
+        dev.read_exact_at(&mut buf, 0).unwrap();
+        buf
+    }
+}
+
+pub fn request(image: &str, size: u64) -> CreateVolume {
+    CreateVolume { image_id: image.into(), size, project_id: "p".into(), user_id: "u".into() }
+}
+
+/// Distinct bytes for each image and version: the first 8 bytes name them.
+fn pattern(id: &str, version: u32) -> Vec<u8> {
+    let mut seed = version as u64 + 1;
+    for b in id.bytes() {
+        seed = seed.wrapping_mul(31).wrapping_add(b as u64);
+    }
+    let mut rng = crate::fixtures::Rng::new(seed);
+    (0..DATA).map(|_| (rng.next() >> 24) as u8 | 1).collect()
+}
+
+fn kinds(events: &[CacheEvent]) -> Vec<(&str, &str)> {
+    events.iter().map(|e| (e.event_type.trim_start_matches("image_volume_cache."), e.image_id.as_str())).collect()
+}
+
+#[test]
+fn a_failed_fill_evicts_nothing() {
+    let mut c = Core::new(limits(0, 1));
+    c.register("a", 1);
+    c.register("gone", 1);
+    c.register("nospace", 1);
+    c.create("a", 1).unwrap();
+    c.drain();
+    // The source is gone: the image's fault.
+    let gone = c.cache.catalog().read(|r| r.image("gone")).unwrap().unwrap();
+    std::fs::remove_file(&gone.source).unwrap();
+    let err = c.create("gone", 1).unwrap_err();
+    assert_eq!(err.class(), FailureClass::Source, "{err}");
+    // The backend fills up half way through the write: the storage's fault.
+    c.faulty.inject(Fault { op: Op::Write, prefix: "cache-".into(), after: 0, times: 1, errno: libc::ENOSPC });
+    let err = c.create("nospace", 1).unwrap_err();
+    assert_eq!(err.class(), FailureClass::NoSpace, "{err}");
+    assert_eq!(c.entry_images(), vec!["a"], "the failed fills evicted nothing");
+    assert!(c.drain().is_empty(), "no evict, no miss: {:?}", c.drain());
+    assert!(c.cache.ledger().reserved().is_empty(), "the reservations were released");
+    let cache_volumes: Vec<String> = c.memory.list().unwrap().into_iter().filter(|n| n.starts_with("cache-")).collect();
+    assert_eq!(cache_volumes.len(), 1, "the half-written cache volumes were removed: {cache_volumes:?}");
+    assert!(c.cache.catalog().read(|r| r.intents()).unwrap().is_empty());
+}
+
+#[test]
+fn limits_hold_when_fills_overlap() {
+    let c = Arc::new(Core::new(limits(0, 2)));
+    for i in 0..4 {
+        c.register(&format!("img{i}"), 1);
+    }
+    // Slow writes make the four fills overlap.
+    c.faulty.slow(Op::Seal, Duration::from_millis(30));
+    let stop = Arc::new(AtomicBool::new(false));
+    let observer = {
+        let (c, stop) = (c.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut max_seen = 0;
+            while !stop.load(Ordering::SeqCst) {
+                max_seen = max_seen.max(c.cache.scope_entries().unwrap().len());
+            }
+            max_seen
+        })
+    };
+    let barrier = Arc::new(Barrier::new(4));
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let (c, barrier) = (c.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                c.create(&format!("img{i}"), 1).unwrap().volume.cache.unwrap()
+            })
+        })
+        .collect();
+    let outcomes: Vec<CacheOutcome> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    stop.store(true, Ordering::SeqCst);
+    assert!(observer.join().unwrap() <= 2, "an observer saw more than max_count entries");
+    assert!(c.cache.scope_entries().unwrap().len() <= 2);
+    assert!(outcomes.iter().all(|o| *o != CacheOutcome::Hit), "{outcomes:?}");
+}
+
+#[test]
+fn hits_racing_evictions_never_fail() {
+    let c = Arc::new(Core::new(limits(0, 0)));
+    c.register("img", 1);
+    c.create("img", 1).unwrap();
+    c.faulty.slow(Op::Clone, Duration::from_millis(2));
+    let stop = Arc::new(AtomicBool::new(false));
+    let evictor = {
+        let (c, stop) = (c.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut evicted = 0;
+            while !stop.load(Ordering::SeqCst) {
+                for e in c.cache.scope_entries().unwrap() {
+                    if c.cache.evict_entry(e.id).is_ok() {
+                        evicted += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            evicted
+        })
+    };
+    let creators: Vec<_> = (0..2)
+        .map(|_| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                for _ in 0..40 {
+                    let v = c.create("img", 1).expect("a create racing an eviction must succeed");
+                    assert_eq!(c.head(&v.volume.backend_name), pattern("img", 0));
+                }
+            })
+        })
+        .collect();
+    for t in creators {
+        t.join().unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    assert!(evictor.join().unwrap() > 0, "the race was exercised");
+    // Every evicted volume is gone once no clone holds it.
+    let entries = c.cache.scope_entries().unwrap();
+    let cache_volumes = c.memory.list().unwrap().into_iter().filter(|n| n.starts_with("cache-")).count();
+    assert_eq!(cache_volumes, entries.len());
+}
+
+#[test]
+fn a_lost_cache_volume_is_dropped_and_the_request_misses() {
+    let mut c = Core::new(limits(0, 0));
+    c.register("img", 1);
+    c.create("img", 1).unwrap();
+    let entry = c.cache.scope_entries().unwrap().remove(0);
+    c.memory.remove(&format!("cache-{}", entry.id)).unwrap();
+    c.drain();
+    let v = c.create("img", 2).unwrap();
+    assert_eq!(v.volume.cache, Some(CacheOutcome::Miss));
+    let events = c.drain();
+    assert_eq!(kinds(&events), vec![("evict", "img"), ("miss", "img")]);
+    assert_eq!(events[0].reason, Some(volcache::cache::EvictReason::Lost));
+    assert_eq!(c.head(&v.volume.backend_name), pattern("img", 0));
+    assert_eq!(c.create("img", 1).unwrap().volume.cache, Some(CacheOutcome::Hit), "the image works again");
+}
+
+#[test]
+fn followers_of_a_stuck_fill_give_up_when_cancelled_or_timed_out() {
+    let c = Arc::new(Core::with(limits(0, 0), |cfg| cfg.fill_wait = Duration::from_millis(300)));
+    c.register("img", 1);
+    c.faulty.slow(Op::Seal, Duration::from_millis(1500));
+    let leader = {
+        let c = c.clone();
+        std::thread::spawn(move || c.create("img", 1))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let cancel = Cancel::new();
+    let follower = {
+        let (c, cancel) = (c.clone(), cancel.clone());
+        std::thread::spawn(move || c.cache.create_volume_with(&request("img", 1), &cancel))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let cancelled_at = std::time::Instant::now();
+    cancel.cancel();
+    assert!(matches!(follower.join().unwrap(), Err(CacheError::Cancelled)));
+    assert!(cancelled_at.elapsed() < Duration::from_millis(1000), "the follower left before the fill ended");
+    assert!(matches!(c.create("img", 1), Err(CacheError::WaitTimedOut { .. })));
+    assert_eq!(leader.join().unwrap().unwrap().volume.cache, Some(CacheOutcome::Miss));
+}
+
+#[test]
+fn image_records_do_not_race() {
+    let c = Arc::new(Core::new(limits(0, 0)));
+    let path = c.image_file("dup", 0, 1).display().to_string();
+    let new = move || NewImage {
+        id: Some("dup".into()),
+        name: "dup".into(),
+        source: path.clone(),
+        disk_format: DiskFormat::Raw,
+        checksum: None,
+    };
+    let results: Vec<_> = (0..4)
+        .map(|_| {
+            let (c, new) = (c.clone(), new.clone());
+            std::thread::spawn(move || c.cache.register_image(new()))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "one registration wins");
+    assert!(results.iter().filter_map(|r| r.as_ref().err()).all(|e| matches!(e, CacheError::Conflict(_))));
+
+    // Two concurrent changes both land.
+    let a = {
+        let c = c.clone();
+        std::thread::spawn(move || {
+            c.cache.patch_image("dup", ImagePatch { name: Some("renamed".into()), ..Default::default() })
+        })
+    };
+    let sum = "0123456789abcdef0123456789ABCDEF".to_string();
+    let b = {
+        let (c, sum) = (c.clone(), sum.clone());
+        std::thread::spawn(move || c.cache.patch_image("dup", ImagePatch { checksum: Some(sum), ..Default::default() }))
+    };
+    a.join().unwrap().unwrap();
+    b.join().unwrap().unwrap();
+    let image = c.cache.catalog().read(|r| r.image("dup")).unwrap().unwrap();
+    assert_eq!((image.name.as_str(), image.checksum.as_deref()), ("renamed", Some(sum.to_lowercase().as_str())));
+    let bad = c.cache.patch_image("dup", ImagePatch { checksum: Some("xyz".into()), ..Default::default() });
+    assert!(matches!(bad, Err(CacheError::Invalid(_))), "PATCH validates checksum like POST");
+
+    // A change after a delete does not bring the image back.
+    c.cache.delete_image("dup").unwrap();
+    let late = c.cache.patch_image("dup", ImagePatch { name: Some("zombie".into()), ..Default::default() });
+    assert!(matches!(late, Err(CacheError::ImageNotFound(_))));
+    assert!(c.cache.catalog().read(|r| r.image("dup")).unwrap().is_none());
+}
+
+#[test]
+fn a_delete_during_the_fill_leaves_no_entry() {
+    let c = Arc::new(Core::new(limits(0, 0)));
+    c.register("img", 1);
+    c.faulty.slow(Op::Seal, Duration::from_millis(300));
+    let create = {
+        let c = c.clone();
+        std::thread::spawn(move || c.create("img", 1))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    c.cache.delete_image("img").unwrap();
+    let err = create.join().unwrap().unwrap_err();
+    assert_eq!(err.class(), FailureClass::ImageGone, "{err}");
+    assert!(c.cache.scope_entries().unwrap().is_empty(), "no entry for a deleted image");
+    assert!(c.memory.list().unwrap().is_empty(), "its cache volume was removed");
+}
+
+#[test]
+fn followers_get_the_class_of_the_leaders_failure_without_its_internals() {
+    let c = Arc::new(Core::new(limits(0, 0)));
+    c.register("img", 1);
+    c.faulty.slow(Op::Seal, Duration::from_millis(200));
+    c.faulty.inject(Fault { op: Op::Seal, prefix: "cache-".into(), after: 0, times: 1, errno: libc::EIO });
+    let leader = {
+        let c = c.clone();
+        std::thread::spawn(move || c.create("img", 1))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let follower = c.create("img", 1).unwrap_err();
+    let leader = leader.join().unwrap().unwrap_err();
+    assert_eq!(leader.class(), FailureClass::Unavailable);
+    assert_eq!(follower.class(), FailureClass::Unavailable);
+    let text = follower.to_string();
+    assert!(!text.contains("Input/output") && !text.contains("os error"), "{text}");
+}
+
+#[test]
+fn events_name_the_entry_host_and_the_serving_host() {
+    let mut a = Core::with(limits(0, 0), |cfg| cfg.cluster_name = Some("ceph-a".into()));
+    a.register("img", 1);
+    a.create("img", 1).unwrap();
+    let entry = a.cache.scope_entries().unwrap().remove(0);
+    assert_eq!(a.memory.size(&format!("cache-{}", entry.id)).unwrap(), entry.size * GIB, "provisioned = record");
+    // A second host of the same cluster, on the same catalog and backend.
+    let mut cfg = crate::cache_service::config(&a.dir.path().join("spool"));
+    cfg.host = "host-b".into();
+    cfg.cluster_name = Some("ceph-a".into());
+    let policies = Arc::new(PolicySet::new(engine(), limits(0, 0)));
+    let shared: Arc<dyn Backend> = Arc::new(a.faulty.clone());
+    // Its own copy of the catalog's rows (redb allows one opener per file).
+    let catalog = Arc::new(Catalog::open(&a.dir.path().join("catalog-shared.redb")).unwrap());
+    catalog
+        .write(|w| {
+            for image in a.cache.catalog().read(|r| r.images())? {
+                w.put_image(&image)?;
+            }
+            for v in a.cache.catalog().read(|r| r.volumes())? {
+                w.put_volume(&v)?;
+            }
+            w.put_entry("ceph-a", &entry)
+        })
+        .unwrap();
+    let b = CacheService::new(catalog, shared, policies, cfg);
+    let mut events = b.subscribe();
+    b.create_volume(&request("img", 1)).unwrap();
+    let hit = events.try_recv().unwrap();
+    assert_eq!((hit.host.as_str(), hit.serving_host.as_str()), ("host-a", "host-b"));
+    a.drain();
+}
+
+#[test]
+fn spool_files_left_by_a_crash_are_removed_at_start_up() {
+    let c = Core::new(limits(0, 0));
+    let spool = c.cache.config().spool_dir.clone();
+    std::fs::create_dir_all(&spool).unwrap();
+    std::fs::write(spool.join(".volcache-download.4242.0.qcow2"), b"partial").unwrap();
+    std::fs::write(spool.join("keep-me"), b"not ours").unwrap();
+    let done = c.cache.reconcile().unwrap();
+    assert_eq!(done.spool_files_removed, 1);
+    assert!(spool.join("keep-me").exists());
+}
