@@ -18,7 +18,12 @@ use volcache::catalog::{CacheOutcome, Catalog};
 use volcache::image::DiskFormat;
 use volcache::policy::{CinderLimits, PolicySet, SizeBasis};
 
-use crate::fixtures::engine;
+/// One engine for every case: built-in policies need no compilation, and making a wasm engine
+/// costs more than a whole case.
+fn engine() -> volcache::policy::PolicyEngine {
+    static ENGINE: std::sync::OnceLock<volcache::policy::PolicyEngine> = std::sync::OnceLock::new();
+    ENGINE.get_or_init(crate::fixtures::engine).clone()
+}
 
 /// Bytes of data at the start of every test image; the rest is a hole.
 const DATA: usize = 64 * 1024;
@@ -69,9 +74,13 @@ impl Core {
     /// `gib - 1` GiB), DATA bytes of a pattern naming the image and version, the rest a hole.
     pub fn image_file(&self, id: &str, version: u32, gib: u64) -> PathBuf {
         let path = self.dir.path().join("images").join(format!("{id}.v{version}.raw"));
-        let file = std::fs::File::create(&path).unwrap();
+        // Written aside and renamed into place: a fill reading the path never sees it half made.
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let tmp = path.with_extension(format!("tmp{}", N.fetch_add(1, Ordering::SeqCst)));
+        let file = std::fs::File::create(&tmp).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&file, &pattern(id, version), 0).unwrap();
         file.set_len((gib - 1) * GIB + DATA as u64).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
         path
     }
 
@@ -115,18 +124,25 @@ impl Core {
     }
 }
 
+/// A seed for a fresh run: from the clock, so each run tries new cases; printed on failure.
+pub fn fresh_seed() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000_007
+}
+
 pub fn request(image: &str, size: u64) -> CreateVolume {
     CreateVolume { image_id: image.into(), size, project_id: "p".into(), user_id: "u".into() }
 }
 
-/// Distinct bytes for each image and version: the first 8 bytes name them.
-fn pattern(id: &str, version: u32) -> Vec<u8> {
+/// Distinct bytes for each image and version: a 4 KiB block from their seed, repeated (every
+/// 4 KiB block holds data, so none is skipped as zeros).
+pub fn pattern(id: &str, version: u32) -> Vec<u8> {
     let mut seed = version as u64 + 1;
     for b in id.bytes() {
         seed = seed.wrapping_mul(31).wrapping_add(b as u64);
     }
     let mut rng = crate::fixtures::Rng::new(seed);
-    (0..DATA).map(|_| (rng.next() >> 24) as u8 | 1).collect()
+    let block: Vec<u8> = (0..4096 / 8).flat_map(|_| rng.next().to_le_bytes()).map(|b| b | 1).collect();
+    block.repeat(DATA / block.len())
 }
 
 fn kinds(events: &[CacheEvent]) -> Vec<(&str, &str)> {

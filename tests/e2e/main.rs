@@ -24,6 +24,7 @@ mod fixtures;
 mod adversarial;
 mod artifact_cache;
 mod backend;
+mod cache_concurrent;
 mod cache_core;
 mod cache_model;
 mod cache_service;

@@ -69,7 +69,10 @@ impl CacheService {
                     let deadline = Instant::now() + self.config.fill_wait;
                     match flight.wait(deadline, cancel) {
                         Ok(Filled::Entry(id)) => {
-                            if let Some(entry) = self.catalog.read(|r| r.entry(id))? {
+                            // Filled from an older version of the image than this request saw:
+                            // look again (the next leader evicts it as stale).
+                            let entry = self.catalog.read(|r| r.entry(id))?;
+                            if let Some(entry) = entry.filter(|e| e.image_updated_at == image.updated_at) {
                                 if let Some(created) = self.hit(req, &image, &entry)? {
                                     return Ok(created);
                                 }

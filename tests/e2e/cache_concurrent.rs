@@ -1,0 +1,282 @@
+//! The concurrent model test of the cache core. Each case: four threads issue random creates,
+//! volume deletes, evictions, image changes, image deletes and re-registrations against the
+//! in-memory backend, which fails random operations (EIO, ENOSPC) from the case's seed, while an
+//! observer checks the limits at every instant it can see. At the end:
+//! - the limits hold, and every entry has its volume record and its backend volume;
+//! - no backend volume is unaccounted for: each is a recorded volume or awaits an intent, and
+//!   after the faults heal, reconciliation leaves exactly the recorded volumes and no intent;
+//! - every user volume reads the bytes of a version of its image that existed during its create;
+//! - events are exactly once: as many hit, miss and evict events as the counters say, one hit or
+//!   miss per successful cached create, no entry evicted twice, none of the final entries evicted.
+//!
+//! `VOLCACHE_MODEL_SEED=N` replays one case; `VOLCACHE_MODEL_CASES` and
+//! `VOLCACHE_MODEL_SECONDS` bound the run (defaults: 2,000 cases or 60 s, whichever comes
+//! first). A failure names its seed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use volcache::backend::Backend;
+use volcache::cache::images::{ImagePatch, NewImage};
+use volcache::cache::CacheError;
+use volcache::catalog::Intent;
+use volcache::image::DiskFormat;
+
+use crate::cache_core::{limits, request, Core};
+use crate::fixtures::Rng;
+
+const IMAGES: [(&str, u64); 5] = [("i0", 1), ("i1", 1), ("i2", 2), ("i3", 1), ("i4", 3)];
+const THREADS: usize = 4;
+const OPS: usize = 24;
+
+/// What the workers learned, for the final checks.
+#[derive(Default)]
+struct Log {
+    /// User volume id -> (image index, first and last index into the image's version history
+    /// that may have been current during its create).
+    volumes: BTreeMap<String, (usize, usize, usize)>,
+    deleted: HashSet<String>,
+    /// Successful creates, each a hit or a miss.
+    cached_or_missed: u64,
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[test]
+fn concurrent_model() {
+    if let Ok(seed) = std::env::var("VOLCACHE_MODEL_SEED") {
+        run_case(seed.parse().expect("VOLCACHE_MODEL_SEED is a number"));
+        return;
+    }
+    let first = crate::cache_core::fresh_seed();
+    let (cases, budget) = (env_u64("VOLCACHE_MODEL_CASES", 2000), env_u64("VOLCACHE_MODEL_SECONDS", 60));
+    let started = Instant::now();
+    let mut ran = 0;
+    for seed in first..first + cases {
+        if started.elapsed() > Duration::from_secs(budget) {
+            break;
+        }
+        run_case(seed);
+        ran += 1;
+    }
+    eprintln!("concurrent model: {ran} cases from seed {first} in {:.1} s", started.elapsed().as_secs_f64());
+    assert!(ran >= 50, "only {ran} cases ran in {budget} s");
+}
+
+fn run_case(seed: u64) {
+    let mut rng = Rng::new(seed);
+    let (max_size, max_count) = (rng.below(6), rng.below(4));
+    let core = Arc::new(Core::new(limits(max_size, max_count)));
+    for (id, gib) in IMAGES {
+        core.register(id, gib);
+    }
+    let versions =
+        Arc::new(Versions { history: IMAGES.iter().map(|_| Mutex::new(vec![0])).collect(), next: AtomicU32::new(1) });
+    core.faulty.random(20_000, seed);
+    let log = Arc::new(Mutex::new(Log::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let observer = {
+        let (core, stop) = (core.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let entries = core.cache.scope_entries().unwrap();
+                let gib: u64 = entries.iter().map(|e| e.size).sum();
+                assert!(max_count == 0 || entries.len() as u64 <= max_count, "seed {seed}: {} entries", entries.len());
+                assert!(max_size == 0 || gib <= max_size, "seed {seed}: {gib} GiB cached");
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        })
+    };
+    let workers: Vec<_> = (0..THREADS as u64)
+        .map(|t| {
+            let (core, log, versions) = (core.clone(), log.clone(), versions.clone());
+            let mut rng = Rng::new(seed ^ (t + 1).wrapping_mul(0x1234_5678_9abc_def1));
+            std::thread::spawn(move || {
+                for _ in 0..OPS {
+                    step(&core, &log, &versions, &mut rng, seed);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        if let Err(panic) = w.join() {
+            stop.store(true, Ordering::SeqCst);
+            std::panic::resume_unwind(panic);
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    observer.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+    check(core, &log.lock().unwrap(), &versions, seed);
+}
+
+/// Each image's versions in the order they were committed (a change is made and logged under
+/// the image's lock), so the version a create used is one of those current from its start to its
+/// end.
+struct Versions {
+    history: Vec<Mutex<Vec<u32>>>,
+    next: AtomicU32,
+}
+
+impl Versions {
+    fn len(&self, i: usize) -> usize {
+        self.history[i].lock().unwrap().len()
+    }
+
+    /// Makes a new version of image `i` with `change`, logging it if the change succeeded.
+    fn change(&self, i: usize, change: impl FnOnce(u32) -> bool) {
+        let mut history = self.history[i].lock().unwrap();
+        let v = self.next.fetch_add(1, Ordering::SeqCst);
+        if change(v) {
+            history.push(v);
+        }
+    }
+}
+
+fn step(core: &Core, log: &Mutex<Log>, versions: &Versions, rng: &mut Rng, seed: u64) {
+    let i = rng.below(IMAGES.len() as u64) as usize;
+    let (id, gib) = IMAGES[i];
+    match rng.below(12) {
+        0..=6 => {
+            let low = versions.len(i) - 1;
+            match core.cache.create_volume(&request(id, gib)) {
+                Ok(created) => {
+                    // One more: a change committed but not yet logged when the create ended.
+                    let high = versions.len(i);
+                    let mut log = log.lock().unwrap();
+                    log.volumes.insert(created.volume.id.clone(), (i, low, high));
+                    // The cache is enabled: every create is a hit or a miss (uncached ones too).
+                    log.cached_or_missed += 1;
+                }
+                Err(CacheError::ImageNotFound(_)) => {}
+                Err(e) => assert!(allowed(&e), "seed {seed}: create {id}: unexpected error {e:?}"),
+            }
+        }
+        7 => {
+            let victim = log.lock().unwrap().volumes.keys().nth(rng.below(8) as usize).cloned();
+            if let Some(v) = victim {
+                match core.cache.delete_volume(&v) {
+                    Ok(()) => {
+                        log.lock().unwrap().deleted.insert(v);
+                    }
+                    Err(CacheError::VolumeNotFound(_)) => {}
+                    Err(e) => assert!(allowed(&e), "seed {seed}: delete {v}: {e:?}"),
+                }
+            }
+        }
+        8 => {
+            if let Some(e) = core.cache.scope_entries().unwrap().first() {
+                match core.cache.evict_entry(e.id) {
+                    Ok(_) | Err(CacheError::EntryNotFound(_)) => {}
+                    Err(e) => panic!("seed {seed}: evict: {e:?}"),
+                }
+            }
+        }
+        9 | 10 => {
+            // A new version of the image: a new source file, then the change.
+            versions.change(i, |v| {
+                let path = core.image_file(id, v, gib);
+                let patch = ImagePatch { source: Some(path.display().to_string()), ..Default::default() };
+                core.cache.patch_image(id, patch).is_ok()
+            });
+        }
+        _ => {
+            if rng.below(2) == 0 {
+                let _ = core.cache.delete_image(id);
+            } else {
+                // Registered again (after a delete) as a new version, as after a re-upload.
+                versions.change(i, |v| {
+                    let path = core.image_file(id, v, gib);
+                    let new = NewImage {
+                        id: Some(id.into()),
+                        name: id.into(),
+                        source: path.display().to_string(),
+                        disk_format: DiskFormat::Raw,
+                        checksum: None,
+                    };
+                    core.cache.register_image(new).is_ok()
+                });
+            }
+        }
+    }
+}
+
+/// Errors an injected fault or a deleted image may cause; never a 500-class surprise.
+fn allowed(e: &CacheError) -> bool {
+    use volcache::cache::FailureClass::*;
+    matches!(e.class(), NoSpace | Unavailable | ImageGone)
+        && !matches!(e, CacheError::WaitTimedOut { .. } | CacheError::Cancelled)
+}
+
+fn check(core: Arc<Core>, log: &Log, versions: &Versions, seed: u64) {
+    let mut core = Arc::into_inner(core).expect("every thread is done");
+    let entries = core.cache.scope_entries().unwrap();
+    let records = core.cache.catalog().read(|r| r.volumes()).unwrap();
+    let on_backend: HashSet<String> = core.memory.list().unwrap().into_iter().collect();
+    let recorded: HashSet<String> = records.iter().map(|v| v.backend_name.clone()).collect();
+    for e in &entries {
+        let v = records.iter().find(|v| v.id == e.volume_id);
+        let v = v.unwrap_or_else(|| panic!("seed {seed}: entry {} has no volume record", e.id));
+        assert!(on_backend.contains(&v.backend_name), "seed {seed}: entry {} has no backend volume", e.id);
+    }
+    let pending: HashSet<String> = core
+        .cache
+        .catalog()
+        .read(|r| r.intents())
+        .unwrap()
+        .into_iter()
+        .map(|i| match i.intent {
+            Intent::Fill { backend_name, .. }
+            | Intent::Evict { backend_name, .. }
+            | Intent::Create { backend_name, .. }
+            | Intent::Delete { backend_name, .. } => backend_name,
+        })
+        .collect();
+    for name in &on_backend {
+        assert!(recorded.contains(name) || pending.contains(name), "seed {seed}: orphan volume {name}");
+    }
+    // Every user volume still recorded holds a version of its image current during its create.
+    for v in records.iter().filter(|v| v.cache_entry.is_none()) {
+        let (i, low, high) = log.volumes[&v.id];
+        let history = versions.history[i].lock().unwrap();
+        let allowed = &history[low..=high.min(history.len() - 1)];
+        let head = core.head(&v.backend_name);
+        let holds = |ver: &&u32| head == crate::cache_core::pattern(IMAGES[i].0, **ver);
+        let ok = allowed.iter().any(|ver| holds(&ver));
+        assert!(
+            ok,
+            "seed {seed}: volume {} ({:?}) of {} holds v{:?}, not one of {allowed:?}",
+            v.id,
+            v.cache,
+            IMAGES[i].0,
+            history.iter().find(holds)
+        );
+    }
+    assert!(records.iter().filter(|v| v.cache_entry.is_none()).all(|v| !log.deleted.contains(&v.id)));
+    // Events exactly once, and as the counters say.
+    let events = core.drain();
+    let count = |kind: &str| events.iter().filter(|e| e.event_type.ends_with(kind)).count() as u64;
+    let stats = core.cache.stats().unwrap();
+    assert_eq!(
+        (count(".hit"), count(".miss"), count(".evict")),
+        (stats.hits, stats.misses, stats.evictions),
+        "seed {seed}"
+    );
+    assert_eq!(stats.hits + stats.misses, log.cached_or_missed, "seed {seed}: one hit or miss per create");
+    let mut evicted = HashSet::new();
+    for e in events.iter().filter(|e| e.event_type.ends_with(".evict")) {
+        assert!(evicted.insert(e.volume_id.clone()), "seed {seed}: entry volume {} evicted twice", e.volume_id);
+    }
+    assert!(entries.iter().all(|e| !evicted.contains(&e.volume_id)), "seed {seed}: a live entry was evicted");
+    // With the faults healed, reconciliation leaves exactly what the catalog records.
+    core.faulty.heal();
+    core.cache.reconcile().unwrap();
+    let left: HashSet<String> = core.memory.list().unwrap().into_iter().collect();
+    let recorded: HashSet<String> =
+        core.cache.catalog().read(|r| r.volumes()).unwrap().into_iter().map(|v| v.backend_name).collect();
+    assert_eq!(left, recorded, "seed {seed}: after reconciliation");
+    assert!(core.cache.catalog().read(|r| r.intents()).unwrap().is_empty(), "seed {seed}");
+}
