@@ -64,6 +64,44 @@ pub fn open_backend(config: &BackendConfig) -> anyhow::Result<Arc<dyn Backend>> 
     }
 }
 
+/// Opens the catalog under the state directory. redb panics on some kinds of damage; the panic
+/// is caught inside `Catalog::open` and its message must not reach the terminal as a backtrace.
+pub fn open_catalog(config: &Config) -> anyhow::Result<Catalog> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let catalog = Catalog::open(&config.state_dir.join("catalog.redb"));
+    std::panic::set_hook(hook);
+    Ok(catalog?)
+}
+
+/// Claims the backend for this daemon: its host and its state directory (one catalog, one
+/// owner of the volumes).
+pub fn claim_backend(config: &Config, backend: &dyn Backend) -> anyhow::Result<()> {
+    let state_dir = std::fs::canonicalize(&config.state_dir).unwrap_or_else(|_| config.state_dir.clone());
+    let owner = format!("volcache on {} with state {}", config.cache.host, state_dir.display());
+    backend.claim(&owner).map_err(|e| anyhow::anyhow!("backend: {e}"))
+}
+
+/// `volcache catalog rebuild`: sets a damaged catalog aside, then adopts the backend's volumes
+/// that the catalog does not record. Refused while a daemon holds the backend.
+pub fn rebuild_catalog(config: &Config) -> anyhow::Result<crate::cache::recover::Rebuilt> {
+    std::fs::create_dir_all(&config.state_dir)?;
+    let backend = open_backend(&config.backend)?;
+    claim_backend(config, &*backend)?;
+    let path = config.state_dir.join("catalog.redb");
+    let catalog = match open_catalog(config) {
+        Ok(catalog) => catalog,
+        Err(e) if matches!(e.downcast_ref(), Some(crate::catalog::CatalogError::Damaged { .. })) => {
+            let aside = path.with_extension(format!("redb.damaged-{}", crate::cache::now_ms() / 1000));
+            std::fs::rename(&path, &aside)?;
+            eprintln!("volcache: the damaged catalog was moved to {}", aside.display());
+            open_catalog(config)?
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(crate::cache::recover::rebuild(&catalog, &*backend)?)
+}
+
 pub fn serve(config: Config) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -78,12 +116,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     for (slot, spec) in &config.slots {
         policies.swap(*slot, spec.clone()).map_err(|e| anyhow::anyhow!("policy.slots.{slot}: {e}"))?;
     }
-    let catalog = Arc::new(Catalog::open(&config.state_dir.join("catalog.redb"))?);
+    let catalog = Arc::new(open_catalog(&config)?);
     let backend = open_backend(&config.backend)?;
-    // This daemon: its host and its state directory (one catalog, one owner of the volumes).
-    let state_dir = std::fs::canonicalize(&config.state_dir).unwrap_or_else(|_| config.state_dir.clone());
-    let owner = format!("volcache on {} with state {}", config.cache.host, state_dir.display());
-    backend.claim(&owner).map_err(|e| anyhow::anyhow!("backend: {e}"))?;
+    claim_backend(&config, &*backend)?;
+    crate::cache::recover::check_catalog_matches(&catalog, &*backend)?;
     let plugin_dir = config.state_dir.join("plugins");
     // Slots swapped at run time win over the configuration file; one that no longer loads is
     // reported and the configured policy keeps the slot.

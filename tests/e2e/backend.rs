@@ -43,9 +43,33 @@ impl LoopFs {
     }
 }
 
+impl LoopFs {
+    /// A tmpfs of `bytes`, for tests that fill a file system.
+    pub fn tmpfs(bytes: u64) -> LoopFs {
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        run("mount", &["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs", mnt.to_str().unwrap()]);
+        LoopFs { _dir: dir, mnt }
+    }
+}
+
+/// Unmounts, retrying while a process (a daemon being reaped) still holds a file; as a last
+/// resort detaches lazily and says so, so no test leaves a mount behind.
 impl Drop for LoopFs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.mnt).status();
+        for _ in 0..50 {
+            let out = std::process::Command::new("umount").arg(&self.mnt).output();
+            if out.as_ref().is_ok_and(|o| o.status.success()) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        eprintln!("WARNING: {} was still busy after 5 s; detaching it lazily (umount -l)", self.mnt.display());
+        let lazy = std::process::Command::new("umount").arg("-l").arg(&self.mnt).status();
+        if !lazy.is_ok_and(|s| s.success()) {
+            eprintln!("ERROR: could not unmount {}: it is left mounted", self.mnt.display());
+        }
     }
 }
 

@@ -337,7 +337,12 @@ fn reconcile_removes_what_a_crash_left_and_never_a_users_volume() {
     assert_eq!(done.intents_resolved, 2);
     assert_eq!(done.orphan_cache_volumes_removed, vec!["cache-99".to_string()]);
     let left = h.backend_volumes();
-    assert!(!left.contains(&"cache-77".to_string()) && !left.contains(&"volume-lost".to_string()));
+    assert!(!left.contains(&"cache-77".to_string()));
+    // The half-made user volume is set aside under the quarantine project, never removed.
+    assert_eq!(done.quarantined, vec!["lost".to_string()]);
+    assert!(left.contains(&"volume-lost".to_string()));
+    let lost = h.cache.catalog().read(|r| r.volume("lost")).unwrap().unwrap();
+    assert_eq!(lost.project_id, volcache::cache::recover::QUARANTINE_PROJECT);
     assert!(left.contains(&"volume-foreign".to_string()), "an unknown user volume is never removed");
     assert!(left.contains(&user.volume.backend_name));
     assert_eq!(h.cache.scope_entries().unwrap().len(), 1);

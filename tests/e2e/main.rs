@@ -15,6 +15,7 @@
 //! - `cache_core`: the cache core when requests overlap and fail (in-memory and faulty backends):
 //!   regression tests named after each defect, and the concurrent model test.
 //! - `cache_model`: random operation sequences checked against a model.
+//! - `catalog_faults`: a full state directory, a damaged or missing catalog, quarantine.
 //! - `crash`: SIGKILL at every crash point, restart, consistency (file backend on XFS).
 //! - `rbd` (feature `rbd`): the RBD backend and the daemon on a real Ceph cluster, including
 //!   the crash suite.
@@ -28,6 +29,7 @@ mod cache_concurrent;
 mod cache_core;
 mod cache_model;
 mod cache_service;
+mod catalog_faults;
 mod cinder;
 mod components;
 mod convert;

@@ -6,6 +6,7 @@
 //! flight); only when every attempt lost such a race is the volume written directly.
 #![forbid(unsafe_code)]
 
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::fill::FillOutcome;
@@ -67,7 +68,10 @@ impl CacheService {
                 Role::Leader(leader) => return self.lead(req, leader),
                 Role::Follower(flight) => {
                     let deadline = Instant::now() + self.config.fill_wait;
-                    match flight.wait(deadline, cancel) {
+                    self.waiting.fetch_add(1, Ordering::SeqCst);
+                    let waited = flight.wait(deadline, cancel);
+                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                    match waited {
                         Ok(Filled::Entry(id)) => {
                             // Filled from an older version of the image than this request saw:
                             // look again (the next leader evicts it as stale).

@@ -29,6 +29,7 @@ pub mod images;
 pub mod intent;
 pub mod ledger;
 pub mod reconcile;
+pub mod recover;
 pub mod stats;
 
 use std::path::PathBuf;
@@ -141,7 +142,7 @@ impl CacheError {
             CacheError::FillFailed { failure, .. } => failure.class,
             CacheError::ImageGone { .. } => FailureClass::ImageGone,
             CacheError::Backend(BackendError::Io { source, .. }) if no_space(source) => FailureClass::NoSpace,
-            CacheError::Catalog(CatalogError::Storage(m)) if m.contains("No space left") => FailureClass::NoSpace,
+            CacheError::Catalog(CatalogError::Io(m)) if m.contains("No space left") => FailureClass::NoSpace,
             _ => FailureClass::Unavailable,
         }
     }
@@ -204,6 +205,8 @@ pub struct CacheService {
     /// The last use time handed out; see [`CacheService::use_time`].
     last_use: std::sync::atomic::AtomicU64,
     fill_seconds: stats::FillHistogram,
+    /// Creates waiting for another request's fill right now.
+    waiting: std::sync::atomic::AtomicU64,
 }
 
 impl CacheService {
@@ -224,6 +227,7 @@ impl CacheService {
             ledger: Arc::default(),
             last_use: Default::default(),
             fill_seconds: Default::default(),
+            waiting: Default::default(),
         }
     }
 
@@ -259,6 +263,11 @@ impl CacheService {
     /// The scope's reservations and leases.
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
+    }
+
+    /// Creates waiting for another request's fill right now.
+    pub fn waiting(&self) -> u64 {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Fills in progress in this process.

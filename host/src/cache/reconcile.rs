@@ -4,23 +4,26 @@
 //! Each intent is resolved by what is already durable:
 //! - `Fill`: the entry, its volume record and the intent's removal commit together, so a
 //!   leftover `Fill` means the entry never made it: its cache volume is removed.
-//! - `Create`: likewise; a user volume whose record never committed is removed (nobody was ever
-//!   given its id).
+//! - `Create`: a user volume whose record never committed is **set aside**, never removed: it
+//!   is recorded under the quarantine project for an operator to delete or hand back (its id may
+//!   have been handed out if the catalog lost its last commit).
 //! - `Evict` / `Delete`: the catalog rows are already gone; the backend volume is removed.
 //!
 //! Then two sweeps over what only the cache owns: cache volumes (`cache-*`) no entry refers to
 //! are removed, and entries whose volume is missing are dropped. Volumes named `volume-*` are
-//! never removed except through their own `Create` or `Delete` intent. Last, the backend frees
+//! never removed except through their own `Delete` intent. Last, the backend frees
 //! what removed volumes still held if their clones are gone (RBD trash).
 #![forbid(unsafe_code)]
 
-use super::{CacheError, CacheService, EvictReason};
+use super::{recover, CacheError, CacheService, EvictReason};
 use crate::catalog::Intent;
 
 /// What reconciliation did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Reconciled {
     pub intents_resolved: u64,
+    /// Volumes whose create did not complete, recorded under the quarantine project.
+    pub quarantined: Vec<String>,
     pub orphan_cache_volumes_removed: Vec<String>,
     pub entries_without_volume_dropped: Vec<u64>,
     /// Removed volumes whose held storage was freed (their last clone was gone).
@@ -66,8 +69,17 @@ impl CacheService {
                     }
                 }
                 Intent::Create { volume_id, backend_name } => {
-                    if self.catalog().read(|r| r.volume(volume_id))?.is_none() {
-                        self.backend().remove(backend_name)?;
+                    // Never removed: the create may have answered its client before the crash
+                    // (a catalog that fell back to an older commit forgets that). Set aside.
+                    let recorded = self.catalog().read(|r| r.volume(volume_id))?.is_some();
+                    if !recorded && self.backend().exists(backend_name)? {
+                        let record = recover::adopted_record(self.backend(), volume_id, backend_name)?;
+                        self.catalog().write(|w| w.put_volume(&record))?;
+                        tracing::warn!(
+                            volume_id, volume = %backend_name, project = recover::QUARANTINE_PROJECT,
+                            "a volume whose create did not complete was set aside; delete it or hand it back"
+                        );
+                        done.quarantined.push(volume_id.clone());
                     }
                 }
                 Intent::Evict { entry_id, volume_id, backend_name } => {

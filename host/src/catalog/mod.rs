@@ -8,9 +8,11 @@
 
 pub mod schema;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use schema::*;
 pub use schema::{
@@ -20,31 +22,74 @@ pub use schema::{
 /// A catalog failure.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("catalog {path}: {source}")]
-    Open { path: String, source: Box<redb::DatabaseError> },
+    #[error("catalog {path} cannot be opened: {detail}")]
+    Open { path: String, detail: String },
+    #[error(
+        "catalog {path} is damaged ({detail}); move it aside and restore a backup, or rebuild it from the \
+         backend with `volcache catalog rebuild` (README: Recovering the catalog)"
+    )]
+    Damaged { path: String, detail: String },
     #[error("catalog {path} has schema version {found}; this volcache reads version {SCHEMA_VERSION}")]
     Version { path: String, found: u64 },
     #[error("catalog: {0}")]
     Storage(String),
+    /// The catalog's file failed (ENOSPC, EIO); the catalog reopens itself on the next call.
+    #[error("catalog: {0}")]
+    Io(String),
     #[error("catalog row {table}/{key} is unreadable: {source}")]
     Decode { table: &'static str, key: String, source: serde_json::Error },
 }
 
-macro_rules! storage_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for CatalogError {
-            fn from(e: $t) -> Self {
-                CatalogError::Storage(e.to_string())
-            }
+impl From<redb::StorageError> for CatalogError {
+    fn from(e: redb::StorageError) -> Self {
+        match e {
+            redb::StorageError::Io(_) | redb::StorageError::PreviousIo => CatalogError::Io(e.to_string()),
+            e => CatalogError::Storage(e.to_string()),
         }
-    )*};
+    }
 }
-storage_from!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
 
-/// The metadata store.
+impl From<redb::TransactionError> for CatalogError {
+    fn from(e: redb::TransactionError) -> Self {
+        match e {
+            redb::TransactionError::Storage(s) => s.into(),
+            e => CatalogError::Storage(e.to_string()),
+        }
+    }
+}
+
+impl From<redb::CommitError> for CatalogError {
+    fn from(e: redb::CommitError) -> Self {
+        match e {
+            redb::CommitError::Storage(s) => s.into(),
+            e => CatalogError::Storage(e.to_string()),
+        }
+    }
+}
+
+impl From<redb::TableError> for CatalogError {
+    fn from(e: redb::TableError) -> Self {
+        match e {
+            redb::TableError::Storage(s) => s.into(),
+            e => CatalogError::Storage(e.to_string()),
+        }
+    }
+}
+
+/// Below this much free space in its directory, a catalog whose last write failed is unhealthy.
+const LOW_SPACE: u64 = 4 << 20;
+
+/// The metadata store. After an I/O failure redb refuses every later transaction until it is
+/// reopened ("Previous I/O error"); the catalog then reopens its file on the next call, so a
+/// full disk that gets space back needs no restart.
 #[derive(Debug)]
 pub struct Catalog {
-    db: Database,
+    path: PathBuf,
+    db: RwLock<Arc<Database>>,
+    /// An I/O error happened: reopen before the next transaction.
+    failed: AtomicBool,
+    /// The last write failed with this; cleared by the next successful write.
+    last_failure: std::sync::Mutex<Option<String>>,
 }
 
 /// Typed reads inside one read transaction.
@@ -59,12 +104,52 @@ pub struct Writer<'t> {
     txn: &'t WriteTransaction,
 }
 
+/// The message of a caught panic.
+fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "the storage engine panicked".into())
+}
+
 impl Catalog {
-    /// Opens (or creates) the catalog at `path`, creating every table and checking the version.
+    /// Opens (or creates) the catalog at `path`, creating every table, checking the version and
+    /// reading every row once: a damaged file is [`CatalogError::Damaged`], never a panic.
     pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
-        let db = Database::create(path)
-            .map_err(|e| CatalogError::Open { path: path.display().to_string(), source: Box::new(e) })?;
-        let catalog = Catalog { db };
+        let shown = path.display().to_string();
+        let opened = std::panic::catch_unwind(|| Catalog::open_unchecked(path));
+        match opened {
+            Ok(Err(CatalogError::Storage(detail))) if detail.contains("orrupt") => {
+                Err(CatalogError::Damaged { path: shown, detail })
+            }
+            Ok(result) => result,
+            Err(panic) => Err(CatalogError::Damaged { path: shown, detail: panic_text(panic) }),
+        }
+    }
+
+    fn create(path: &Path) -> Result<Database, CatalogError> {
+        Database::create(path).map_err(|e| {
+            let detail = e.to_string();
+            let shown = path.display().to_string();
+            match e {
+                redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => {
+                    CatalogError::Damaged { path: shown, detail }
+                }
+                _ if detail.contains("Not a redb database") => CatalogError::Damaged { path: shown, detail },
+                _ => CatalogError::Open { path: shown, detail },
+            }
+        })
+    }
+
+    fn open_unchecked(path: &Path) -> Result<Catalog, CatalogError> {
+        let db = Catalog::create(path)?;
+        let catalog = Catalog {
+            path: path.to_path_buf(),
+            db: RwLock::new(Arc::new(db)),
+            failed: AtomicBool::new(false),
+            last_failure: Default::default(),
+        };
         catalog.write(|w| {
             for table in [IMAGES, VOLUMES] {
                 w.txn.open_table(table)?;
@@ -85,20 +170,109 @@ impl Catalog {
             }
             Ok(())
         })?;
+        // Every row once: damage surfaces here, at start-up, not in a request.
+        catalog.read(|r| {
+            r.images()?;
+            r.volumes()?;
+            r.entries()?;
+            r.intents()?;
+            r.policy_choices()?;
+            r.index_len()?;
+            Ok(())
+        })?;
         Ok(catalog)
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `None` when the catalog works; else why not. After a failed write the catalog is
+    /// unhealthy until a write succeeds again, so this tries one small write then.
+    pub fn health(&self) -> Option<String> {
+        let failure = self.last_failure.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+        // A write failed and the directory is (nearly) full: small writes may still fit in the
+        // file's free pages, but the next create's will not.
+        let dir = self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if let Ok(st) = rustix::fs::statvfs(dir) {
+            let free = st.f_bavail.saturating_mul(st.f_frsize);
+            if free < LOW_SPACE {
+                return Some(format!("{failure}; {} has {} KiB free", dir.display(), free / 1024));
+            }
+        }
+        match self.write(|w| w.add_meta("health_probes", 1)) {
+            Ok(_) => None,
+            Err(e) => Some(format!("{failure} (still failing: {e})")),
+        }
+    }
+
+    /// Reopens the file after an I/O failure; a no-op when nothing failed.
+    fn recover(&self) -> Result<(), CatalogError> {
+        if !self.failed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if !self.failed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        // redb allows one open handle per file: the old one must close first. A transaction
+        // still holding it (they fail at once after an I/O error) makes this attempt fail; the
+        // next call tries again.
+        let old = std::mem::replace(&mut *db, Arc::new(Catalog::reopen_placeholder()?));
+        drop(old);
+        *db = Arc::new(Catalog::create(&self.path)?);
+        self.failed.store(false, Ordering::SeqCst);
+        tracing::warn!(catalog = %self.path.display(), "catalog reopened after an I/O failure");
+        Ok(())
+    }
+
+    /// An empty in-memory database that holds the slot while the file is reopened.
+    fn reopen_placeholder() -> Result<Database, CatalogError> {
+        Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| CatalogError::Storage(e.to_string()))
+    }
+
+    fn track<R>(&self, result: Result<R, CatalogError>, writing: bool) -> Result<R, CatalogError> {
+        match &result {
+            Err(CatalogError::Io(e)) => {
+                *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("catalog: {e}"));
+                if !self.failed.swap(true, Ordering::SeqCst) {
+                    tracing::error!(catalog = %self.path.display(), error = %e, "catalog I/O failed; it reopens on the next call");
+                }
+            }
+            Ok(_) if writing => {
+                self.last_failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+            }
+            _ => {}
+        }
+        result
+    }
+
+    fn handle(&self) -> Result<Arc<Database>, CatalogError> {
+        self.recover()?;
+        Ok(Arc::clone(&self.db.read().unwrap_or_else(|p| p.into_inner())))
+    }
+
     pub fn read<R>(&self, f: impl FnOnce(&Reader<'_>) -> Result<R, CatalogError>) -> Result<R, CatalogError> {
-        let txn = self.db.begin_read()?;
-        f(&Reader { txn: &txn })
+        let db = self.handle()?;
+        let result = (|| {
+            let txn = db.begin_read()?;
+            f(&Reader { txn: &txn })
+        })();
+        self.track(result, false)
     }
 
     /// Runs `f` in a write transaction and commits it; an error aborts everything `f` did.
     pub fn write<R>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<R, CatalogError>) -> Result<R, CatalogError> {
-        let txn = self.db.begin_write()?;
-        let result = f(&mut Writer { txn: &txn })?;
-        txn.commit()?;
-        Ok(result)
+        let db = self.handle()?;
+        let result = (|| {
+            let txn = db.begin_write()?;
+            let result = f(&mut Writer { txn: &txn })?;
+            txn.commit()?;
+            Ok(result)
+        })();
+        self.track(result, true)
     }
 
     /// Like [`Catalog::write`], but commits only when `f` answers `Some`; `None` aborts
@@ -107,13 +281,17 @@ impl Catalog {
         &self,
         f: impl FnOnce(&mut Writer<'_>) -> Result<Option<R>, CatalogError>,
     ) -> Result<Option<R>, CatalogError> {
-        let txn = self.db.begin_write()?;
-        let Some(result) = f(&mut Writer { txn: &txn })? else {
-            txn.abort()?;
-            return Ok(None);
-        };
-        txn.commit()?;
-        Ok(Some(result))
+        let db = self.handle()?;
+        let result = (|| {
+            let txn = db.begin_write()?;
+            let Some(result) = f(&mut Writer { txn: &txn })? else {
+                txn.abort()?;
+                return Ok(None);
+            };
+            txn.commit()?;
+            Ok(Some(result))
+        })();
+        self.track(result, true)
     }
 }
 
@@ -212,6 +390,11 @@ macro_rules! reads {
                 .collect()
         }
 
+        /// Rows of the cache index.
+        pub fn index_len(&self) -> Result<u64, CatalogError> {
+            Ok(self.txn.open_table(CACHE_INDEX)?.len()?)
+        }
+
         pub fn counter(&self, name: &str) -> Result<u64, CatalogError> {
             let t = self.txn.open_table(COUNTERS)?;
             let value = t.get(name)?.map(|v| v.value()).unwrap_or(0);
@@ -234,6 +417,25 @@ impl Writer<'_> {
         let next = meta.get(key.as_str())?.map(|v| v.value()).unwrap_or(1);
         meta.insert(key.as_str(), next + 1)?;
         Ok(next)
+    }
+
+    /// Makes sequence `name` continue after `used` (ids up to `used` exist elsewhere).
+    pub fn skip_ids(&mut self, name: &str, used: u64) -> Result<(), CatalogError> {
+        let mut meta = self.txn.open_table(META)?;
+        let key = format!("next_{name}");
+        let next = meta.get(key.as_str())?.map(|v| v.value()).unwrap_or(1);
+        if next <= used {
+            meta.insert(key.as_str(), used + 1)?;
+        }
+        Ok(())
+    }
+
+    /// Adds to a number in the `meta` table.
+    pub fn add_meta(&mut self, name: &str, by: u64) -> Result<u64, CatalogError> {
+        let mut meta = self.txn.open_table(META)?;
+        let value = meta.get(name)?.map(|v| v.value()).unwrap_or(0).saturating_add(by);
+        meta.insert(name, value)?;
+        Ok(value)
     }
 
     pub fn put_image(&mut self, image: &ImageRecord) -> Result<(), CatalogError> {

@@ -62,12 +62,27 @@ pub enum Command {
         #[command(subcommand)]
         cmd: client::CacheCommand,
     },
+    /// Repair the daemon's catalog (run with the daemon stopped).
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
     /// Policy slots of a running daemon.
     Policy {
         #[command(flatten)]
         conn: client::Connection,
         #[command(subcommand)]
         cmd: client::PolicyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Rebuild the catalog from the backend: a damaged catalog is moved aside, and every user
+    /// volume the catalog does not record is adopted under the quarantine project. Images and
+    /// cache entries are not recoverable: register the images again; the cache refills.
+    Rebuild {
+        /// The daemon's TOML configuration file (default: state under ./var).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -148,6 +163,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Convert(args) => convert(args),
+        Command::Catalog(CatalogCommand::Rebuild { config }) => {
+            let config = Config::load(config.as_deref())?;
+            let done = crate::daemon::rebuild_catalog(&config)?;
+            println!(
+                "catalog {}: adopted {} volumes under project {}; {} unknown cache volumes will be removed when the daemon starts",
+                config.state_dir.join("catalog.redb").display(),
+                done.adopted.len(),
+                crate::cache::recover::QUARANTINE_PROJECT,
+                done.unknown_cache_volumes.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Image { conn, cmd } => client::image(&conn, cmd),
         Command::Volume { conn, cmd } => client::volume(&conn, cmd),
         Command::Cache { conn, cmd } => client::cache(&conn, cmd),

@@ -18,7 +18,7 @@ use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use sha2::{Digest, Sha256};
 
 use crate::cache::CacheService;
@@ -88,7 +88,7 @@ pub fn app(state: AppState) -> Router {
             router.route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         }
     };
-    let health = Router::new().route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }));
+    let health = Router::new().route("/healthz", get(observe::health));
     let metrics = Router::new().route("/metrics", get(observe::metrics));
     Router::new()
         .merge(guarded(state.api.public_health, health))

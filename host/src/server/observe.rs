@@ -14,6 +14,28 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::{Stream, StreamExt};
 
 use super::error::ApiError;
+use super::AppState as HealthState;
+
+/// `GET /healthz`: 200 when the daemon can serve creates, 503 with the reason when its catalog
+/// failed and could not be reopened yet. Also says how many creates wait for another's fill.
+pub async fn health(State(state): State<HealthState>) -> impl IntoResponse {
+    let cache = state.cache.clone();
+    let checked =
+        tokio::task::spawn_blocking(move || (cache.catalog().health(), cache.waiting(), cache.fills_in_progress()))
+            .await;
+    let (catalog, waiting, fills) = match checked {
+        Ok(found) => found,
+        Err(e) => (Some(format!("health check failed: {e}")), 0, 0),
+    };
+    let body = |status: &str| {
+        serde_json::json!({"status": status, "catalog": catalog.clone().unwrap_or_else(|| "ok".into()),
+            "creates_waiting_for_a_fill": waiting, "fills_in_progress": fills})
+    };
+    match &catalog {
+        None => (axum::http::StatusCode::OK, axum::Json(body("ok"))),
+        Some(_) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body("unhealthy"))),
+    }
+}
 use super::AppState;
 
 /// `GET /v1/events`: `event:` is `image_volume_cache.hit|miss|evict` or `policy.changed`, `data:`
