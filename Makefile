@@ -49,6 +49,7 @@ bench: plugins
 	$(CARGO) bench -p volcache --bench policy
 	$(CARGO) bench -p volcache --bench convert
 	$(CARGO) bench -p volcache --bench cache
+	$(CARGO) bench -p volcache --bench storm
 	$(CARGO) bench -p volcache --bench api
 	$(CARGO) bench -p volcache --features rbd --bench rbd --no-run
 	OBJECTSTORE=bluestore VOLCACHE_TEST_CEPH_CONF=$(CURDIR)/target/ceph-bench/ceph.conf \

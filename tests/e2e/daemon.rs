@@ -95,7 +95,7 @@ impl Drop for Daemon {
 }
 
 /// A minimal HTTP/1.1 client: one request per connection.
-fn request(
+pub fn request(
     addr: &str,
     method: &str,
     path: &str,

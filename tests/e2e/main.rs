@@ -2,6 +2,7 @@
 //! built from plugins/ and tests/plugins/ by `make plugins test-plugins`, the real `volcache`
 //! binary, and real HTTP on 127.0.0.1.
 //!
+//! - `api`: the HTTP layer through `app()` with `oneshot`: error classes, racing image records.
 //! - `components`: the built plugins are components; `plugin inspect` and `plugin check`.
 //! - `cinder`: the wasm plugins decide exactly as the built-in (Cinder) policies.
 //! - `adversarial`: misbehaving plugins are contained and answered with Cinder's decision.
@@ -9,6 +10,7 @@
 //! - `artifact_cache`: precompiled plugins are only reused when this daemon wrote them.
 //! - `daemon`: the real daemon over HTTP: health, auth, policy listing and swapping, SIGTERM.
 //! - `convert`: `volcache convert` against `qemu-img convert`, byte for byte and by allocation.
+//! - `overlap_http`: overlapping requests through the real daemon (clients that leave a wait).
 //! - `http_sources`: HTTP and Glance v2 sources, checksums, short downloads.
 //! - `backend`: the backend conformance suite on XFS (reflink), ext4 and tmpfs.
 //! - `cache_service`: Cinder's cache semantics through the service, on real parts.
@@ -23,6 +25,7 @@
 mod fixtures;
 
 mod adversarial;
+mod api;
 mod artifact_cache;
 mod backend;
 mod cache_concurrent;
@@ -37,5 +40,6 @@ mod crash;
 mod daemon;
 mod hot_swap;
 mod http_sources;
+mod overlap_http;
 #[cfg(feature = "rbd")]
 mod rbd;

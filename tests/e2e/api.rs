@@ -1,0 +1,90 @@
+//! The HTTP layer without a socket: `app()` driven with `oneshot` over the cache service on the
+//! in-memory backend. Checks how failures are classified for clients (status, code, no
+//! internals) and the answers to racing image records.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+use volcache::backend::faulty::{Fault, Op};
+use volcache::backend::Backend;
+use volcache::config::ApiOptions;
+use volcache::server::{app, AppState};
+
+use crate::cache_core::{limits, Core};
+use crate::daemon::TOKEN;
+
+fn state(core: &Core) -> AppState {
+    let api = ApiOptions { public_health: true, public_metrics: true };
+    AppState::new(core.cache.clone(), TOKEN, core.dir.path().join("plugins"), api)
+}
+
+async fn call(
+    core: &Core,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
+        .body(body.map(|b| Body::from(b.to_string())).unwrap_or_else(Body::empty))
+        .unwrap();
+    let response = app(state(core)).oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
+
+fn create(image: &str) -> Option<serde_json::Value> {
+    Some(serde_json::json!({"image_id": image, "size": 1}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_classified_and_leak_nothing() {
+    let core = Core::new(limits(0, 0));
+    for id in ["full", "broken", "bad"] {
+        core.register(id, 1);
+    }
+    core.faulty.inject(Fault { op: Op::Write, prefix: String::new(), after: 0, times: 1, errno: libc::ENOSPC });
+    let (status, full) = call(&core, "POST", "/v1/volumes", create("full")).await;
+    assert_eq!((status.as_u16(), full["error"]["code"].as_str()), (507, Some("insufficient_storage")), "{full}");
+    core.faulty.inject(Fault { op: Op::Seal, prefix: String::new(), after: 0, times: 1, errno: libc::EIO });
+    let (status, body) = call(&core, "POST", "/v1/volumes", create("broken")).await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (503, Some("storage_unavailable")), "{body}");
+    for body in [&full, &body] {
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(!message.contains("os error") && !message.contains("cache-"), "internals leaked: {message}");
+    }
+    // The image's own fault: its source is gone. The reason is the client's to see.
+    let bad = core.cache.catalog().read(|r| r.image("bad")).unwrap().unwrap();
+    std::fs::remove_file(&bad.source).unwrap();
+    let (status, body) = call(&core, "POST", "/v1/volumes", create("bad")).await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (422, Some("image_unusable")), "{body}");
+    // Nothing half-made is left, and the service still answers.
+    assert!(core.memory.list().unwrap().is_empty(), "{:?}", core.memory.list());
+    let (status, health) = call(&core, "GET", "/healthz", None).await;
+    assert_eq!((status.as_u16(), health["status"].as_str()), (200, Some("ok")), "{health}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_registration_of_an_id_is_a_conflict_and_patch_checks_the_checksum() {
+    let core = Core::new(limits(0, 0));
+    let path = core.image_file("img", 0, 1).display().to_string();
+    let body = serde_json::json!({"id": "img", "name": "img", "source": path, "disk_format": "raw"});
+    let (first, second) = tokio::join!(
+        call(&core, "POST", "/v1/images", Some(body.clone())),
+        call(&core, "POST", "/v1/images", Some(body.clone()))
+    );
+    let mut statuses = [first.0.as_u16(), second.0.as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [201, 409], "{first:?} {second:?}");
+    let (status, body) = call(&core, "PATCH", "/v1/images/img", Some(serde_json::json!({"checksum": "nope"}))).await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (400, Some("bad_request")), "{body}");
+    let (status, _) = call(&core, "DELETE", "/v1/images/img", None).await;
+    assert_eq!(status.as_u16(), 204);
+    let (status, _) = call(&core, "PATCH", "/v1/images/img", Some(serde_json::json!({"name": "back"}))).await;
+    assert_eq!(status.as_u16(), 404, "a change after a delete does not bring the image back");
+}
