@@ -1,5 +1,6 @@
 //! The concurrent model test of the cache core. Each case: four threads issue random creates,
-//! volume deletes, evictions, image changes, image deletes and re-registrations against the
+//! volume deletes, evictions, image changes, image deletes, re-registrations and limit changes
+//! (policy swaps) against the
 //! in-memory backend, which fails random operations (EIO, ENOSPC) from the case's seed, while an
 //! observer checks the limits at every instant it can see. At the end:
 //! - the limits hold, and every entry has its volume record and its backend volume;
@@ -23,6 +24,7 @@ use volcache::cache::images::{ImagePatch, NewImage};
 use volcache::cache::CacheError;
 use volcache::catalog::Intent;
 use volcache::image::DiskFormat;
+use volcache::policy::{Builtin, PolicySource, PolicySpec, Slot};
 
 use crate::cache_core::{limits, request, Core};
 use crate::fixtures::Rng;
@@ -97,7 +99,7 @@ fn run_case(seed: u64) {
             let mut rng = Rng::new(seed ^ (t + 1).wrapping_mul(0x1234_5678_9abc_def1));
             std::thread::spawn(move || {
                 for _ in 0..OPS {
-                    step(&core, &log, &versions, &mut rng, seed);
+                    step(&core, &log, &versions, &(max_size, max_count), &mut rng, seed);
                 }
             })
         })
@@ -136,10 +138,26 @@ impl Versions {
     }
 }
 
-fn step(core: &Core, log: &Mutex<Log>, versions: &Versions, rng: &mut Rng, seed: u64) {
+fn step(core: &Core, log: &Mutex<Log>, versions: &Versions, limits: &(u64, u64), rng: &mut Rng, seed: u64) {
     let i = rng.below(IMAGES.len() as u64) as usize;
     let (id, gib) = IMAGES[i];
-    match rng.below(12) {
+    match rng.below(13) {
+        12 => {
+            // An operator tightens the limits while requests run (a policy swap racing the
+            // fills' decisions). Limits bind new inserts, as in Cinder, so the observer checks
+            // the case's first, largest limits.
+            let (size, count) = *limits;
+            let (size, count) =
+                (if size == 0 { 0 } else { 1 + rng.below(size) }, if count == 0 { 0 } else { 1 + rng.below(count) });
+            let params = vec![
+                ("image_volume_cache_max_size_gb".to_string(), size.to_string()),
+                ("image_volume_cache_max_count".to_string(), count.to_string()),
+            ];
+            for (slot, builtin) in [(Slot::Admission, Builtin::MaxSize), (Slot::Capacity, Builtin::Quota)] {
+                let spec = PolicySpec { source: PolicySource::Builtin(builtin), params: params.clone() };
+                core.cache.policies().swap(slot, spec).unwrap();
+            }
+        }
         0..=6 => {
             let low = versions.len(i) - 1;
             match core.cache.create_volume(&request(id, gib)) {

@@ -1,0 +1,64 @@
+//! Unit tests of the catalog's transactions.
+
+use super::*;
+
+fn entry(id: u64, image: &str) -> EntryRecord {
+    EntryRecord {
+        id,
+        host: "h".into(),
+        cluster_name: None,
+        image_id: image.into(),
+        image_updated_at: "t".into(),
+        volume_id: format!("v{id}"),
+        size: 1,
+        last_used: "t".into(),
+        last_used_ms: 0,
+        created_ms: 0,
+        allocated_bytes: 0,
+        source_bytes: 0,
+        hit_count: 0,
+        pinned: false,
+    }
+}
+
+#[test]
+fn a_failed_write_changes_nothing_and_a_reopen_keeps_what_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.redb");
+    {
+        let c = Catalog::open(&path).unwrap();
+        c.write(|w| w.put_entry("s", &entry(1, "img"))).unwrap();
+        let failed: Result<(), CatalogError> = c.write(|w| {
+            w.put_entry("s", &entry(2, "other"))?;
+            Err(CatalogError::Storage("injected".into()))
+        });
+        assert!(failed.is_err());
+    }
+    let c = Catalog::open(&path).unwrap();
+    assert_eq!(c.read(|r| r.entries()).unwrap(), vec![entry(1, "img")]);
+    assert_eq!(c.read(|r| r.entry_for("s", "img")).unwrap().map(|e| e.id), Some(1));
+    assert_eq!(c.read(|r| r.entry_for("other-scope", "img")).unwrap(), None);
+}
+
+#[test]
+fn ids_are_never_reused_and_intents_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Catalog::open(&dir.path().join("c.redb")).unwrap();
+    let a = c.write(|w| w.next_id("entry")).unwrap();
+    let b = c.write(|w| w.next_id("entry")).unwrap();
+    assert!(b > a);
+    let intent = Intent::Fill { entry_id: 3, volume_id: "v".into(), backend_name: "cache-3".into() };
+    let id = c.write(|w| w.begin(intent.clone(), 5)).unwrap();
+    assert_eq!(c.read(|r| r.intents()).unwrap()[0].intent, intent);
+    c.write(|w| w.end(id)).unwrap();
+    assert!(c.read(|r| r.intents()).unwrap().is_empty());
+}
+
+#[test]
+fn deleting_an_entry_unindexes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Catalog::open(&dir.path().join("c.redb")).unwrap();
+    c.write(|w| w.put_entry("s", &entry(7, "img"))).unwrap();
+    assert!(c.write(|w| w.delete_entry("s", 7)).unwrap().is_some());
+    assert_eq!(c.read(|r| r.entry_for("s", "img")).unwrap(), None);
+}
