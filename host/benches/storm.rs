@@ -14,7 +14,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{GIB, MIB};
@@ -107,25 +107,6 @@ fn register(catalog: &Catalog, server: &Server, id: &str, size: u64) -> CreateVo
     req
 }
 
-/// Runs `requests` at once (one thread each); returns the wall time and the outcomes.
-fn storm(cache: &Arc<CacheService>, requests: Vec<CreateVolume>) -> (Duration, Vec<CacheOutcome>) {
-    let barrier = Arc::new(Barrier::new(requests.len() + 1));
-    let threads: Vec<_> = requests
-        .into_iter()
-        .map(|req| {
-            let (cache, barrier) = (cache.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                cache.create_volume(&req).unwrap().volume.cache.unwrap()
-            })
-        })
-        .collect();
-    barrier.wait();
-    let t = Instant::now();
-    let outcomes: Vec<CacheOutcome> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-    (t.elapsed(), outcomes)
-}
-
 /// Hits per second with `clients` threads for `for_`.
 fn hits_per_second(cache: &Arc<CacheService>, req: &CreateVolume, clients: usize, for_: Duration) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
@@ -169,14 +150,14 @@ fn main() {
 
     // One image, `storm_size` creates at once.
     let storm_one = register(&catalog, &server, "storm", size);
-    let (one_image, outcomes) = storm(&cache, vec![storm_one.clone(); storm_size]);
+    let (one_image, outcomes) = common::storm(&cache, vec![storm_one.clone(); storm_size]);
     assert_eq!(server.gets("/storm.raw"), 1, "one download for the whole storm");
     assert_eq!(outcomes.iter().filter(|o| **o == CacheOutcome::Miss).count(), 1);
 
     // Ten images, `storm_size / 10` creates each, all at once.
     let per = (storm_size / 10).max(1);
     let ten: Vec<CreateVolume> = (0..10).map(|i| register(&catalog, &server, &format!("ten-{i}"), size)).collect();
-    let (ten_images, outcomes) = storm(&cache, ten.iter().flat_map(|r| vec![r.clone(); per]).collect());
+    let (ten_images, outcomes) = common::storm(&cache, ten.iter().flat_map(|r| vec![r.clone(); per]).collect());
     for i in 0..10 {
         assert_eq!(server.gets(&format!("/ten-{i}.raw")), 1, "one download per image");
     }

@@ -5,11 +5,12 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
 
 use volcache::backend::Backend;
 use volcache::cache::{timestamp, CacheConfig, CacheService, CreateVolume, InternalTenant};
-use volcache::catalog::{Catalog, ImageRecord};
+use volcache::catalog::{CacheOutcome, Catalog, ImageRecord};
 use volcache::image::DiskFormat;
 use volcache::policy::{CinderLimits, EngineOptions, PolicyEngine, PolicySet};
 use volcache::sparse::WriteMode;
@@ -90,4 +91,24 @@ pub fn print_latency_table(title: &str, rows: &[(u64, u64, Duration, Duration)])
             miss.as_secs_f64() / hit.as_secs_f64()
         );
     }
+}
+
+/// Runs `requests` at once (one thread each); returns the wall time and the outcomes.
+#[allow(dead_code, reason = "the storm and rbd benches use it, the cache bench does not")]
+pub fn storm(cache: &Arc<CacheService>, requests: Vec<CreateVolume>) -> (Duration, Vec<CacheOutcome>) {
+    let barrier = Arc::new(Barrier::new(requests.len() + 1));
+    let threads: Vec<_> = requests
+        .into_iter()
+        .map(|req| {
+            let (cache, barrier) = (cache.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                cache.create_volume(&req).unwrap().volume.cache.unwrap()
+            })
+        })
+        .collect();
+    barrier.wait();
+    let t = Instant::now();
+    let outcomes: Vec<CacheOutcome> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    (t.elapsed(), outcomes)
 }
