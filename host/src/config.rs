@@ -42,6 +42,8 @@ pub struct RawConfig {
     pub host: Option<String>,
     /// Hosts sharing one backend share one cache scope: their cluster.
     pub cluster_name: Option<String>,
+    /// After SIGTERM, how long requests in flight may finish (default 10).
+    pub shutdown_grace_seconds: Option<u64>,
     #[serde(default)]
     pub api: RawApi,
     #[serde(default)]
@@ -161,6 +163,8 @@ pub struct Config {
     pub limits: CinderLimits,
     pub engine: EngineOptions,
     pub slots: Vec<(Slot, PolicySpec)>,
+    /// After SIGTERM, how long requests in flight may finish before the daemon exits anyway.
+    pub shutdown_grace: std::time::Duration,
 }
 
 impl Config {
@@ -337,7 +341,19 @@ impl RawConfig {
             public_health: self.api.public_health.unwrap_or(true),
             public_metrics: self.api.public_metrics.unwrap_or(true),
         };
-        Ok(Config { listen, api, state_dir, admin_token: self.admin_token, backend, cache, limits, engine, slots })
+        let shutdown_grace = std::time::Duration::from_secs(self.shutdown_grace_seconds.unwrap_or(10));
+        Ok(Config {
+            listen,
+            api,
+            state_dir,
+            admin_token: self.admin_token,
+            backend,
+            cache,
+            limits,
+            engine,
+            slots,
+            shutdown_grace,
+        })
     }
 }
 

@@ -17,15 +17,26 @@ use crate::config::{BackendConfig, Config};
 use crate::policy::{PolicyEngine, PolicySet};
 use crate::server::{app, policies, AppState};
 
+/// Tokens shorter than this are refused: a guessable token is no protection.
+pub const MIN_TOKEN_LEN: usize = 16;
+
 /// The admin token: from the config, else `VOLCACHE_ADMIN_TOKEN`, else a token file under the
-/// state directory, created 0600 with a random token on first start.
+/// state directory, created 0600 with a random token on first start. A short or empty token is
+/// refused with what to do, never a silent lockout.
 pub fn admin_token(config: &Config) -> anyhow::Result<String> {
     if let Some(token) = &config.admin_token {
         return Ok(token.clone());
     }
     if let Ok(token) = std::env::var("VOLCACHE_ADMIN_TOKEN") {
-        if !token.trim().is_empty() {
-            return Ok(token.trim().to_string());
+        let token = token.trim();
+        if token.len() >= MIN_TOKEN_LEN {
+            return Ok(token.to_string());
+        }
+        if !token.is_empty() {
+            anyhow::bail!(
+                "VOLCACHE_ADMIN_TOKEN is {} characters long; use at least {MIN_TOKEN_LEN} (e.g. `openssl rand -hex 24`)",
+                token.len()
+            );
         }
     }
     let path = config.state_dir.join("admin-token");
@@ -34,7 +45,16 @@ pub fn admin_token(config: &Config) -> anyhow::Result<String> {
 
 fn token_file(path: &Path) -> anyhow::Result<String> {
     if let Ok(token) = std::fs::read_to_string(path) {
-        return Ok(token.trim().to_string());
+        let token = token.trim();
+        if token.len() < MIN_TOKEN_LEN {
+            anyhow::bail!(
+                "admin token file {} holds {} characters; it needs at least {MIN_TOKEN_LEN}: delete it to have a new \
+                 token written at the next start, or write a longer token into it",
+                path.display(),
+                token.len()
+            );
+        }
+        return Ok(token.to_string());
     }
     let mut raw = [0u8; 24];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut raw)?;
@@ -138,16 +158,46 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let reconciled = cache.reconcile()?;
     tracing::info!(?reconciled, "start-up reconciliation done");
     let state = AppState::new(cache, &token, plugin_dir, config.api);
+    if !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.listen,
+            "listening beyond this host: anyone who can reach this address can try the admin token; put TLS and a firewall in front"
+        );
+    }
+    let grace = config.shutdown_grace;
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
         tracing::info!(listen = %listener.local_addr()?, "volcache serving");
-        axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await?;
-        tracing::info!("volcache stopped");
+        let stopping = state.stopping();
+        let (signalled_tx, mut signalled) = tokio::sync::watch::channel(false);
+        let signal = async move {
+            shutdown_signal().await;
+            // Event streams end now; requests in flight get the grace period.
+            stopping.send_replace(true);
+            signalled_tx.send_replace(true);
+        };
+        let server = axum::serve(listener, app(state)).with_graceful_shutdown(signal);
+        let deadline = async move {
+            let _ = signalled.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            served = server => served?,
+            () = deadline => tracing::warn!(
+                grace_s = grace.as_secs(),
+                "grace period over: stopping with requests in flight; start-up reconciliation finishes what they left"
+            ),
+        }
         anyhow::Ok(())
-    })
+    });
+    // Blocking work still running (a fill on a stalled source) does not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    served?;
+    tracing::info!("volcache stopped");
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -49,6 +49,25 @@ impl Daemon {
         Daemon::start_in(dir)
     }
 
+    /// Sends SIGTERM and waits up to `limit` for the daemon to exit.
+    pub fn terminate_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Starts a new daemon on the state directory of this one, which has stopped.
+    pub fn restart_stopped(mut self) -> Daemon {
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
+        Daemon::start_in(dir)
+    }
+
     pub fn start_in(dir: tempfile::TempDir) -> Daemon {
         // Ask the kernel for a free port, then hand it to the daemon.
         let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();

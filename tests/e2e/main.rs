@@ -6,6 +6,7 @@
 //! - `components`: the built plugins are components; `plugin inspect` and `plugin check`.
 //! - `cinder`: the wasm plugins decide exactly as the built-in (Cinder) policies.
 //! - `adversarial`: misbehaving plugins are contained and answered with Cinder's decision.
+//! - `hostile`: JSON for every error, token checks at start, SIGTERM with clients connected.
 //! - `hot_swap`: swapping slots while decisions run; failed swaps keep the old plugin.
 //! - `artifact_cache`: precompiled plugins are only reused when this daemon wrote them.
 //! - `daemon`: the real daemon over HTTP: health, auth, policy listing and swapping, SIGTERM.
@@ -38,6 +39,7 @@ mod components;
 mod convert;
 mod crash;
 mod daemon;
+mod hostile;
 mod hot_swap;
 mod http_sources;
 mod overlap_http;

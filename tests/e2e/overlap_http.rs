@@ -12,14 +12,19 @@ use crate::fixtures::MIB;
 
 /// An image server whose first answer (the registration's probe) is whole, and whose later
 /// answers send the first MiB, then stall until `release` is set.
-struct StallingServer {
-    addr: String,
+pub struct StallingServer {
+    pub addr: String,
     release: Arc<AtomicBool>,
     requests: Arc<AtomicUsize>,
 }
 
 impl StallingServer {
-    fn start(body: Vec<u8>) -> StallingServer {
+    /// Lets every stalled and later answer finish.
+    pub fn release(&self) {
+        self.release.store(true, Ordering::SeqCst);
+    }
+
+    pub fn start(body: Vec<u8>) -> StallingServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let release = Arc::new(AtomicBool::new(false));
@@ -104,7 +109,7 @@ fn clients_that_leave_while_waiting_for_a_fill_free_their_place() {
     assert_eq!((h["status"].as_str(), h["fills_in_progress"].as_u64()), (Some("ok"), Some(1)), "{h}");
 
     // The fill itself goes on, and the leader gets its volume.
-    server.release.store(true, Ordering::SeqCst);
+    server.release();
     let (status, v) = leader.join().unwrap();
     assert_eq!((status, v["cache"].as_str()), (201, Some("miss")), "{v}");
     assert_eq!(server.requests.load(Ordering::SeqCst), 2, "one probe, one download");

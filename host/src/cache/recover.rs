@@ -36,7 +36,11 @@ pub fn check_catalog_matches(catalog: &Catalog, backend: &dyn Backend) -> Result
     if !catalog.read(|r| r.volumes())?.is_empty() {
         return Ok(());
     }
-    let ours: Vec<String> = backend.list()?.into_iter().filter(|n| is_ours(n)).collect();
+    // Volumes an interrupted change is making or removing are accounted for by its intent
+    // (a daemon stopped during its very first fill, say); reconciliation resolves them.
+    let pending: std::collections::HashSet<String> =
+        catalog.read(|r| r.intents())?.into_iter().map(|i| i.intent.backend_name().to_string()).collect();
+    let ours: Vec<String> = backend.list()?.into_iter().filter(|n| is_ours(n) && !pending.contains(n)).collect();
     if let Some(example) = ours.first() {
         return Err(CatalogMismatch {
             catalog: catalog.path().display().to_string(),

@@ -136,6 +136,18 @@ pub enum Intent {
     Delete { volume_id: String, backend_name: String },
 }
 
+impl Intent {
+    /// The backend volume the change makes or removes.
+    pub fn backend_name(&self) -> &str {
+        match self {
+            Intent::Fill { backend_name, .. }
+            | Intent::Evict { backend_name, .. }
+            | Intent::Create { backend_name, .. }
+            | Intent::Delete { backend_name, .. } => backend_name,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IntentRecord {
     pub id: u64,

@@ -100,3 +100,43 @@ fn storage_or_source(e: CacheError) -> ApiError {
         }
     }
 }
+
+/// Rewrites an error response that is not JSON (axum's own rejections: 413 body too large, 405
+/// method not allowed, 400 for an undecodable path, 415) into the one error shape, keeping its
+/// status and headers such as `Allow`.
+pub async fn json_errors(response: axum::response::Response) -> axum::response::Response {
+    use axum::http::header;
+    let status = response.status();
+    let is_json = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/event-stream")
+    });
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let (code, message) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ("payload_too_large", format!("the request body is over the limit of {} bytes", super::MAX_PLUGIN_BYTES))
+        }
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allow = parts.headers.get(header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            ("method_not_allowed", format!("this route takes {allow}"))
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", text),
+        s if s.is_server_error() => ("internal", "internal error; see the daemon's log".to_string()),
+        _ => ("bad_request", if text.is_empty() { "bad request".to_string() } else { text }),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    let mut out = (status, Json(body)).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}

@@ -41,6 +41,8 @@ pub struct AppState {
     pub plugin_dir: std::path::PathBuf,
     pub api: crate::config::ApiOptions,
     token_digest: [u8; 32],
+    /// Set when the daemon stops: event streams end.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -51,7 +53,14 @@ impl AppState {
         api: crate::config::ApiOptions,
     ) -> Self {
         let (policy_events, _) = tokio::sync::broadcast::channel(64);
-        AppState { cache, policy_events, plugin_dir, api, token_digest: Sha256::digest(token.as_bytes()).into() }
+        let token_digest = Sha256::digest(token.as_bytes()).into();
+        let stopping = Arc::new(tokio::sync::watch::channel(false).0);
+        AppState { cache, policy_events, plugin_dir, api, token_digest, stopping }
+    }
+
+    /// Set it to end every event stream (the daemon is stopping).
+    pub fn stopping(&self) -> Arc<tokio::sync::watch::Sender<bool>> {
+        self.stopping.clone()
     }
 
     pub fn policies(&self) -> &Arc<PolicySet> {
@@ -96,6 +105,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .merge(admin)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        // Rejections made by axum itself (body limit, method, path decoding) become JSON too.
+        .layer(middleware::map_response(error::json_errors))
         // A span per request: method and path, then status and latency when it ends.
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
@@ -111,12 +122,14 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(token) if state.token_matches(token.trim()) => next.run(request).await,
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the bearer token is wrong").into_response(),
-        None => {
-            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "this route needs `Authorization: Bearer <token>`")
-                .into_response()
-        }
-    }
+    let message = match presented {
+        Some(token) if state.token_matches(token.trim()) => return next.run(request).await,
+        Some(_) => "the bearer token is wrong",
+        None => "this route needs `Authorization: Bearer <token>`",
+    };
+    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"volcache\""));
+    response
 }

@@ -49,7 +49,12 @@ pub async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Res
         Ok(status) => Event::default().event("policy.changed").json_data(&status).unwrap_or_default(),
         Err(lagged) => Event::default().event("lagged").data(lagged.to_string()),
     });
-    Sse::new(cache.merge(policies).map(Ok)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    // The daemon stopping ends the stream, so a connected client does not hold up the shutdown.
+    let stopping =
+        tokio_stream::wrappers::WatchStream::new(state.stopping().subscribe()).filter(|stop| *stop).map(|_| None);
+    let events =
+        cache.merge(policies).map(Some).merge(stopping).take_while(Option::is_some).map(|e| Ok(e.unwrap_or_default()));
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {

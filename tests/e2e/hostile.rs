@@ -1,0 +1,134 @@
+//! Careless and hostile clients: every error is JSON (including axum's own rejections), 401
+//! says how to authenticate, short or empty tokens are refused at start, and SIGTERM stops the
+//! daemon even with event clients connected and a fill stuck on a stalled source.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::Request;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+use volcache::config::ApiOptions;
+use volcache::server::{app, AppState};
+
+use crate::cache_core::{limits, Core};
+use crate::daemon::{request_json, Daemon, TOKEN};
+use crate::overlap_http::StallingServer;
+
+async fn raw_call(core: &Core, request: Request<Body>) -> (u16, axum::http::HeaderMap, serde_json::Value) {
+    let api = ApiOptions { public_health: true, public_metrics: true };
+    let state = AppState::new(core.cache.clone(), TOKEN, core.dir.path().join("plugins"), api);
+    let response = app(state).oneshot(request).await.unwrap();
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| panic!("status {status}: not JSON: {:?}", String::from_utf8_lossy(&bytes)));
+    (status, headers, body)
+}
+
+fn authed(method: &str, uri: &str, body: Body) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_is_json() {
+    let core = Core::new(limits(0, 0));
+    let big = vec![b'x'; volcache::server::MAX_PLUGIN_BYTES + 1];
+    let (status, _, body) = raw_call(&core, authed("PUT", "/v1/policies/eviction", Body::from(big))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("payload_too_large")), "{body}");
+
+    let (status, headers, body) = raw_call(&core, authed("POST", "/v1/cache/stats", Body::empty())).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (405, Some("method_not_allowed")), "{body}");
+    assert!(headers.get("allow").is_some_and(|a| a.to_str().unwrap().contains("GET")), "{headers:?}");
+
+    let (status, _, body) = raw_call(&core, authed("GET", "/v1/images/%FF%FE", Body::empty())).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")), "{body}");
+
+    let unauthenticated = Request::builder().uri("/v1/policies").body(Body::empty()).unwrap();
+    let (status, headers, body) = raw_call(&core, unauthenticated).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")), "{body}");
+    assert!(headers.get("www-authenticate").is_some_and(|v| v.to_str().unwrap().starts_with("Bearer")));
+}
+
+/// `volcache serve` in `dir` that must refuse to start; its stderr.
+fn refused(dir: &std::path::Path, token: Option<&str>) -> String {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_volcache"));
+    cmd.args(["serve", "--listen", &addr]).current_dir(dir).env_remove("VOLCACHE_ADMIN_TOKEN");
+    if let Some(t) = token {
+        cmd.env("VOLCACHE_ADMIN_TOKEN", t);
+    }
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("the daemon started with a token it must refuse");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn short_or_empty_tokens_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = refused(dir.path(), Some("short"));
+    assert!(stderr.contains("VOLCACHE_ADMIN_TOKEN is 5 characters") && stderr.contains("at least 16"), "{stderr}");
+    std::fs::create_dir_all(dir.path().join("var")).unwrap();
+    std::fs::write(dir.path().join("var/admin-token"), " \n").unwrap();
+    let stderr = refused(dir.path(), None);
+    assert!(stderr.contains("admin-token") && stderr.contains("delete it"), "{stderr}");
+}
+
+#[test]
+fn sigterm_stops_the_daemon_with_event_clients_and_a_stuck_fill() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("volcache.toml"), "shutdown_grace_seconds = 1\n").unwrap();
+    let mut image = vec![0u8; 4 << 20];
+    image[..4096].fill(0x5a);
+    let server = StallingServer::start(image);
+    let mut d = Daemon::start_in(dir);
+    let source = format!("http://{}/img.raw", server.addr);
+    let body = serde_json::json!({"id": "img", "name": "img", "source": source, "disk_format": "raw"});
+    assert_eq!(request_json(&d.addr, "POST", "/v1/images", Some(body)).unwrap().0, 201);
+
+    // An event client that stays connected, and a create whose download stalls.
+    let mut events = TcpStream::connect(&d.addr).unwrap();
+    write!(events, "GET /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n").unwrap();
+    let addr = d.addr.clone();
+    let _create = std::thread::spawn(move || {
+        request_json(&addr, "POST", "/v1/volumes", Some(serde_json::json!({"image_id": "img", "size": 1})))
+    });
+    let started = Instant::now();
+    while request_json(&d.addr, "GET", "/healthz", None).unwrap().1["fills_in_progress"] != 1 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the fill did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let status = d.terminate_within(Duration::from_secs(30)).expect("the daemon did not stop after SIGTERM");
+    assert!(status.success(), "{status}");
+    // The event stream was ended by the daemon, not left hanging.
+    events.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rest = Vec::new();
+    let ended = events.read_to_end(&mut rest).is_ok();
+    assert!(ended, "the event stream was not closed");
+
+    // The stalled fill is finished by reconciliation at the next start; the image works.
+    server.release();
+    let d = d.restart_stopped();
+    let (status, v) =
+        request_json(&d.addr, "POST", "/v1/volumes", Some(serde_json::json!({"image_id": "img", "size": 1}))).unwrap();
+    assert_eq!((status, v["cache"].as_str()), (201, Some("miss")), "{v}");
+}
