@@ -44,6 +44,9 @@ pub struct RawConfig {
     pub cluster_name: Option<String>,
     /// After SIGTERM, how long requests in flight may finish (default 10).
     pub shutdown_grace_seconds: Option<u64>,
+    /// Directories whose files may be image sources (default: none; URLs and Glance work).
+    #[serde(default)]
+    pub image_source_dirs: Vec<PathBuf>,
     #[serde(default)]
     pub api: RawApi,
     #[serde(default)]
@@ -331,6 +334,19 @@ impl RawConfig {
                 quota_volumes: t.quota_volumes.unwrap_or(0),
             },
             spool_dir: state_dir.join("spool"),
+            file_sources: {
+                let mut dirs = Vec::new();
+                for (i, dir) in self.image_source_dirs.iter().enumerate() {
+                    let real = std::fs::canonicalize(dir)
+                        .map_err(|e| invalid(format!("image_source_dirs[{i}]"), format!("{}: {e}", dir.display())))?;
+                    dirs.push(real);
+                }
+                // The state directory may not exist yet; its absolute path is what matters.
+                let state = std::fs::canonicalize(&state_dir).unwrap_or_else(|_| {
+                    std::env::current_dir().map(|d| d.join(&state_dir)).unwrap_or_else(|_| state_dir.clone())
+                });
+                crate::image::source::FileSources::Within { dirs, except: vec![state] }
+            },
             fill_wait: match self.cache.fill_wait_seconds {
                 Some(0) => return Err(invalid("cache.fill_wait_seconds", "must be at least 1")),
                 Some(s) => std::time::Duration::from_secs(s),

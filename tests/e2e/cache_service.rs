@@ -42,6 +42,7 @@ pub fn config(spool: &Path) -> CacheConfig {
         },
         spool_dir: spool.to_path_buf(),
         fill_wait: volcache::cache::DEFAULT_FILL_WAIT,
+        file_sources: volcache::image::source::FileSources::Any,
     }
 }
 

@@ -32,7 +32,9 @@ impl Drop for Daemon {
 
 fn config(root: &Path) -> PathBuf {
     let path = root.join("volcache.toml");
-    std::fs::write(&path, format!("state_dir = \"{}\"\n", root.join("state").display())).unwrap();
+    let toml =
+        format!("state_dir = \"{}\"\nimage_source_dirs = [\"{}\"]\n", root.join("state").display(), root.display());
+    std::fs::write(&path, toml).unwrap();
     path
 }
 

@@ -125,8 +125,9 @@ pub fn crash_suite(base: &Path, volumes: &mut dyn Volumes) {
         std::fs::write(
             &config,
             format!(
-                "state_dir = \"{}\"\n{}[cache]\nimage_volume_cache_max_count = 1\nimage_volume_cache_max_size_gb = 2\n",
+                "state_dir = \"{}\"\nimage_source_dirs = [\"{}\"]\n{}[cache]\nimage_volume_cache_max_count = 1\nimage_volume_cache_max_size_gb = 2\n",
                 root.join("state").display(),
+                images.display(),
                 volumes.backend_toml(&root)
             ),
         )

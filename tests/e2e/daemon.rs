@@ -30,8 +30,12 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// A daemon in a new directory, whose files may be image sources (its state directory,
+    /// `var`, never is).
     fn start() -> Daemon {
-        Daemon::start_in(tempfile::tempdir().unwrap())
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("volcache.toml"), "image_source_dirs = [\".\"]\n").unwrap();
+        Daemon::start_in(dir)
     }
 
     /// Stops the daemon with SIGTERM and starts a new one on the same state directory.

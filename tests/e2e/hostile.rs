@@ -132,3 +132,57 @@ fn sigterm_stops_the_daemon_with_event_clients_and_a_stuck_fill() {
         request_json(&d.addr, "POST", "/v1/volumes", Some(serde_json::json!({"image_id": "img", "size": 1}))).unwrap();
     assert_eq!((status, v["cache"].as_str()), (201, Some("miss")), "{v}");
 }
+
+#[test]
+fn image_sources_are_confined_to_the_allowed_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("volcache.toml"), "image_source_dirs = [\".\"]\n").unwrap();
+    let root = dir.path().to_path_buf();
+    crate::fixtures::cloud_like_raw(&root.join("ok.raw"), 8 << 20);
+    std::os::unix::fs::symlink("/etc/passwd", root.join("passwd-link")).unwrap();
+    crate::fixtures::run("mkfifo", &[root.join("fifo").to_str().unwrap()]);
+    let d = Daemon::start_in(dir);
+    std::fs::write(root.join("var/secret.key"), b"the daemon's own secret").unwrap();
+    let register = |id: &str, source: &std::path::Path| {
+        let body = serde_json::json!({"id": id, "name": id, "source": source, "disk_format": "raw"});
+        request_json(&d.addr, "POST", "/v1/images", Some(body)).unwrap()
+    };
+    for (id, source) in [
+        ("shadow", std::path::PathBuf::from("/etc/shadow")),
+        ("link", root.join("passwd-link")),
+        ("catalog", root.join("var/catalog.redb")),
+        ("key", root.join("var/secret.key")),
+    ] {
+        let (status, body) = register(id, &source);
+        assert_eq!((status, body["error"]["code"].as_str()), (403, Some("source_not_allowed")), "{id}: {body}");
+    }
+    // A FIFO is refused at once, not read (which would block until a writer came).
+    let (status, body) = register("fifo", &root.join("fifo"));
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("FIFO"), "{body}");
+
+    // Allowed at registration, then swapped for a link out of the allowed directory: the fill
+    // checks again.
+    assert_eq!(register("ok", &root.join("ok.raw")).0, 201);
+    std::fs::remove_file(root.join("ok.raw")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", root.join("ok.raw")).unwrap();
+    let (status, body) =
+        request_json(&d.addr, "POST", "/v1/volumes", Some(serde_json::json!({"image_id": "ok", "size": 1}))).unwrap();
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("source_not_allowed")), "{body}");
+
+    // `volcache convert` reads what its caller names, but only regular files.
+    let out = crate::fixtures::volcache(&["convert", "/dev/zero", root.join("zero.raw").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("character device"), "{:?}", out);
+}
+
+#[test]
+fn without_image_source_dirs_file_sources_are_refused_with_the_way_to_allow_them() {
+    let d = Daemon::start_in(tempfile::tempdir().unwrap());
+    let image = d._dir.path().join("img.raw");
+    crate::fixtures::cloud_like_raw(&image, 8 << 20);
+    let body = serde_json::json!({"id": "img", "name": "img", "source": image, "disk_format": "raw"});
+    let (status, body) = request_json(&d.addr, "POST", "/v1/images", Some(body)).unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("image_source_dirs"), "{body}");
+}

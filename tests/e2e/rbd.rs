@@ -267,7 +267,7 @@ fn daemon_start_up_frees_evicted_volumes_whose_clones_went_while_it_was_down() {
     cloud_like_raw(&dir.path().join("img.raw"), 8 * MIB);
     std::fs::write(
         dir.path().join("volcache.toml"),
-        format!("[backend]\nkind = \"rbd\"\nrbd_ceph_conf = {:?}\nrbd_image_prefix = {prefix:?}\n", ceph_conf()),
+        format!("image_source_dirs = [\".\"]\n[backend]\nkind = \"rbd\"\nrbd_ceph_conf = {:?}\nrbd_image_prefix = {prefix:?}\n", ceph_conf()),
     )
     .unwrap();
     let d = Daemon::start_in(dir);
@@ -309,7 +309,7 @@ fn daemon_on_rbd_serves_hits_as_snapshot_clones_and_frees_evicted_entries_with_t
     std::fs::write(
         dir.path().join("volcache.toml"),
         format!(
-            "[backend]\nkind = \"rbd\"\nrbd_pool = \"rbd\"\nrbd_ceph_conf = {:?}\nrbd_image_prefix = {prefix:?}\n",
+            "image_source_dirs = [\".\"]\n[backend]\nkind = \"rbd\"\nrbd_pool = \"rbd\"\nrbd_ceph_conf = {:?}\nrbd_image_prefix = {prefix:?}\n",
             ceph_conf()
         ),
     )

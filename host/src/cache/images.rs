@@ -56,6 +56,11 @@ impl CacheService {
         if !valid_id(&id) {
             return Err(invalid("id: use 1-128 letters, digits, '-' or '_'"));
         }
+        let location = self
+            .config
+            .file_sources
+            .confine(location)
+            .map_err(|source| CacheError::Image { image_id: id.clone(), source })?;
         if self.catalog.read(|r| r.image(&id))?.is_some() {
             return Err(CacheError::Conflict(format!("image {id} already exists")));
         }
@@ -91,6 +96,11 @@ impl CacheService {
         let probed = match &patch.source {
             Some(source) => {
                 let location = Location::parse(source).map_err(|e| invalid(format!("source: {e}")))?;
+                let location = self
+                    .config
+                    .file_sources
+                    .confine(location)
+                    .map_err(|source| CacheError::Image { image_id: id.to_string(), source })?;
                 let (_, size) = probe(&location, Some(current.disk_format), None)
                     .map_err(|source| CacheError::Image { image_id: id.to_string(), source })?;
                 Some((source.clone(), size))

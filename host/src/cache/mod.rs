@@ -77,6 +77,8 @@ pub struct CacheConfig {
     pub spool_dir: PathBuf,
     /// How long a request waits for another request's fill of the same image.
     pub fill_wait: Duration,
+    /// Which local files may be image sources (`image_source_dirs`).
+    pub file_sources: crate::image::source::FileSources,
 }
 
 /// The default of [`CacheConfig::fill_wait`].

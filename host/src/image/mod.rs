@@ -37,6 +37,9 @@ pub enum ImageError {
     Download(String),
     #[error("writing the output: {0}")]
     Write(#[source] io::Error),
+    /// The daemon's configuration does not allow this source.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl ImageError {

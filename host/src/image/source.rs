@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use md5::Md5;
@@ -217,14 +217,84 @@ fn stream(url: &str, token: Option<&str>) -> Result<Opened, ImageError> {
     Ok(Opened::Stream { reader: Box::new(response.into_reader()), len })
 }
 
+/// Opens a file that must be a regular file. It is opened without blocking (a FIFO would
+/// otherwise block the open until a writer comes) and checked with `fstat` before any read, so
+/// FIFOs, devices (`/dev/zero`), sockets and directories are refused at once.
+pub fn open_regular(path: &Path) -> Result<File, ImageError> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| ImageError::io(&format!("opening {}", path.display()), e))?;
+    let kind = file.metadata().map_err(|e| ImageError::io(&format!("examining {}", path.display()), e))?.file_type();
+    let what = if kind.is_file() {
+        return Ok(file);
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    };
+    Err(ImageError::Unsupported(format!("{} is {what}; image sources must be regular files", path.display())))
+}
+
+/// Which local files may be image sources: the daemon reads only what its operator allowed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileSources {
+    /// Any file the process can read (the `volcache convert` command: the caller chose it).
+    Any,
+    /// Files under `dirs` (after resolving symlinks), and never under `except` (the daemon's
+    /// state directory: its catalog, keys and tokens).
+    Within { dirs: Vec<PathBuf>, except: Vec<PathBuf> },
+}
+
+impl FileSources {
+    /// The location to read: for a file, its canonical path once it passed the check, so a
+    /// symlink swapped in later is not followed out of the allowed directories.
+    pub fn confine(&self, location: Location) -> Result<Location, ImageError> {
+        let (Location::File(path), FileSources::Within { dirs, except }) = (&location, self) else {
+            return Ok(location);
+        };
+        if dirs.is_empty() {
+            return Err(ImageError::Forbidden(format!(
+                "{}: file sources are disabled; list the directories images may come from in image_source_dirs",
+                path.display()
+            )));
+        }
+        let real =
+            std::fs::canonicalize(path).map_err(|e| ImageError::io(&format!("resolving {}", path.display()), e))?;
+        if except.iter().any(|d| real.starts_with(d)) {
+            return Err(ImageError::Forbidden(format!(
+                "{} is inside the daemon's state directory; it cannot be an image source",
+                path.display()
+            )));
+        }
+        if !dirs.iter().any(|d| real.starts_with(d)) {
+            let allowed: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+            return Err(ImageError::Forbidden(format!(
+                "{} (resolved to {}) is outside image_source_dirs ({}); add its directory there to allow it",
+                path.display(),
+                real.display(),
+                allowed.join(", ")
+            )));
+        }
+        Ok(Location::File(real))
+    }
+}
+
 /// Opens `location`; for Glance, also returns the image's metadata. `token` is sent to Glance
 /// as `X-Auth-Token`.
 pub fn open(location: &Location, token: Option<&str>) -> Result<(Opened, Metadata), ImageError> {
     match location {
-        Location::File(path) => {
-            let file = File::open(path).map_err(|e| ImageError::io(&format!("opening {}", path.display()), e))?;
-            Ok((Opened::File(file), Metadata::default()))
-        }
+        Location::File(path) => Ok((Opened::File(open_regular(path)?), Metadata::default())),
         Location::Url(url) => Ok((stream(url, None)?, Metadata::default())),
         Location::Glance { endpoint, image_id } => {
             let url = format!("{endpoint}/v2/images/{image_id}");

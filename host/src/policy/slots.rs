@@ -180,7 +180,7 @@ impl PolicySet {
                 (Filler::Builtin(b), "builtin".to_string())
             }
             PolicySource::File(path) => {
-                let bytes = std::fs::read(&path).map_err(|source| LoadError::Read { path: path.clone(), source })?;
+                let bytes = read_plugin_file(&path)?;
                 (Filler::Wasm(self.load_wasm(slot, &bytes, params.clone())?), path.display().to_string())
             }
             PolicySource::Bytes(bytes) => {
@@ -459,4 +459,31 @@ fn status_of(slot: Slot, filled: &Filled, stats: StatsSnapshot) -> SlotStatus {
         params: filled.params.clone(),
         stats,
     }
+}
+
+/// The largest plugin file read from disk; larger is refused before it is read.
+pub const MAX_PLUGIN_FILE: u64 = 64 << 20;
+
+/// Reads a plugin file: a regular file only (a FIFO or `/dev/zero` is refused at once, never
+/// read), and at most [`MAX_PLUGIN_FILE`] bytes.
+fn read_plugin_file(path: &std::path::Path) -> Result<Vec<u8>, LoadError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let read_error = |source| LoadError::Read { path: path.to_path_buf(), source };
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
+    if !meta.is_file() {
+        let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+        return Err(read_error(e));
+    }
+    if meta.len() > MAX_PLUGIN_FILE {
+        let e = std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} bytes; plugins may be at most {MAX_PLUGIN_FILE} bytes", meta.len()),
+        );
+        return Err(read_error(e));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_PLUGIN_FILE + 1).read_to_end(&mut bytes).map_err(read_error)?;
+    Ok(bytes)
 }

@@ -67,6 +67,9 @@ impl From<CacheError> for ApiError {
             CacheError::TooSmall { .. } => (StatusCode::BAD_REQUEST, "volume_too_small"),
             CacheError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             CacheError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            CacheError::Image { source: crate::image::ImageError::Forbidden(_), .. } => {
+                (StatusCode::FORBIDDEN, "source_not_allowed")
+            }
             CacheError::WaitTimedOut { .. } => (StatusCode::SERVICE_UNAVAILABLE, "fill_wait_timeout"),
             // Nobody reads this answer; a status that says so, for the access log.
             CacheError::Cancelled => (StatusCode::REQUEST_TIMEOUT, "client_gone"),
