@@ -69,9 +69,11 @@ fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let dir = tempfile::tempdir().unwrap();
     let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    // The images are files in the daemon's directory, which it must be allowed to read.
+    std::fs::write(dir.path().join("volcache.toml"), "image_source_dirs = [\".\"]\n").unwrap();
     let _daemon = Daemon(
         Command::new(env!("CARGO_BIN_EXE_volcache"))
-            .args(["serve", "--listen", &addr])
+            .args(["serve", "--config", "volcache.toml", "--listen", &addr])
             .current_dir(dir.path())
             .env("VOLCACHE_ADMIN_TOKEN", TOKEN)
             .env("RUST_LOG", "error")

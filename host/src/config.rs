@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::image::source::FileSources;
+
 use crate::cache::{CacheConfig, InternalTenant};
 use crate::policy::{Builtin, CinderLimits, EngineOptions, PolicySource, PolicySpec, SizeBasis, Slot};
 use crate::sparse::WriteMode;
@@ -47,6 +49,11 @@ pub struct RawConfig {
     /// Directories whose files may be image sources (default: none; URLs and Glance work).
     #[serde(default)]
     pub image_source_dirs: Vec<PathBuf>,
+    /// Directories whose files may be named as plugins (default: none; uploads work).
+    #[serde(default)]
+    pub plugin_dirs: Vec<PathBuf>,
+    #[serde(default)]
+    pub sources: RawSources,
     #[serde(default)]
     pub api: RawApi,
     #[serde(default)]
@@ -60,6 +67,20 @@ pub struct RawConfig {
 }
 
 /// `[api]`: which routes need no token.
+/// `[sources]`: bounds on image downloads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSources {
+    /// No byte for this long fails the download (default 60).
+    pub idle_timeout_seconds: Option<u64>,
+    /// Slower than this, averaged over 30 s, fails the download (default 65536; 0: off).
+    pub min_bytes_per_second: Option<u64>,
+    /// The longest a download may take (default 21600, six hours; 0: no limit).
+    pub deadline_seconds: Option<u64>,
+    /// The window over which the minimum rate is measured (default 30).
+    pub window_seconds: Option<u64>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawApi {
@@ -168,6 +189,8 @@ pub struct Config {
     pub slots: Vec<(Slot, PolicySpec)>,
     /// After SIGTERM, how long requests in flight may finish before the daemon exits anyway.
     pub shutdown_grace: std::time::Duration,
+    /// Which plugin files a client may name (`plugin_dirs`).
+    pub plugin_sources: FileSources,
 }
 
 impl Config {
@@ -224,6 +247,21 @@ impl RawConfig {
             }
             engine.call_deadline = Duration::from_millis(ms);
         }
+        // The state directory may not exist yet; its absolute path is what matters.
+        let state_abs = std::fs::canonicalize(&state_dir).unwrap_or_else(|_| {
+            std::env::current_dir().map(|d| d.join(&state_dir)).unwrap_or_else(|_| state_dir.clone())
+        });
+        let allowed = |key: &'static str, list: &[PathBuf]| -> Result<FileSources, ConfigError> {
+            let mut dirs = Vec::new();
+            for (i, dir) in list.iter().enumerate() {
+                let real = std::fs::canonicalize(dir)
+                    .map_err(|e| invalid(format!("{key}[{i}]"), format!("{}: {e}", dir.display())))?;
+                dirs.push(real);
+            }
+            Ok(FileSources::Within { key, dirs, except: vec![state_abs.clone()] })
+        };
+        let file_sources = allowed("image_source_dirs", &self.image_source_dirs)?;
+        let plugin_sources = allowed("plugin_dirs", &self.plugin_dirs)?;
         let mut slots = Vec::new();
         for (name, raw) in self.policy.slots {
             let key = format!("policy.slots.{name}");
@@ -232,7 +270,9 @@ impl RawConfig {
                 (Some(b), None) => PolicySource::Builtin(
                     b.parse::<Builtin>().map_err(|e| invalid(format!("{key}.builtin"), e.to_string()))?,
                 ),
-                (None, Some(path)) => PolicySource::File(path),
+                (None, Some(path)) => PolicySource::File(
+                    plugin_sources.confine_path(&path).map_err(|e| invalid(format!("{key}.plugin"), e.to_string()))?,
+                ),
                 _ => return Err(invalid(&key, "set exactly one of `builtin` and `plugin`")),
             };
             let params = raw
@@ -334,18 +374,21 @@ impl RawConfig {
                 quota_volumes: t.quota_volumes.unwrap_or(0),
             },
             spool_dir: state_dir.join("spool"),
-            file_sources: {
-                let mut dirs = Vec::new();
-                for (i, dir) in self.image_source_dirs.iter().enumerate() {
-                    let real = std::fs::canonicalize(dir)
-                        .map_err(|e| invalid(format!("image_source_dirs[{i}]"), format!("{}: {e}", dir.display())))?;
-                    dirs.push(real);
-                }
-                // The state directory may not exist yet; its absolute path is what matters.
-                let state = std::fs::canonicalize(&state_dir).unwrap_or_else(|_| {
-                    std::env::current_dir().map(|d| d.join(&state_dir)).unwrap_or_else(|_| state_dir.clone())
-                });
-                crate::image::source::FileSources::Within { dirs, except: vec![state] }
+            file_sources,
+            source_limits: crate::image::source::SourceLimits {
+                idle: match self.sources.idle_timeout_seconds {
+                    Some(0) => return Err(invalid("sources.idle_timeout_seconds", "must be at least 1")),
+                    s => std::time::Duration::from_secs(s.unwrap_or(60)),
+                },
+                min_bytes_per_second: self.sources.min_bytes_per_second.unwrap_or(64 << 10),
+                window: match self.sources.window_seconds {
+                    Some(0) => return Err(invalid("sources.window_seconds", "must be at least 1")),
+                    s => std::time::Duration::from_secs(s.unwrap_or(30)),
+                },
+                deadline: match self.sources.deadline_seconds.unwrap_or(6 * 3600) {
+                    0 => None,
+                    s => Some(std::time::Duration::from_secs(s)),
+                },
             },
             fill_wait: match self.cache.fill_wait_seconds {
                 Some(0) => return Err(invalid("cache.fill_wait_seconds", "must be at least 1")),
@@ -369,6 +412,7 @@ impl RawConfig {
             engine,
             slots,
             shutdown_grace,
+            plugin_sources,
         })
     }
 }

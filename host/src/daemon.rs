@@ -145,7 +145,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     // reported and the configured policy keeps the slot.
     for (slot, choice) in catalog.read(|r| r.policy_choices())? {
         let Ok(slot) = slot.parse::<crate::policy::Slot>() else { continue };
-        match policies::stored_spec(&plugin_dir, &choice)
+        match policies::stored_spec(&plugin_dir, &config.plugin_sources, &choice)
             .and_then(|spec| policies.swap(slot, spec).map_err(|e| e.to_string()))
         {
             Ok(status) => tracing::info!(%slot, policy = %status.name, "restored the policy chosen at run time"),
@@ -157,7 +157,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let cache = Arc::new(CacheService::new(catalog, backend, policies, config.cache.clone()));
     let reconciled = cache.reconcile()?;
     tracing::info!(?reconciled, "start-up reconciliation done");
-    let state = AppState::new(cache, &token, plugin_dir, config.api);
+    let state = AppState::new(cache, &token, plugin_dir, config.api).with_plugin_sources(config.plugin_sources.clone());
     if !config.listen.ip().is_loopback() {
         tracing::warn!(
             listen = %config.listen,

@@ -43,6 +43,7 @@ pub fn config(spool: &Path) -> CacheConfig {
         spool_dir: spool.to_path_buf(),
         fill_wait: volcache::cache::DEFAULT_FILL_WAIT,
         file_sources: volcache::image::source::FileSources::Any,
+        source_limits: Default::default(),
     }
 }
 
@@ -69,7 +70,8 @@ impl Harness {
     }
 
     pub fn register(&self, id: &str, source: &str) -> ImageRecord {
-        let (disk_format, virtual_size) = probe(&Location::parse(source).unwrap(), None, None).unwrap();
+        let (disk_format, virtual_size) =
+            probe(&Location::parse(source).unwrap(), None, None, &Default::default()).unwrap();
         let stamp = volcache::cache::timestamp();
         let image = ImageRecord {
             id: id.into(),

@@ -256,3 +256,54 @@ fn damaged_qcow2_never_panics() {
         }
     }
 }
+
+#[test]
+fn foreign_container_formats_are_refused_by_name_not_copied_as_raw() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("vdi", &[], "VDI"),
+        ("qed", &[], "QED"),
+        ("parallels", &[], "Parallels"),
+        ("vmdk", &[], "VMDK"),
+        ("vmdk", &["-o", "subformat=streamOptimized"], "VMDK"),
+        ("vmdk", &["-o", "subformat=monolithicFlat"], "VMDK (text descriptor)"),
+        ("vhdx", &[], "VHDX"),
+        ("vpc", &[], "VHD"),
+        ("luks", &["--object", "secret,id=sec0,data=volcache", "-o", "key-secret=sec0"], "LUKS"),
+    ];
+    for (i, (format, extra, name)) in cases.iter().enumerate() {
+        let src = dir.path().join(format!("{i}.{format}"));
+        let mut args = vec!["create", "-q", "-f", format];
+        args.extend_from_slice(extra);
+        args.extend([src.to_str().unwrap(), "16M"]);
+        run("qemu-img", &args);
+        let dst = dir.path().join(format!("{i}.raw"));
+        for declared in ["auto", "raw"] {
+            let out = volcache(&["convert", "--format", declared, src.to_str().unwrap(), dst.to_str().unwrap()]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{format} {extra:?} was converted as {declared}");
+            assert!(stderr.contains(name) && stderr.contains("does not decode"), "{format}: {stderr}");
+            assert!(!dst.exists(), "{format}: nothing is left behind");
+        }
+    }
+}
+
+#[test]
+fn a_reader_that_stops_early_does_not_fail_a_successful_conversion() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.raw");
+    cloud_like_raw(&src, 8 * MIB);
+    let dst = dir.path().join("dst.raw");
+    // stdout is a pipe whose reader has gone: every write is EPIPE.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_volcache"))
+        .args(["convert", src.to_str().unwrap(), dst.to_str().unwrap()])
+        .stdout(std::process::Stdio::from(writer))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("panicked"), "{:?}: {stderr}", out.status);
+    assert_same_bytes(&src, &dst);
+}

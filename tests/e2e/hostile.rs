@@ -186,3 +186,73 @@ fn without_image_source_dirs_file_sources_are_refused_with_the_way_to_allow_them
     assert_eq!(status, 403, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("image_source_dirs"), "{body}");
 }
+
+/// A server that announces 8 MiB and sends 64 bytes every 50 ms (about 1.3 KB/s).
+fn trickling_server() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8388608\r\nConnection: close\r\n\r\n");
+                for _ in 0..2000 {
+                    if stream.write_all(&[0x5a; 64]).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_trickling_source_fails_at_the_minimum_rate_or_the_deadline() {
+    let addr = trickling_server();
+    for (config, expect) in [
+        ("[sources]\nmin_bytes_per_second = 100000\nwindow_seconds = 1\n", "below the minimum"),
+        ("[sources]\nmin_bytes_per_second = 0\ndeadline_seconds = 1\n", "longer than 1 s"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("volcache.toml"), config).unwrap();
+        let d = Daemon::start_in(dir);
+        let body = serde_json::json!({"id": "slow", "name": "slow", "source": format!("http://{addr}/slow.raw"), "disk_format": "raw"});
+        let (status, body) = request_json(&d.addr, "POST", "/v1/images", Some(body)).unwrap();
+        assert_eq!(status, 422, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(expect), "{expect}: {body}");
+        assert_eq!(request_json(&d.addr, "GET", "/healthz", None).unwrap().0, 200, "the daemon keeps serving");
+    }
+}
+
+#[test]
+fn plugin_files_are_confined_to_plugin_dirs_and_must_be_regular() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins-ok");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::write(dir.path().join("volcache.toml"), format!("plugin_dirs = [{:?}]\n", plugins)).unwrap();
+    std::fs::copy(crate::fixtures::plugin("lru"), plugins.join("lru.wasm")).unwrap();
+    crate::fixtures::run("mkfifo", &[plugins.join("fifo.wasm").to_str().unwrap()]);
+    std::os::unix::fs::symlink("/dev/zero", plugins.join("zero.wasm")).unwrap();
+    let d = Daemon::start_in(dir);
+    let put = |path: &std::path::Path| {
+        let body = serde_json::json!({"plugin": path});
+        request_json(&d.addr, "PUT", "/v1/policies/eviction", Some(body)).unwrap()
+    };
+    let (status, body) = put(std::path::Path::new("/etc/passwd"));
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("source_not_allowed")), "{body}");
+    let (status, body) = put(&plugins.join("zero.wasm"));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("source_not_allowed")),
+        "/dev/zero via a link: {body}"
+    );
+    // A FIFO is refused at once, and the swap lock is not held: the next swap works.
+    let (status, body) = put(&plugins.join("fifo.wasm"));
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = put(&plugins.join("lru.wasm"));
+    assert_eq!(status, 200, "{body}");
+}

@@ -52,6 +52,7 @@ pub fn cache_service(catalog: Arc<Catalog>, backend: Arc<dyn Backend>, spool_dir
         spool_dir: spool_dir.to_path_buf(),
         fill_wait: volcache::cache::DEFAULT_FILL_WAIT,
         file_sources: volcache::image::source::FileSources::Any,
+        source_limits: Default::default(),
     };
     CacheService::new(catalog, backend, policies, config)
 }

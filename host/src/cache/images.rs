@@ -64,7 +64,7 @@ impl CacheService {
         if self.catalog.read(|r| r.image(&id))?.is_some() {
             return Err(CacheError::Conflict(format!("image {id} already exists")));
         }
-        let (_, virtual_size) = probe(&location, Some(new.disk_format), None)
+        let (_, virtual_size) = probe(&location, Some(new.disk_format), None, &self.config.source_limits)
             .map_err(|source| CacheError::Image { image_id: id.clone(), source })?;
         let stamp = timestamp();
         let image = ImageRecord {
@@ -101,7 +101,7 @@ impl CacheService {
                     .file_sources
                     .confine(location)
                     .map_err(|source| CacheError::Image { image_id: id.to_string(), source })?;
-                let (_, size) = probe(&location, Some(current.disk_format), None)
+                let (_, size) = probe(&location, Some(current.disk_format), None, &self.config.source_limits)
                     .map_err(|source| CacheError::Image { image_id: id.to_string(), source })?;
                 Some((source.clone(), size))
             }

@@ -79,6 +79,8 @@ pub struct CacheConfig {
     pub fill_wait: Duration,
     /// Which local files may be image sources (`image_source_dirs`).
     pub file_sources: crate::image::source::FileSources,
+    /// Bounds on downloads (`[sources]`).
+    pub source_limits: crate::image::source::SourceLimits,
 }
 
 /// The default of [`CacheConfig::fill_wait`].
@@ -313,6 +315,7 @@ impl CacheService {
             expected: crate::image::source::Expected { md5: image.checksum.clone(), hash: None },
             token: std::env::var("OS_AUTH_TOKEN").ok().filter(|t| !t.is_empty()),
             length: None,
+            limits: self.config.source_limits,
         }
     }
 

@@ -263,6 +263,9 @@ fn convert(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         expected: Expected { md5: args.md5.map(|m| m.to_ascii_lowercase()), hash },
         token: std::env::var("OS_AUTH_TOKEN").ok().filter(|t| !t.is_empty()),
         length: None,
+        // A person at a terminal sees the progress and can stop a slow download; only the idle
+        // timeout applies.
+        limits: Default::default(),
     };
     let location = Location::parse(&args.src)?;
     let show = !args.json && std::io::stderr().is_terminal();
@@ -284,21 +287,31 @@ fn convert(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     if show {
         eprint!("\r{:60}\r", "");
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let text = if args.json {
+        serde_json::to_string_pretty(&report)? + "\n"
     } else {
-        println!("converted {} to thin raw: {}", report.format, args.dst.display());
-        println!("  virtual size   {}", human(report.virtual_size));
-        println!("  read           {}", human(report.bytes_read));
-        println!("  data written   {}", human(report.write.data_bytes_written));
-        println!("  zeros skipped  {}", human(report.write.zero_bytes_skipped));
         let how = match report.holes_from {
             HolesFrom::SeekData => "found with SEEK_DATA, never read",
             HolesFrom::Qcow2Tables => "from the qcow2 tables, never read",
             HolesFrom::None => "the source was read in full",
         };
-        println!("  holes skipped  {} ({how})", human(report.write.hole_bytes_skipped));
-        println!("  elapsed        {:.2} s ({:.0} MiB/s)", report.elapsed_seconds, report.throughput_mib_s);
+        [
+            format!("converted {} to thin raw: {}", report.format, args.dst.display()),
+            format!("  virtual size   {}", human(report.virtual_size)),
+            format!("  read           {}", human(report.bytes_read)),
+            format!("  data written   {}", human(report.write.data_bytes_written)),
+            format!("  zeros skipped  {}", human(report.write.zero_bytes_skipped)),
+            format!("  holes skipped  {} ({how})", human(report.write.hole_bytes_skipped)),
+            format!("  elapsed        {:.2} s ({:.0} MiB/s)", report.elapsed_seconds, report.throughput_mib_s),
+        ]
+        .join("\n")
+            + "\n"
+    };
+    // The conversion succeeded; a reader that stopped reading (`| head -1`) changes nothing.
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -30,11 +30,14 @@ pub struct ConvertOptions {
     /// The output's final length, if longer than the image (a volume larger than its image);
     /// `None`: the image's virtual size.
     pub length: Option<u64>,
+    /// Bounds on a download.
+    pub limits: source::SourceLimits,
 }
 
 impl Default for ConvertOptions {
     fn default() -> Self {
         ConvertOptions {
+            limits: source::SourceLimits::default(),
             format: None,
             min_sparse: DEFAULT_MIN_SPARSE,
             mode: WriteMode::Thin,
@@ -140,7 +143,7 @@ pub fn write_image(
 ) -> Result<ConvertReport, ImageError> {
     check_min_sparse(opts.min_sparse)?;
     let started = Instant::now();
-    let (opened, meta) = source::open(src, opts.token.as_deref())?;
+    let (opened, meta) = source::open(src, opts.token.as_deref(), &opts.limits)?;
     let declared = opts.format.or(meta.disk_format);
     let mut expected = meta.expected;
     if opts.expected.md5.is_some() {
@@ -316,8 +319,9 @@ pub fn probe(
     src: &Location,
     declared: Option<DiskFormat>,
     token: Option<&str>,
+    limits: &source::SourceLimits,
 ) -> Result<(DiskFormat, u64), ImageError> {
-    let (opened, meta) = source::open(src, token)?;
+    let (opened, meta) = source::open(src, token, limits)?;
     let declared = declared.or(meta.disk_format);
     let (head, len) = match opened {
         Opened::File(file) => {

@@ -127,20 +127,45 @@ impl FromStr for DiskFormat {
 }
 
 /// The format the first bytes say. Anything that is not qcow2 is raw, as for qemu-img, except
-/// that other well-known image magics are refused rather than copied as raw bytes.
+/// that every other container format we know of is refused by name rather than copied out as
+/// the container's raw bytes (Glance's and Nova's defence against format confusion). An ISO is
+/// raw and fine.
 pub fn detect(head: &[u8]) -> Result<DiskFormat, ImageError> {
     if head.starts_with(&qcow2::MAGIC) {
         return Ok(DiskFormat::Qcow2);
     }
-    const OTHERS: [(&[u8], &str); 3] = [(b"conectix", "VHD"), (b"vhdxfile", "VHDX"), (b"KDMV", "VMDK")];
-    for (magic, name) in OTHERS {
-        if head.starts_with(magic) {
-            return Err(ImageError::Unsupported(format!(
-                "{name} images are not supported; convert them to qcow2 or raw"
-            )));
-        }
+    if let Some(name) = foreign_format(head) {
+        return Err(ImageError::Unsupported(format!(
+            "this is a {name} image, which volcache does not decode; convert it to qcow2 or raw first \
+             (qemu-img convert -O qcow2 ...)"
+        )));
     }
     Ok(DiskFormat::Raw)
+}
+
+/// The name of a container format that `head` starts with, other than qcow2.
+fn foreign_format(head: &[u8]) -> Option<&'static str> {
+    const AT_START: [(&[u8], &str); 11] = [
+        (b"conectix", "VHD (vpc)"),
+        (b"vhdxfile", "VHDX"),
+        (b"KDMV", "VMDK (sparse extent)"),
+        (b"COWD", "VMDK (VMware 3 COW)"),
+        (b"# Disk DescriptorFile", "VMDK (text descriptor)"),
+        (b"QED\0", "QED"),
+        (b"WithoutFreeSpace", "Parallels"),
+        (b"WithouFreSpacExt", "Parallels"),
+        (b"LUKS\xba\xbe", "LUKS (encrypted)"),
+        (b"Bochs Virtual HD Image", "Bochs"),
+        (b"#!/bin/sh\n#V2.0 Format", "cloop"),
+    ];
+    if let Some((_, name)) = AT_START.iter().find(|(magic, _)| head.starts_with(magic)) {
+        return Some(name);
+    }
+    // VDI: its text banner varies; the signature at offset 64 does not.
+    if head.get(64..68) == Some(&0xbeda_107f_u32.to_le_bytes()[..]) {
+        return Some("VDI (VirtualBox)");
+    }
+    None
 }
 
 /// Checks a detected format against the declared one (`None` accepts any).

@@ -177,8 +177,75 @@ pub struct Metadata {
     pub expected: Expected,
 }
 
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(10)).timeout_read(Duration::from_secs(60)).build()
+/// Bounds on a download, so a source that stalls or trickles cannot hold a registration or a
+/// fill (and every request waiting for it) for hours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceLimits {
+    /// No byte for this long: the download fails.
+    pub idle: Duration,
+    /// Fewer bytes than this per second, averaged over `window`: the download fails (0: off).
+    pub min_bytes_per_second: u64,
+    pub window: Duration,
+    /// The whole download, from the request to the last byte.
+    pub deadline: Option<Duration>,
+}
+
+impl Default for SourceLimits {
+    fn default() -> Self {
+        SourceLimits {
+            idle: Duration::from_secs(60),
+            min_bytes_per_second: 0,
+            window: Duration::from_secs(30),
+            deadline: None,
+        }
+    }
+}
+
+/// A download reader that enforces [`SourceLimits`] (the idle timeout is the socket's).
+struct Paced<R> {
+    inner: R,
+    url: String,
+    limits: SourceLimits,
+    started: std::time::Instant,
+    window_start: std::time::Instant,
+    window_bytes: u64,
+}
+
+impl<R: Read> Read for Paced<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let too_slow = |message: String| std::io::Error::new(std::io::ErrorKind::TimedOut, message);
+        if let Some(deadline) = self.limits.deadline {
+            if self.started.elapsed() > deadline {
+                return Err(too_slow(format!(
+                    "{}: the download took longer than {} s (source_deadline_seconds)",
+                    self.url,
+                    deadline.as_secs()
+                )));
+            }
+        }
+        let n = self.inner.read(buf)?;
+        self.window_bytes += n as u64;
+        let window = self.window_start.elapsed();
+        if window >= self.limits.window {
+            let wanted = self.limits.min_bytes_per_second.saturating_mul(window.as_secs());
+            if self.window_bytes < wanted {
+                return Err(too_slow(format!(
+                    "{}: {} bytes in the last {} s, below the minimum of {} bytes/s (source_min_bytes_per_second)",
+                    self.url,
+                    self.window_bytes,
+                    window.as_secs(),
+                    self.limits.min_bytes_per_second
+                )));
+            }
+            self.window_start = std::time::Instant::now();
+            self.window_bytes = 0;
+        }
+        Ok(n)
+    }
+}
+
+fn agent(limits: &SourceLimits) -> ureq::Agent {
+    ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(10)).timeout_read(limits.idle).build()
 }
 
 fn http_error(url: &str, e: ureq::Error) -> ImageError {
@@ -207,14 +274,23 @@ fn http_error(url: &str, e: ureq::Error) -> ImageError {
     }
 }
 
-fn stream(url: &str, token: Option<&str>) -> Result<Opened, ImageError> {
-    let mut request = agent().get(url);
+fn stream(url: &str, token: Option<&str>, limits: &SourceLimits) -> Result<Opened, ImageError> {
+    let started = std::time::Instant::now();
+    let mut request = agent(limits).get(url);
     if let Some(token) = token {
         request = request.set("X-Auth-Token", token);
     }
     let response = request.call().map_err(|e| http_error(url, e))?;
     let len = response.header("Content-Length").and_then(|v| v.trim().parse().ok());
-    Ok(Opened::Stream { reader: Box::new(response.into_reader()), len })
+    let reader = Paced {
+        inner: response.into_reader(),
+        url: url.to_string(),
+        limits: *limits,
+        started,
+        window_start: std::time::Instant::now(),
+        window_bytes: 0,
+    };
+    Ok(Opened::Stream { reader: Box::new(reader), len })
 }
 
 /// Opens a file that must be a regular file. It is opened without blocking (a FIFO would
@@ -252,20 +328,24 @@ pub enum FileSources {
     /// Any file the process can read (the `volcache convert` command: the caller chose it).
     Any,
     /// Files under `dirs` (after resolving symlinks), and never under `except` (the daemon's
-    /// state directory: its catalog, keys and tokens).
-    Within { dirs: Vec<PathBuf>, except: Vec<PathBuf> },
+    /// state directory: its catalog, keys and tokens). `key` is the setting that lists `dirs`.
+    Within { key: &'static str, dirs: Vec<PathBuf>, except: Vec<PathBuf> },
 }
 
 impl FileSources {
     /// The location to read: for a file, its canonical path once it passed the check, so a
     /// symlink swapped in later is not followed out of the allowed directories.
     pub fn confine(&self, location: Location) -> Result<Location, ImageError> {
-        let (Location::File(path), FileSources::Within { dirs, except }) = (&location, self) else {
-            return Ok(location);
-        };
+        let Location::File(path) = &location else { return Ok(location) };
+        self.confine_path(path).map(Location::File)
+    }
+
+    /// A local path's canonical form, if this policy allows it.
+    pub fn confine_path(&self, path: &Path) -> Result<PathBuf, ImageError> {
+        let FileSources::Within { key, dirs, except } = self else { return Ok(path.to_path_buf()) };
         if dirs.is_empty() {
             return Err(ImageError::Forbidden(format!(
-                "{}: file sources are disabled; list the directories images may come from in image_source_dirs",
+                "{}: files are not allowed here; list the directories they may come from in {key}",
                 path.display()
             )));
         }
@@ -280,25 +360,25 @@ impl FileSources {
         if !dirs.iter().any(|d| real.starts_with(d)) {
             let allowed: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
             return Err(ImageError::Forbidden(format!(
-                "{} (resolved to {}) is outside image_source_dirs ({}); add its directory there to allow it",
+                "{} (resolved to {}) is outside {key} ({}); add its directory there to allow it",
                 path.display(),
                 real.display(),
                 allowed.join(", ")
             )));
         }
-        Ok(Location::File(real))
+        Ok(real)
     }
 }
 
 /// Opens `location`; for Glance, also returns the image's metadata. `token` is sent to Glance
 /// as `X-Auth-Token`.
-pub fn open(location: &Location, token: Option<&str>) -> Result<(Opened, Metadata), ImageError> {
+pub fn open(location: &Location, token: Option<&str>, limits: &SourceLimits) -> Result<(Opened, Metadata), ImageError> {
     match location {
         Location::File(path) => Ok((Opened::File(open_regular(path)?), Metadata::default())),
-        Location::Url(url) => Ok((stream(url, None)?, Metadata::default())),
+        Location::Url(url) => Ok((stream(url, None, limits)?, Metadata::default())),
         Location::Glance { endpoint, image_id } => {
             let url = format!("{endpoint}/v2/images/{image_id}");
-            let mut request = agent().get(&url);
+            let mut request = agent(limits).get(&url);
             if let Some(token) = token {
                 request = request.set("X-Auth-Token", token);
             }
@@ -317,7 +397,7 @@ pub fn open(location: &Location, token: Option<&str>) -> Result<(Opened, Metadat
                 _ => None,
             };
             let expected = Expected { md5: field("checksum").map(str::to_ascii_lowercase), hash };
-            let opened = stream(&format!("{url}/file"), token)?;
+            let opened = stream(&format!("{url}/file"), token, limits)?;
             Ok((opened, Metadata { disk_format, expected }))
         }
     }

@@ -24,7 +24,7 @@ use std::str::FromStr;
 pub use builtin::Builtin;
 pub use engine::{Compiled, EngineOptions, PolicyEngine};
 pub use plugin::{inspect, interface_name, Inspection, PluginInfo, WasmPlugin};
-pub use slots::{Decided, DecidedBy, Plan, PolicySet, PolicySource, PolicySpec, SlotStatus};
+pub use slots::{Decided, DecidedBy, Plan, PolicySet, PolicySource, PolicySpec, SlotStatus, MAX_PLUGIN_FILE};
 pub use stats::SlotStats;
 pub use volcache_policy_core::{CinderLimits, Entry, Need, SizeBasis};
 

@@ -461,8 +461,8 @@ fn status_of(slot: Slot, filled: &Filled, stats: StatsSnapshot) -> SlotStatus {
     }
 }
 
-/// The largest plugin file read from disk; larger is refused before it is read.
-pub const MAX_PLUGIN_FILE: u64 = 64 << 20;
+/// The largest plugin, uploaded or read from a file; a larger file is refused before it is read.
+pub const MAX_PLUGIN_FILE: u64 = 16 << 20;
 
 /// Reads a plugin file: a regular file only (a FIFO or `/dev/zero` is refused at once, never
 /// read), and at most [`MAX_PLUGIN_FILE`] bytes.

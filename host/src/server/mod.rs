@@ -29,7 +29,7 @@ pub use error::ApiError;
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Largest component accepted by `PUT /v1/policies/{slot}`.
-pub const MAX_PLUGIN_BYTES: usize = 16 << 20;
+pub const MAX_PLUGIN_BYTES: usize = crate::policy::MAX_PLUGIN_FILE as usize;
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone, Debug)]
@@ -43,6 +43,8 @@ pub struct AppState {
     token_digest: [u8; 32],
     /// Set when the daemon stops: event streams end.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Which plugin files a client may name in a swap (`plugin_dirs`; none by default).
+    pub plugin_sources: crate::image::source::FileSources,
 }
 
 impl AppState {
@@ -55,7 +57,15 @@ impl AppState {
         let (policy_events, _) = tokio::sync::broadcast::channel(64);
         let token_digest = Sha256::digest(token.as_bytes()).into();
         let stopping = Arc::new(tokio::sync::watch::channel(false).0);
-        AppState { cache, policy_events, plugin_dir, api, token_digest, stopping }
+        let plugin_sources =
+            crate::image::source::FileSources::Within { key: "plugin_dirs", dirs: Vec::new(), except: Vec::new() };
+        AppState { cache, policy_events, plugin_dir, api, token_digest, stopping, plugin_sources }
+    }
+
+    /// Allows clients to name plugin files under these directories.
+    pub fn with_plugin_sources(mut self, sources: crate::image::source::FileSources) -> Self {
+        self.plugin_sources = sources;
+        self
     }
 
     /// Set it to end every event stream (the daemon is stopping).

@@ -62,7 +62,17 @@ pub async fn put_policy(
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))?;
         let source = match (put.builtin, put.plugin) {
             (Some(b), None) => PolicySource::Builtin(b.parse()?),
-            (None, Some(p)) => PolicySource::File(p.into()),
+            (None, Some(p)) => {
+                let path = state.plugin_sources.confine_path(std::path::Path::new(&p)).map_err(|e| {
+                    let status = match e {
+                        crate::image::ImageError::Forbidden(_) => StatusCode::FORBIDDEN,
+                        _ => StatusCode::UNPROCESSABLE_ENTITY,
+                    };
+                    let code = if status == StatusCode::FORBIDDEN { "source_not_allowed" } else { "plugin_unreadable" };
+                    ApiError::new(status, code, e.to_string())
+                })?;
+                PolicySource::File(path)
+            }
             _ => {
                 return Err(ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -118,11 +128,18 @@ fn remember(
     cache.catalog().write(|w| w.put_policy_choice(&slot.to_string(), &choice)).map_err(|e| ApiError::internal(&e))
 }
 
-/// The policy spec a stored choice stands for.
-pub fn stored_spec(plugin_dir: &Path, choice: &PolicyChoice) -> Result<PolicySpec, String> {
+/// The policy spec a stored choice stands for. A plugin file named by a client must still be
+/// allowed by `plugin_dirs`.
+pub fn stored_spec(
+    plugin_dir: &Path,
+    allowed: &crate::image::source::FileSources,
+    choice: &PolicyChoice,
+) -> Result<PolicySpec, String> {
     let source = match &choice.source {
         StoredSource::Builtin { name } => PolicySource::Builtin(name.parse().map_err(|e: LoadError| e.to_string())?),
-        StoredSource::File { path } => PolicySource::File(path.into()),
+        StoredSource::File { path } => {
+            PolicySource::File(allowed.confine_path(Path::new(path)).map_err(|e| e.to_string())?)
+        }
         StoredSource::Upload { sha256 } => PolicySource::File(plugin_dir.join(format!("{sha256}.wasm"))),
     };
     Ok(PolicySpec { source, params: choice.params.clone() })
