@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::fs::File;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,38 +16,6 @@ use volcache::backend::file::FileBackend;
 use volcache::backend::Backend;
 use volcache::catalog::{CacheOutcome, Catalog};
 
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A loop-mounted XFS with reflink, unmounted on drop.
-struct Xfs {
-    _dir: tempfile::TempDir,
-    mnt: PathBuf,
-}
-
-impl Xfs {
-    fn new(size: u64) -> Xfs {
-        let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
-        std::fs::create_dir_all(&base).unwrap();
-        let dir = tempfile::tempdir_in(base).unwrap();
-        let img = dir.path().join("xfs.img");
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        File::create(&img).unwrap().set_len(size).unwrap();
-        run("mkfs.xfs", &["-q", "-m", "reflink=1", img.to_str().unwrap()]);
-        run("mount", &["-o", "loop", img.to_str().unwrap(), mnt.to_str().unwrap()]);
-        Xfs { _dir: dir, mnt }
-    }
-}
-
-impl Drop for Xfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).status();
-    }
-}
-
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     // (virtual size, data extents): the same layout at two sizes separates size from layout;
@@ -57,7 +23,7 @@ fn main() {
     let sizes: &[(u64, u64)] =
         if full { &[(GIB, 32), (8 * GIB, 32), (8 * GIB, 256)] } else { &[(64 * MIB, 4), (512 * MIB, 4)] };
     let hits_per_size = if full { 40 } else { 2 };
-    let xfs = Xfs::new(if full { 12 * GIB } else { GIB });
+    let xfs = common::Xfs::new(if full { 12 * GIB } else { GIB });
     let images = xfs.mnt.join("images");
     std::fs::create_dir_all(&images).unwrap();
     let catalog = Arc::new(Catalog::open(&xfs.mnt.join("catalog.redb")).unwrap());

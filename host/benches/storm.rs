@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,42 +21,6 @@ use volcache::backend::file::FileBackend;
 use volcache::backend::Backend;
 use volcache::cache::{CacheService, CreateVolume};
 use volcache::catalog::{CacheOutcome, Catalog};
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-struct Xfs {
-    _dir: tempfile::TempDir,
-    mnt: PathBuf,
-}
-
-impl Xfs {
-    fn new(size: u64) -> Xfs {
-        let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
-        std::fs::create_dir_all(&base).unwrap();
-        let dir = tempfile::tempdir_in(base).unwrap();
-        let (img, mnt) = (dir.path().join("xfs.img"), dir.path().join("mnt"));
-        std::fs::create_dir(&mnt).unwrap();
-        std::fs::File::create(&img).unwrap().set_len(size).unwrap();
-        run("mkfs.xfs", &["-q", "-m", "reflink=1", img.to_str().unwrap()]);
-        run("mount", &["-o", "loop", img.to_str().unwrap(), mnt.to_str().unwrap()]);
-        Xfs { _dir: dir, mnt }
-    }
-}
-
-impl Drop for Xfs {
-    fn drop(&mut self) {
-        for _ in 0..50 {
-            if Command::new("umount").arg(&self.mnt).status().is_ok_and(|s| s.success()) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-    }
-}
 
 /// Serves one image body under many paths and counts the GETs of each.
 struct Server {
@@ -134,7 +97,7 @@ fn hits_per_second(cache: &Arc<CacheService>, req: &CreateVolume, clients: usize
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (size, extents, storm_size) = if full { (GIB, 64, 100) } else { (64 * MIB, 4, 8) };
-    let xfs = Xfs::new(if full { 24 * GIB } else { 2 * GIB });
+    let xfs = common::Xfs::new(if full { 24 * GIB } else { 2 * GIB });
     let raw = xfs.mnt.join("image.raw");
     common::image(&raw, size, extents, 0);
     let server = Server::start(std::fs::read(&raw).unwrap());

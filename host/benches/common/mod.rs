@@ -3,7 +3,8 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -113,4 +114,45 @@ pub fn storm(cache: &Arc<CacheService>, requests: Vec<CreateVolume>) -> (Duratio
     let t = Instant::now();
     let outcomes: Vec<CacheOutcome> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     (t.elapsed(), outcomes)
+}
+
+#[allow(dead_code, reason = "the storm and cache benches use it, the rbd bench does not")]
+pub fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A loop-mounted XFS with reflink under target/, unmounted on drop (retried while busy,
+/// then detached lazily).
+#[allow(dead_code, reason = "the storm and cache benches use it, the rbd bench does not")]
+pub struct Xfs {
+    _dir: tempfile::TempDir,
+    pub mnt: PathBuf,
+}
+
+#[allow(dead_code, reason = "the storm and cache benches use it, the rbd bench does not")]
+impl Xfs {
+    pub fn new(size: u64) -> Xfs {
+        let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = tempfile::tempdir_in(base).unwrap();
+        let (img, mnt) = (dir.path().join("xfs.img"), dir.path().join("mnt"));
+        std::fs::create_dir(&mnt).unwrap();
+        std::fs::File::create(&img).unwrap().set_len(size).unwrap();
+        run("mkfs.xfs", &["-q", "-m", "reflink=1", img.to_str().unwrap()]);
+        run("mount", &["-o", "loop", img.to_str().unwrap(), mnt.to_str().unwrap()]);
+        Xfs { _dir: dir, mnt }
+    }
+}
+
+impl Drop for Xfs {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if Command::new("umount").arg(&self.mnt).status().is_ok_and(|s| s.success()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
 }
