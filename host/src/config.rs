@@ -88,6 +88,11 @@ pub struct RawApi {
     pub public_health: Option<bool>,
     /// `GET /metrics` without a token (default true).
     pub public_metrics: Option<bool>,
+    /// Seconds a client has to send a request's headers; also closes idle keep-alive
+    /// connections (default 10).
+    pub header_read_timeout_seconds: Option<u64>,
+    /// Open connections at most (default 1024; fewer if the file descriptor limit is lower).
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -167,11 +172,13 @@ pub struct RawSlot {
 pub struct ApiOptions {
     pub public_health: bool,
     pub public_metrics: bool,
+    /// Timeouts and the connection cap of the HTTP server.
+    pub http: crate::server::HttpLimits,
 }
 
 impl Default for ApiOptions {
     fn default() -> Self {
-        ApiOptions { public_health: true, public_metrics: true }
+        ApiOptions { public_health: true, public_metrics: true, http: crate::server::HttpLimits::default() }
     }
 }
 
@@ -396,9 +403,22 @@ impl RawConfig {
                 None => crate::cache::DEFAULT_FILL_WAIT,
             },
         };
+        let default_http = crate::server::HttpLimits::default();
         let api = ApiOptions {
             public_health: self.api.public_health.unwrap_or(true),
             public_metrics: self.api.public_metrics.unwrap_or(true),
+            http: crate::server::HttpLimits {
+                header_read_timeout: match self.api.header_read_timeout_seconds {
+                    Some(0) => return Err(invalid("api.header_read_timeout_seconds", "must be at least 1")),
+                    Some(s) => Duration::from_secs(s),
+                    None => default_http.header_read_timeout,
+                },
+                max_connections: match self.api.max_connections {
+                    Some(0) => return Err(invalid("api.max_connections", "must be at least 1")),
+                    Some(n) => n,
+                    None => default_http.max_connections,
+                },
+            },
         };
         let shutdown_grace = std::time::Duration::from_secs(self.shutdown_grace_seconds.unwrap_or(10));
         Ok(Config {

@@ -172,20 +172,22 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
         tracing::info!(listen = %listener.local_addr()?, "volcache serving");
         let stopping = state.stopping();
+        let http = state.api.http;
         let (signalled_tx, mut signalled) = tokio::sync::watch::channel(false);
-        let signal = async move {
+        tokio::spawn(async move {
             shutdown_signal().await;
-            // Event streams end now; requests in flight get the grace period.
+            // Event streams and idle connections end now; requests in flight get the grace
+            // period.
             stopping.send_replace(true);
             signalled_tx.send_replace(true);
-        };
-        let server = axum::serve(listener, app(state)).with_graceful_shutdown(signal);
+        });
+        let server = crate::server::serve_http(listener, app(state.clone()), http, state.stopping().subscribe());
         let deadline = async move {
             let _ = signalled.wait_for(|s| *s).await;
             tokio::time::sleep(grace).await;
         };
         tokio::select! {
-            served = server => served?,
+            () = server => {}
             () = deadline => tracing::warn!(
                 grace_s = grace.as_secs(),
                 "grace period over: stopping with requests in flight; start-up reconciliation finishes what they left"

@@ -15,7 +15,7 @@ use crate::cache_core::{limits, Core};
 use crate::daemon::TOKEN;
 
 fn state(core: &Core) -> AppState {
-    let api = ApiOptions { public_health: true, public_metrics: true };
+    let api = ApiOptions::default();
     AppState::new(core.cache.clone(), TOKEN, core.dir.path().join("plugins"), api)
 }
 

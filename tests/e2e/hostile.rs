@@ -19,7 +19,7 @@ use crate::daemon::{request_json, Daemon, TOKEN};
 use crate::overlap_http::StallingServer;
 
 async fn raw_call(core: &Core, request: Request<Body>) -> (u16, axum::http::HeaderMap, serde_json::Value) {
-    let api = ApiOptions { public_health: true, public_metrics: true };
+    let api = ApiOptions::default();
     let state = AppState::new(core.cache.clone(), TOKEN, core.dir.path().join("plugins"), api);
     let response = app(state).oneshot(request).await.unwrap();
     let (status, headers) = (response.status().as_u16(), response.headers().clone());
@@ -255,4 +255,56 @@ fn plugin_files_are_confined_to_plugin_dirs_and_must_be_regular() {
     assert_eq!(status, 422, "{body}");
     let (status, body) = put(&plugins.join("lru.wasm"));
     assert_eq!(status, 200, "{body}");
+}
+
+/// Reads until the server closes the connection; `true` if it did within `limit`.
+fn closed_by_server(stream: &mut TcpStream, limit: Duration) -> bool {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn idle_and_slow_header_connections_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("volcache.toml"), "[api]\nheader_read_timeout_seconds = 1\n").unwrap();
+    let d = Daemon::start_in(dir);
+    let mut idle = TcpStream::connect(&d.addr).unwrap();
+    let mut slow = TcpStream::connect(&d.addr).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    // A kept-alive connection after its request, idle from then on.
+    let mut kept = TcpStream::connect(&d.addr).unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    for (what, s) in [("idle", &mut idle), ("slow headers", &mut slow), ("idle keep-alive", &mut kept)] {
+        assert!(closed_by_server(s, Duration::from_secs(20)), "the {what} connection was left open");
+    }
+    assert_eq!(request_json(&d.addr, "GET", "/healthz", None).unwrap().0, 200);
+}
+
+#[test]
+fn connections_over_the_cap_are_closed_and_the_daemon_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[api]\nmax_connections = 4\nheader_read_timeout_seconds = 3\n";
+    std::fs::write(dir.path().join("volcache.toml"), config).unwrap();
+    let d = Daemon::start_in(dir);
+    // Let the start-up probe's connection go away first.
+    std::thread::sleep(Duration::from_millis(300));
+    let held: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(&d.addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut over = TcpStream::connect(&d.addr).unwrap();
+    assert!(closed_by_server(&mut over, Duration::from_secs(2)), "a connection over the cap was kept");
+    // The held ones time out (header read timeout), and the daemon answers again.
+    drop(held);
+    let started = Instant::now();
+    while request_json(&d.addr, "GET", "/healthz", None).map(|r| r.0).unwrap_or(0) != 200 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the daemon did not serve again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -8,6 +8,7 @@
 
 mod cache;
 mod error;
+mod listen;
 mod observe;
 pub(crate) mod policies;
 
@@ -24,6 +25,7 @@ use sha2::{Digest, Sha256};
 use crate::cache::CacheService;
 use crate::policy::PolicySet;
 pub use error::ApiError;
+pub use listen::{serve as serve_http, HttpLimits};
 
 /// The API description, kept in sync with the routes below by a test.
 pub const OPENAPI: &str = include_str!("openapi.json");
