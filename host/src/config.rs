@@ -91,7 +91,7 @@ pub struct RawApi {
     /// Seconds a client has to send a request's headers; also closes idle keep-alive
     /// connections (default 10).
     pub header_read_timeout_seconds: Option<u64>,
-    /// Open connections at most (default 1024; fewer if the file descriptor limit is lower).
+    /// Open connections at most (default 16384; fewer if the file descriptor limit is lower).
     pub max_connections: Option<usize>,
 }
 

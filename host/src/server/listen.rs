@@ -27,7 +27,7 @@ pub struct HttpLimits {
 
 impl Default for HttpLimits {
     fn default() -> Self {
-        HttpLimits { header_read_timeout: Duration::from_secs(10), max_connections: 1024 }
+        HttpLimits { header_read_timeout: Duration::from_secs(10), max_connections: 16384 }
     }
 }
 
