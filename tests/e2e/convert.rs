@@ -307,3 +307,144 @@ fn a_reader_that_stops_early_does_not_fail_a_successful_conversion() {
     assert!(out.status.success() && !stderr.contains("panicked"), "{:?}: {stderr}", out.status);
     assert_same_bytes(&src, &dst);
 }
+
+#[test]
+fn a_symlink_destination_is_written_through_and_a_device_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.raw");
+    cloud_like_raw(&src, 16 * MIB);
+    let image = std::fs::read(&src).unwrap();
+
+    // A link to an existing file, and a dangling link: the targets get the image, the links stay.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("old.raw"), b"old contents").unwrap();
+    std::os::unix::fs::symlink(elsewhere.join("old.raw"), dir.path().join("link.raw")).unwrap();
+    std::os::unix::fs::symlink("elsewhere/new.raw", dir.path().join("dangling.raw")).unwrap();
+    for (link, target) in [("link.raw", "old.raw"), ("dangling.raw", "new.raw")] {
+        let out = volcache(&["convert", src.to_str().unwrap(), dir.path().join(link).to_str().unwrap()]);
+        assert!(out.status.success(), "{link}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            std::fs::symlink_metadata(dir.path().join(link)).unwrap().file_type().is_symlink(),
+            "{link} stays a link"
+        );
+        assert_eq!(std::fs::read(elsewhere.join(target)).unwrap(), image, "{link} -> {target}");
+    }
+
+    // A character device: written in place, never replaced by a regular file.
+    let out = volcache(&["convert", src.to_str().unwrap(), "/dev/null"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+
+    // A block device holding old data: every byte of the image lands, zeros included.
+    let backing = dir.path().join("disk.img");
+    std::fs::write(&backing, vec![0xee; 32 * MIB as usize]).unwrap();
+    let device = String::from_utf8(run("losetup", &["-f", "--show", backing.to_str().unwrap()]).stdout).unwrap();
+    let device = device.trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _detach = Detach(device.clone());
+    let out = volcache(&["convert", src.to_str().unwrap(), &device]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::metadata(&device).unwrap().file_type().is_block_device(), "the device node stays");
+    let written = std::fs::read(&backing).unwrap();
+    assert!(written[..image.len()] == image[..], "the device holds the image, old bytes overwritten");
+    assert!(written[image.len()..].iter().all(|&b| b == 0xee), "nothing past the image is touched");
+
+    // An image larger than the device is refused.
+    let big = dir.path().join("big.raw");
+    cloud_like_raw(&big, 48 * MIB);
+    let out = volcache(&["convert", big.to_str().unwrap(), &device]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the device holds"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn sizes_that_are_not_whole_sectors_match_qemu_img() {
+    let dir = tempfile::tempdir().unwrap();
+    // A raw image of 1000 bytes reads as 1024 (padded with zeros).
+    let raw = dir.path().join("odd.raw");
+    std::fs::write(&raw, (0..1000u32).map(|i| (i % 251) as u8 + 1).collect::<Vec<u8>>()).unwrap();
+    // A qcow2 whose header says 1000 bytes reads as 512 (rounded down).
+    let qcow = dir.path().join("odd.qcow2");
+    run("qemu-img", &["create", "-q", "-f", "qcow2", qcow.to_str().unwrap(), "1M"]);
+    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x61 0 4k", qcow.to_str().unwrap()]);
+    let mut bytes = std::fs::read(&qcow).unwrap();
+    bytes[24..32].copy_from_slice(&1000u64.to_be_bytes());
+    std::fs::write(&qcow, bytes).unwrap();
+    for src in [&raw, &qcow] {
+        let ours = dir.path().join("ours.out");
+        let theirs = dir.path().join("theirs.out");
+        let out = volcache(&["convert", src.to_str().unwrap(), ours.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        run("qemu-img", &["convert", "-O", "raw", src.to_str().unwrap(), theirs.to_str().unwrap()]);
+        assert_eq!(std::fs::read(&ours).unwrap(), std::fs::read(&theirs).unwrap(), "{}", src.display());
+    }
+}
+
+/// A qcow2 image with 64 KiB of data at offset 0, as `compat` (0.10 = version 2, 1.1 = 3).
+fn small_qcow2(path: &std::path::Path, compat: &str) {
+    run("qemu-img", &["create", "-q", "-f", "qcow2", "-o", &format!("compat={compat}"), path.to_str().unwrap(), "4M"]);
+    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x61 0 64k", path.to_str().unwrap()]);
+}
+
+/// (offset of L1[0], offset of L2[0]) in a qcow2 file.
+fn first_tables(bytes: &[u8]) -> (usize, usize) {
+    let be64 = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().unwrap());
+    let l1 = be64(40) as usize;
+    let l2 = (be64(l1) & 0x00ff_ffff_ffff_fe00) as usize;
+    (l1, l2)
+}
+
+#[test]
+fn qcow2_metadata_that_qemu_img_refuses_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let patched = |name: &str, compat: &str, patch: &dyn Fn(&mut Vec<u8>)| {
+        let path = dir.path().join(name);
+        small_qcow2(&path, compat);
+        let mut bytes = std::fs::read(&path).unwrap();
+        patch(&mut bytes);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let cases = [
+        // An L2 table offset that is not cluster-aligned (today: a silent all-zero disk).
+        patched("l2-unaligned.qcow2", "1.1", &|b| {
+            let (l1, _) = first_tables(b);
+            let entry = u64::from_be_bytes(b[l1..l1 + 8].try_into().unwrap()) + 512;
+            b[l1..l1 + 8].copy_from_slice(&entry.to_be_bytes());
+        }),
+        // The zero flag on a version 2 image, where that bit is reserved.
+        patched("v2-zero-flag.qcow2", "0.10", &|b| {
+            let (_, l2) = first_tables(b);
+            b[l2 + 7] |= 1;
+        }),
+        // A zero cluster whose host offset is not cluster-aligned.
+        patched("zero-unaligned.qcow2", "1.1", &|b| {
+            let (_, l2) = first_tables(b);
+            let entry = u64::from_be_bytes(b[l2..l2 + 8].try_into().unwrap()) | 512 | 1;
+            b[l2..l2 + 8].copy_from_slice(&entry.to_be_bytes());
+        }),
+    ];
+    for src in cases {
+        let theirs = std::process::Command::new("qemu-img")
+            .args(["convert", "-O", "raw", src.to_str().unwrap(), dir.path().join("theirs.raw").to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!theirs.status.success(), "{}: qemu-img accepts it, the test is wrong", src.display());
+        let ours = dir.path().join("ours.raw");
+        let out = volcache(&["convert", src.to_str().unwrap(), ours.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("corrupt"), "{}: {stderr}", src.display());
+        assert!(!ours.exists(), "nothing is left behind");
+    }
+}

@@ -115,6 +115,17 @@ pub fn convert(
     progress: Progress<'_>,
 ) -> Result<ConvertReport, ImageError> {
     check_min_sparse(opts.min_sparse)?;
+    let dst = match super::destination::resolve(dst)? {
+        super::destination::Destination::File(path) => path,
+        super::destination::Destination::Device { path, block } => {
+            // In place: no temporary file, no rename, the old contents overwritten.
+            let out = super::destination::DeviceOut::open(&path, block)?;
+            let report = write_image(src, &out, Target::MayHoldData, &std::env::temp_dir(), opts, progress)?;
+            out.sync_all().map_err(ImageError::Write)?;
+            return Ok(report);
+        }
+    };
+    let dst = dst.as_path();
     let out_path = temp_beside(dst, "partial");
     let mut partial = Partial { path: out_path.clone(), keep: false };
     let out = OpenOptions::new()
@@ -207,7 +218,8 @@ fn from_file(
                 &mut |done| progress(done, size),
             )?;
             checker.finish()?;
-            Ok((format, size, stats.bytes_read, if stats.hole_aware { HolesFrom::SeekData } else { HolesFrom::None }))
+            let holes = if stats.hole_aware { HolesFrom::SeekData } else { HolesFrom::None };
+            Ok((format, raw_virtual_size(size), stats.bytes_read, holes))
         }
         DiskFormat::Qcow2 => {
             // The checksum covers the qcow2 file itself: verify it before trusting its tables.
@@ -269,7 +281,7 @@ fn from_stream(
             let total = len.unwrap_or(0);
             let size = raw::copy_stream(&head, reader, len, writer, &mut checker, &mut |done| progress(done, total))?;
             checker.finish()?;
-            Ok((format, size, size, HolesFrom::None))
+            Ok((format, raw_virtual_size(size), size, HolesFrom::None))
         }
         DiskFormat::Qcow2 => {
             static SPOOLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -347,7 +359,13 @@ pub fn probe(
             let size = len.ok_or_else(|| {
                 ImageError::Download("the server did not say how big the raw image is (no Content-Length)".into())
             })?;
-            Ok((format, size))
+            Ok((format, raw_virtual_size(size)))
         }
     }
+}
+
+/// A raw image's virtual size: its length rounded up to whole 512-byte sectors, as qemu-img
+/// reads it (the padding reads as zeros).
+fn raw_virtual_size(len: u64) -> u64 {
+    len.next_multiple_of(512)
 }

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod convert;
+pub mod destination;
 pub mod qcow2;
 pub mod raw;
 pub mod source;

@@ -100,7 +100,8 @@ impl Header {
                 "cluster_bits {cluster_bits} outside {MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS}"
             )));
         }
-        let virtual_size = be64(24);
+        // Whole 512-byte sectors, as qemu-img reads it: a size that is not is rounded down.
+        let virtual_size = be64(24) & !511;
         if virtual_size > MAX_VIRTUAL_SIZE {
             return Err(corrupt(format!("virtual size {virtual_size} is implausibly large")));
         }
@@ -197,6 +198,11 @@ pub fn copy<R: ReadAt + ?Sized>(src: &R, header: &Header, out: &mut dyn ImageSin
             out.hole(guest_base, span).map_err(ImageError::Write)?;
             continue;
         }
+        if !l2_offset.is_multiple_of(cs) {
+            return Err(ImageError::Corrupt(format!(
+                "L2 table at {l2_offset} is not cluster-aligned (L1 entry {l1_index})"
+            )));
+        }
         check_range(l2_offset, l2.len() as u64, file_len, "L2 table")?;
         src.read_exact_at(&mut l2, l2_offset).map_err(|e| ImageError::io("reading an L2 table", e))?;
         stats.bytes_read += l2.len() as u64;
@@ -218,7 +224,15 @@ pub fn copy<R: ReadAt + ?Sized>(src: &R, header: &Header, out: &mut dyn ImageSin
             if header.extended_l2 {
                 let bitmap = u64::from_be_bytes(l2[at + 8..at + 16].try_into().unwrap_or_default());
                 subclusters(src, header, guest, len, host, bitmap, &mut run, out, &mut stats)?;
-            } else if (entry & L2_ZERO != 0 && header.version == 3) || host == 0 {
+            } else if entry & L2_ZERO != 0 && header.version < 3 {
+                return Err(ImageError::Corrupt(format!(
+                    "the L2 entry of guest offset {guest} has the zero flag, which version 2 images do not have"
+                )));
+            } else if entry & L2_ZERO != 0 && !host.is_multiple_of(cs) {
+                return Err(ImageError::Corrupt(format!(
+                    "zero cluster at guest offset {guest} has an unaligned host offset {host}"
+                )));
+            } else if entry & L2_ZERO != 0 || host == 0 {
                 run.flush(src, out, &mut stats)?;
                 out.hole(guest, len).map_err(ImageError::Write)?;
             } else {
