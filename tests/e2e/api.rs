@@ -88,3 +88,21 @@ async fn a_second_registration_of_an_id_is_a_conflict_and_patch_checks_the_check
     let (status, _) = call(&core, "PATCH", "/v1/images/img", Some(serde_json::json!({"name": "back"}))).await;
     assert_eq!(status.as_u16(), 404, "a change after a delete does not bring the image back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_daemon_cannot_honour_get_clear_4xx_or_507_and_count_nothing() {
+    let core = Core::new(limits(0, 0));
+    core.register("img", 1);
+    let (status, body) = call(&core, "GET", "/v1/volumes?all_tenants=AAA", None).await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (400, Some("bad_request")), "{body}");
+    let internal = core.cache.config().internal.project_id.clone();
+    let req = serde_json::json!({"image_id": "img", "size": 1, "project_id": internal});
+    let (status, body) = call(&core, "POST", "/v1/volumes", Some(req)).await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (400, Some("bad_request")), "{body}");
+    // A volume larger than the file system can hold (EFBIG on ext4 for 16 TiB): 507, no fill counted.
+    core.faulty.inject(Fault { op: Op::Create, prefix: String::new(), after: 0, times: 1, errno: libc::EFBIG });
+    let (status, body) = call(&core, "POST", "/v1/volumes", create("img")).await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (507, Some("insufficient_storage")), "{body}");
+    let stats = core.cache.stats().unwrap();
+    assert_eq!((stats.fills, stats.misses, stats.entries), (0, 0, 0));
+}

@@ -137,8 +137,8 @@ pub enum CacheError {
 impl CacheError {
     /// How this failure should be reported: whose fault, retryable or not.
     pub fn class(&self) -> FailureClass {
-        let no_space =
-            |e: &std::io::Error| matches!(e.raw_os_error(), Some(code) if code == libc::ENOSPC || code == libc::EDQUOT);
+        // EFBIG: the file system cannot hold a file that large (a 16 TiB volume on ext4).
+        let no_space = |e: &std::io::Error| matches!(e.raw_os_error(), Some(code) if code == libc::ENOSPC || code == libc::EDQUOT || code == libc::EFBIG);
         match self {
             CacheError::Image { source: ImageError::Write(e), .. } if no_space(e) => FailureClass::NoSpace,
             CacheError::Image { source: ImageError::Write(_), .. } => FailureClass::Unavailable,

@@ -143,7 +143,11 @@ pub async fn list_volumes(
     State(state): State<AppState>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let all = matches!(query.get("all_tenants").map(String::as_str), Some("1" | "true"));
+    let all = match query.get("all_tenants").map(String::as_str) {
+        None | Some("0" | "false") => false,
+        Some("1" | "true") => true,
+        Some(other) => return Err(bad_request(format!("all_tenants: expected 1, true, 0 or false, got {other:?}"))),
+    };
     let cache = state.cache.clone();
     let internal = cache.config().internal.project_id.clone();
     let volumes = blocking(move || Ok(cache.catalog().read(|r| r.volumes())?)).await?;

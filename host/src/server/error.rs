@@ -90,7 +90,7 @@ fn storage_or_source(e: CacheError) -> ApiError {
             ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 "insufficient_storage",
-                "the backend or the state directory is out of space; free space, then retry",
+                "the backend or the state directory is out of space (or cannot hold a volume this large); free space, then retry",
             )
         }
         FailureClass::Unavailable => {
