@@ -36,6 +36,9 @@ pub struct Catalog {
     failed: AtomicBool,
     /// The last write failed with this; cleared by the next successful write.
     last_failure: std::sync::Mutex<Option<String>>,
+    /// Group commit: commits made so far, and how many of them are known to be on disk.
+    committed: std::sync::atomic::AtomicU64,
+    durable: std::sync::Mutex<u64>,
 }
 
 /// Typed reads inside one read transaction.
@@ -95,6 +98,8 @@ impl Catalog {
             db: RwLock::new(Arc::new(db)),
             failed: AtomicBool::new(false),
             last_failure: Default::default(),
+            committed: Default::default(),
+            durable: Default::default(),
         };
         catalog.write(|w| {
             for table in [IMAGES, VOLUMES] {
@@ -210,12 +215,14 @@ impl Catalog {
     }
 
     /// Runs `f` in a write transaction and commits it; an error aborts everything `f` did.
+    /// Durable when it returns.
     pub fn write<R>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<R, CatalogError>) -> Result<R, CatalogError> {
         let db = self.handle()?;
         let result = (|| {
             let txn = db.begin_write()?;
             let result = f(&mut Writer { txn: &txn })?;
-            txn.commit()?;
+            let seq = self.commit_lazily(txn)?;
+            self.make_durable(&db, seq)?;
             Ok(result)
         })();
         self.track(result, true)
@@ -234,10 +241,36 @@ impl Catalog {
                 txn.abort()?;
                 return Ok(None);
             };
-            txn.commit()?;
+            let seq = self.commit_lazily(txn)?;
+            self.make_durable(&db, seq)?;
             Ok(Some(result))
         })();
         self.track(result, true)
+    }
+
+    /// Group commit, step 1: commits without waiting for the disk and returns the commit's
+    /// sequence number. Concurrent writers each commit this way, then share one fsync.
+    fn commit_lazily(&self, mut txn: WriteTransaction) -> Result<u64, CatalogError> {
+        txn.set_durability(redb::Durability::None).map_err(|e| CatalogError::Storage(e.to_string()))?;
+        txn.commit()?;
+        // Counted only once committed: a durable commit that reads the counter covers it.
+        Ok(self.committed.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    /// Group commit, step 2: returns once commit `seq` is on disk. The first writer to get here
+    /// makes every commit so far durable with one fsync'd commit; those waiting behind it find
+    /// theirs covered and return without another.
+    fn make_durable(&self, db: &Database, seq: u64) -> Result<(), CatalogError> {
+        let mut durable = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+        if *durable >= seq {
+            return Ok(());
+        }
+        let covered = self.committed.load(Ordering::SeqCst);
+        let txn = db.begin_write()?;
+        Writer { txn: &txn }.add_meta("durable_commits", 1)?;
+        txn.commit()?;
+        *durable = covered;
+        Ok(())
     }
 }
 
