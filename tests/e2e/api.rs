@@ -106,3 +106,22 @@ async fn requests_the_daemon_cannot_honour_get_clear_4xx_or_507_and_count_nothin
     let stats = core.cache.stats().unwrap();
     assert_eq!((stats.fills, stats.misses, stats.entries), (0, 0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_are_pinned_and_unpinned_over_http_and_counted_in_metrics() {
+    let core = Core::new(limits(0, 0));
+    core.register("img", 1);
+    assert_eq!(call(&core, "POST", "/v1/volumes", create("img")).await.0.as_u16(), 201);
+    let (_, entries) = call(&core, "GET", "/v1/cache/entries", None).await;
+    let id = entries[0]["id"].as_u64().unwrap();
+    let (status, entry) = call(&core, "POST", &format!("/v1/cache/entries/{id}/pin"), None).await;
+    assert_eq!((status.as_u16(), entry["pinned"].as_bool()), (200, Some(true)), "{entry}");
+    let request = Request::builder().uri("/metrics").body(Body::empty()).unwrap();
+    let response = app(state(&core)).oneshot(request).await.unwrap();
+    let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(text.lines().any(|l| l.starts_with("volcache_cache_pinned_entries") && l.ends_with(" 1")), "{text}");
+    let (status, entry) = call(&core, "DELETE", &format!("/v1/cache/entries/{id}/pin"), None).await;
+    assert_eq!((status.as_u16(), entry["pinned"].as_bool()), (200, Some(false)), "{entry}");
+    let (status, body) = call(&core, "POST", "/v1/cache/entries/999/pin", None).await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (404, Some("entry_not_found")), "{body}");
+}

@@ -425,3 +425,30 @@ fn spool_files_left_by_a_crash_are_removed_at_start_up() {
     assert_eq!(done.spool_files_removed, 1);
     assert!(spool.join("keep-me").exists());
 }
+
+#[test]
+fn a_pinned_entry_is_never_evicted_to_make_room() {
+    use volcache::cache::evict::Pin;
+    let mut c = Core::new(limits(0, 1));
+    for id in ["a", "b", "c"] {
+        c.register(id, 1);
+    }
+    c.create("a", 1).unwrap();
+    let a = c.cache.scope_entries().unwrap().remove(0);
+    assert!(c.cache.pin_entry(a.id, Pin::Pinned).unwrap().pinned);
+    c.drain();
+    // The cache is full and its only entry is pinned: b is written uncached, a stays.
+    let b = c.create("b", 1).unwrap();
+    assert_eq!(b.volume.cache, Some(CacheOutcome::Uncached));
+    assert!(b.uncached_reason.unwrap().contains("pinned"), "the answer says why");
+    assert_eq!(c.entry_images(), vec!["a"]);
+    // A hit keeps the pin; stats count it.
+    assert_eq!(c.create("a", 1).unwrap().volume.cache, Some(CacheOutcome::Hit));
+    assert!(c.cache.scope_entries().unwrap()[0].pinned);
+    assert_eq!(c.cache.stats().unwrap().pinned_entries, 1);
+    // Unpinned, it is the victim again.
+    assert!(!c.cache.pin_entry(a.id, Pin::Unpinned).unwrap().pinned);
+    c.create("c", 1).unwrap();
+    assert_eq!(c.entry_images(), vec!["c"]);
+    assert!(matches!(c.cache.pin_entry(a.id, Pin::Pinned), Err(CacheError::EntryNotFound(_))));
+}

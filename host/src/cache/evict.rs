@@ -11,6 +11,13 @@ use crate::catalog::CatalogError;
 use crate::catalog::{EntryRecord, Intent, Writer};
 use crate::policy::PolicyEvent;
 
+/// Whether an entry is pinned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pin {
+    Pinned,
+    Unpinned,
+}
+
 impl CacheService {
     /// Evicts `entry` if it is still in the catalog; `false` when another request already did.
     pub fn evict(&self, entry: &EntryRecord, reason: EvictReason) -> Result<bool, CacheError> {
@@ -61,6 +68,22 @@ impl CacheService {
         if !self.evict(&entry, EvictReason::Operator)? {
             return Err(CacheError::EntryNotFound(id));
         }
+        Ok(entry)
+    }
+
+    /// Pins or unpins entry `id`. A pinned entry is never chosen as a victim to make room (the
+    /// host ignores pinned ids in every eviction policy's answer); an operator's evict, a
+    /// change of its image and a lost volume still remove it.
+    pub fn pin_entry(&self, id: u64, pin: Pin) -> Result<EntryRecord, CacheError> {
+        let scope = self.config.scope().to_string();
+        let entry = self.catalog.write(|w| {
+            let Some(mut entry) = w.entry(id)? else { return Ok(None) };
+            entry.pinned = pin == Pin::Pinned;
+            w.put_entry(&scope, &entry)?;
+            Ok(Some(entry))
+        })?;
+        let entry = entry.ok_or(CacheError::EntryNotFound(id))?;
+        tracing::info!(entry = id, image_id = %entry.image_id, pinned = entry.pinned, "cache entry pin changed");
         Ok(entry)
     }
 

@@ -13,6 +13,8 @@ pub struct Stats {
     pub misses: u64,
     pub evictions: u64,
     pub entries: u64,
+    /// Entries an operator pinned (never evicted to make room).
+    pub pinned_entries: u64,
     pub cache_bytes_allocated: u64,
     pub cache_gigabytes: u64,
     /// Image bytes not downloaded thanks to hits.
@@ -77,6 +79,7 @@ impl CacheService {
                 misses: r.counter("misses")?,
                 evictions: r.counter("evictions")?,
                 entries: entries.len() as u64,
+                pinned_entries: entries.iter().filter(|e| e.pinned).count() as u64,
                 cache_bytes_allocated: entries.iter().map(|e| e.allocated_bytes).sum(),
                 cache_gigabytes: entries.iter().map(|e| e.size).sum(),
                 bytes_not_downloaded: r.counter("bytes_not_downloaded")?,

@@ -88,6 +88,10 @@ pub enum CacheCommand {
     Entries,
     /// Evict one entry.
     Evict { id: u64 },
+    /// Pin an entry: it is never evicted to make room.
+    Pin { id: u64 },
+    /// Unpin an entry.
+    Unpin { id: u64 },
     /// Hits, misses, evictions and sizes.
     Stats,
 }
@@ -211,7 +215,8 @@ fn show(conn: &Connection, value: &Value, fields: &[&str]) -> anyhow::Result<Exi
 
 const IMAGE_FIELDS: &[&str] = &["id", "name", "disk_format", "virtual_size", "updated_at", "source"];
 const VOLUME_FIELDS: &[&str] = &["id", "size", "image_id", "cache", "project_id", "created_at"];
-const ENTRY_FIELDS: &[&str] = &["id", "image_id", "size", "allocated_bytes", "hit_count", "last_used", "host"];
+const ENTRY_FIELDS: &[&str] =
+    &["id", "image_id", "size", "allocated_bytes", "hit_count", "last_used", "pinned", "host"];
 const POLICY_FIELDS: &[&str] = &["slot", "kind", "name", "version", "source"];
 
 pub fn image(conn: &Connection, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
@@ -276,6 +281,12 @@ pub fn cache(conn: &Connection, cmd: CacheCommand) -> anyhow::Result<ExitCode> {
         CacheCommand::Entries => show(conn, &c.call("GET", "/v1/cache/entries", None)?, ENTRY_FIELDS),
         CacheCommand::Evict { id } => {
             show(conn, &c.call("DELETE", &format!("/v1/cache/entries/{id}"), None)?, ENTRY_FIELDS)
+        }
+        CacheCommand::Pin { id } => {
+            show(conn, &c.call("POST", &format!("/v1/cache/entries/{id}/pin"), None)?, ENTRY_FIELDS)
+        }
+        CacheCommand::Unpin { id } => {
+            show(conn, &c.call("DELETE", &format!("/v1/cache/entries/{id}/pin"), None)?, ENTRY_FIELDS)
         }
         CacheCommand::Stats => {
             let stats = c.call("GET", "/v1/cache/stats", None)?;

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::AppState;
+use crate::cache::evict::Pin;
 use crate::cache::{images, CacheError, Cancel, CreateVolume};
 use crate::catalog::VolumeRecord;
 use crate::image::DiskFormat;
@@ -191,4 +192,25 @@ pub async fn stats(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
     let cache = state.cache.clone();
     let stats = blocking(move || cache.stats()).await?;
     Ok(Json(json!(stats)))
+}
+
+fn entry_id(id: &str) -> Result<u64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "entry_not_found", format!("cache entry {id} not found")))
+}
+
+/// `POST /v1/cache/entries/{id}/pin`: the entry is never evicted to make room.
+pub async fn pin_entry(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Json<Value>, ApiError> {
+    let id = entry_id(&id)?;
+    let cache = state.cache.clone();
+    let entry = blocking(move || cache.pin_entry(id, Pin::Pinned)).await?;
+    Ok(Json(json!(entry)))
+}
+
+/// `DELETE /v1/cache/entries/{id}/pin`.
+pub async fn unpin_entry(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Json<Value>, ApiError> {
+    let id = entry_id(&id)?;
+    let cache = state.cache.clone();
+    let entry = blocking(move || cache.pin_entry(id, Pin::Unpinned)).await?;
+    Ok(Json(json!(entry)))
 }

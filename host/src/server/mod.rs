@@ -97,6 +97,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/volumes/{id}", get(cache::show_volume).delete(cache::delete_volume))
         .route("/v1/cache/entries", get(cache::list_entries))
         .route("/v1/cache/entries/{id}", axum::routing::delete(cache::evict_entry))
+        .route("/v1/cache/entries/{id}/pin", axum::routing::post(cache::pin_entry).delete(cache::unpin_entry))
         .route("/v1/cache/stats", get(cache::stats))
         .route("/v1/events", get(observe::events))
         .layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES))

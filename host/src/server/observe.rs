@@ -98,6 +98,13 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     metric(&mut out, "volcache_cache_entries", "gauge", "Cache entries in this scope.", &one(stats.entries));
     metric(
         &mut out,
+        "volcache_cache_pinned_entries",
+        "gauge",
+        "Cache entries pinned by an operator.",
+        &one(stats.pinned_entries),
+    );
+    metric(
+        &mut out,
         "volcache_cache_allocated_bytes",
         "gauge",
         "Bytes allocated by cache entries.",
