@@ -167,18 +167,34 @@ pub struct RawSlot {
     pub params: BTreeMap<String, toml::Value>,
 }
 
+/// Limits of the HTTP server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// A client must send a request's headers within this long, and a kept-alive connection
+    /// with no request for this long is closed.
+    pub header_read_timeout: Duration,
+    /// Open connections at most; further ones are closed at once, with a log line.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits { header_read_timeout: Duration::from_secs(10), max_connections: 16384 }
+    }
+}
+
 /// Which routes are public.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApiOptions {
     pub public_health: bool,
     pub public_metrics: bool,
     /// Timeouts and the connection cap of the HTTP server.
-    pub http: crate::server::HttpLimits,
+    pub http: HttpLimits,
 }
 
 impl Default for ApiOptions {
     fn default() -> Self {
-        ApiOptions { public_health: true, public_metrics: true, http: crate::server::HttpLimits::default() }
+        ApiOptions { public_health: true, public_metrics: true, http: HttpLimits::default() }
     }
 }
 
@@ -403,11 +419,11 @@ impl RawConfig {
                 None => crate::cache::DEFAULT_FILL_WAIT,
             },
         };
-        let default_http = crate::server::HttpLimits::default();
+        let default_http = HttpLimits::default();
         let api = ApiOptions {
             public_health: self.api.public_health.unwrap_or(true),
             public_metrics: self.api.public_metrics.unwrap_or(true),
-            http: crate::server::HttpLimits {
+            http: HttpLimits {
                 header_read_timeout: match self.api.header_read_timeout_seconds {
                     Some(0) => return Err(invalid("api.header_read_timeout_seconds", "must be at least 1")),
                     Some(s) => Duration::from_secs(s),

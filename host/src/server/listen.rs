@@ -15,21 +15,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-/// Limits of the HTTP server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HttpLimits {
-    /// A client must send a request's headers within this long, and a kept-alive connection
-    /// with no request for this long is closed.
-    pub header_read_timeout: Duration,
-    /// Open connections at most; further ones are closed at once, with a log line.
-    pub max_connections: usize,
-}
-
-impl Default for HttpLimits {
-    fn default() -> Self {
-        HttpLimits { header_read_timeout: Duration::from_secs(10), max_connections: 16384 }
-    }
-}
+pub use crate::config::HttpLimits;
 
 /// The connection cap this process can honour: the configured one, or fewer if the file
 /// descriptor limit (raised to its hard limit first) would run out before it.
