@@ -49,6 +49,10 @@ pub struct RawConfig {
     /// Directories whose files may be image sources (default: none; URLs and Glance work).
     #[serde(default)]
     pub image_source_dirs: Vec<PathBuf>,
+    /// URLs (scheme, host, port, path prefix) images may be downloaded from, Glance endpoints
+    /// included (default: none).
+    #[serde(default)]
+    pub image_source_urls: Vec<String>,
     /// Directories whose files may be named as plugins (default: none; uploads work).
     #[serde(default)]
     pub plugin_dirs: Vec<PathBuf>,
@@ -398,12 +402,29 @@ impl RawConfig {
             },
             spool_dir: state_dir.join("spool"),
             file_sources,
+            url_sources: {
+                let mut urls = Vec::new();
+                for (i, u) in self.image_source_urls.iter().enumerate() {
+                    let parsed = url::Url::parse(u)
+                        .ok()
+                        .filter(|p| matches!(p.scheme(), "http" | "https") && p.host_str().is_some())
+                        .ok_or_else(|| {
+                            invalid(
+                                format!("image_source_urls[{i}]"),
+                                format!("{u:?} is not an http(s) URL with a host"),
+                            )
+                        })?;
+                    urls.push(parsed);
+                }
+                crate::image::source::UrlSources::Within(urls)
+            },
             source_limits: crate::image::source::SourceLimits {
                 idle: match self.sources.idle_timeout_seconds {
                     Some(0) => return Err(invalid("sources.idle_timeout_seconds", "must be at least 1")),
                     s => std::time::Duration::from_secs(s.unwrap_or(60)),
                 },
                 min_bytes_per_second: self.sources.min_bytes_per_second.unwrap_or(64 << 10),
+                redirects: crate::image::source::Redirects::Refuse,
                 window: match self.sources.window_seconds {
                     Some(0) => return Err(invalid("sources.window_seconds", "must be at least 1")),
                     s => std::time::Duration::from_secs(s.unwrap_or(30)),

@@ -44,6 +44,7 @@ pub fn config(spool: &Path) -> CacheConfig {
         fill_wait: volcache::cache::DEFAULT_FILL_WAIT,
         file_sources: volcache::image::source::FileSources::Any,
         source_limits: Default::default(),
+        url_sources: volcache::image::source::UrlSources::Any,
     }
 }
 

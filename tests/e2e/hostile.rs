@@ -95,10 +95,11 @@ fn short_or_empty_tokens_are_refused_at_start() {
 #[test]
 fn sigterm_stops_the_daemon_with_event_clients_and_a_stuck_fill() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("volcache.toml"), "shutdown_grace_seconds = 1\n").unwrap();
     let mut image = vec![0u8; 4 << 20];
     image[..4096].fill(0x5a);
     let server = StallingServer::start(image);
+    let config = format!("shutdown_grace_seconds = 1\nimage_source_urls = [\"http://{}/\"]\n", server.addr);
+    std::fs::write(dir.path().join("volcache.toml"), config).unwrap();
     let mut d = Daemon::start_in(dir);
     let source = format!("http://{}/img.raw", server.addr);
     let body = serde_json::json!({"id": "img", "name": "img", "source": source, "disk_format": "raw"});
@@ -218,6 +219,7 @@ fn a_trickling_source_fails_at_the_minimum_rate_or_the_deadline() {
         ("[sources]\nmin_bytes_per_second = 0\ndeadline_seconds = 1\n", "longer than 1 s"),
     ] {
         let dir = tempfile::tempdir().unwrap();
+        let config = format!("image_source_urls = [\"http://{addr}/\"]\n{config}");
         std::fs::write(dir.path().join("volcache.toml"), config).unwrap();
         let d = Daemon::start_in(dir);
         let body = serde_json::json!({"id": "slow", "name": "slow", "source": format!("http://{addr}/slow.raw"), "disk_format": "raw"});
@@ -306,5 +308,61 @@ fn connections_over_the_cap_are_closed_and_the_daemon_keeps_serving() {
     while request_json(&d.addr, "GET", "/healthz", None).map(|r| r.0).unwrap_or(0) != 200 {
         assert!(started.elapsed() < Duration::from_secs(20), "the daemon did not serve again");
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Serves `/images/a.raw` (an image) and `/images/moved` (a redirect to `elsewhere`).
+fn redirecting_server(elsewhere: String) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            let reply = if head.starts_with("GET /images/moved") {
+                format!("HTTP/1.1 302 Found\r\nLocation: {elsewhere}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .into_bytes()
+            } else {
+                let mut r = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\nConnection: close\r\n\r\n".to_vec();
+                r.extend(vec![0x5a; 1 << 20]);
+                r
+            };
+            let _ = stream.write_all(&reply);
+        }
+    });
+    addr
+}
+
+#[test]
+fn url_sources_are_confined_to_image_source_urls_and_redirects_are_not_followed() {
+    let other = redirecting_server(String::new());
+    let addr = redirecting_server(format!("http://{other}/images/a.raw"));
+    let register = |d: &Daemon, id: &str, url: String| {
+        let body = serde_json::json!({"id": id, "name": id, "source": url, "disk_format": "raw"});
+        request_json(&d.addr, "POST", "/v1/images", Some(body)).unwrap()
+    };
+    // No image_source_urls: no URL at all.
+    let d = Daemon::start_in(tempfile::tempdir().unwrap());
+    let (status, body) = register(&d, "a", format!("http://{addr}/images/a.raw"));
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("image_source_urls"), "{body}");
+    drop(d);
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("volcache.toml"), format!("image_source_urls = [\"http://{addr}/images/\"]\n"))
+        .unwrap();
+    let d = Daemon::start_in(dir);
+    assert_eq!(register(&d, "a", format!("http://{addr}/images/a.raw")).0, 201);
+    for (id, url) in [
+        ("path", format!("http://{addr}/imagesX/a.raw")),
+        ("port", format!("http://{other}/images/a.raw")),
+        ("userinfo", format!("http://{addr}@127.0.0.2:9/images/a.raw")),
+        ("glance", format!("glance+http://{other}/v2/images/abc")),
+        ("redirect", format!("http://{addr}/images/moved")),
+    ] {
+        let (status, body) = register(&d, id, url);
+        assert_eq!((status, body["error"]["code"].as_str()), (403, Some("source_not_allowed")), "{id}: {body}");
     }
 }

@@ -77,7 +77,10 @@ fn clients_that_leave_while_waiting_for_a_fill_free_their_place() {
     image[..4096].fill(0x5a);
     image[6 * MIB as usize..6 * MIB as usize + 4096].fill(0x33);
     let server = StallingServer::start(image);
-    let d = Daemon::start_in(tempfile::tempdir().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("volcache.toml"), format!("image_source_urls = [\"http://{}/\"]\n", server.addr))
+        .unwrap();
+    let d = Daemon::start_in(dir);
     let source = format!("http://{}/img.raw", server.addr);
     let body = serde_json::json!({"id": "img", "name": "img", "source": source, "disk_format": "raw"});
     assert_eq!(request_json(&d.addr, "POST", "/v1/images", Some(body)).unwrap().0, 201);

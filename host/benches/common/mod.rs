@@ -54,6 +54,7 @@ pub fn cache_service(catalog: Arc<Catalog>, backend: Arc<dyn Backend>, spool_dir
         fill_wait: volcache::cache::DEFAULT_FILL_WAIT,
         file_sources: volcache::image::source::FileSources::Any,
         source_limits: Default::default(),
+        url_sources: volcache::image::source::UrlSources::Any,
     };
     CacheService::new(catalog, backend, policies, config)
 }

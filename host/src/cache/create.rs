@@ -286,7 +286,7 @@ impl CacheService {
         let device = self.backend.open(backend_name)?;
         // Confined again at every fill: the file may have become a symlink since registration.
         let location = Location::parse(&image.source)
-            .and_then(|l| self.config.file_sources.confine(l))
+            .and_then(|l| self.confine(l))
             .map_err(|source| CacheError::Image { image_id: image.id.clone(), source })?;
         let options = crate::image::convert::ConvertOptions { length, ..self.options(image) };
         let report = write_image(&location, &*device, Target::Fresh, &self.config.spool_dir, &options, &mut |_, _| {})

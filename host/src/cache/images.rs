@@ -48,6 +48,13 @@ fn valid_id(id: &str) -> bool {
 }
 
 impl CacheService {
+    /// The location to read, if the operator allows it: files under `image_source_dirs`
+    /// (resolved), URLs under `image_source_urls`.
+    pub(super) fn confine(&self, location: Location) -> Result<Location, crate::image::ImageError> {
+        self.config.url_sources.check(&location)?;
+        self.config.file_sources.confine(location)
+    }
+
     /// Registers an image after probing its source; `Conflict` if the id is taken.
     pub fn register_image(&self, new: NewImage) -> Result<ImageRecord, CacheError> {
         let location = Location::parse(&new.source).map_err(|e| invalid(format!("source: {e}")))?;
@@ -56,11 +63,7 @@ impl CacheService {
         if !valid_id(&id) {
             return Err(invalid("id: use 1-128 letters, digits, '-' or '_'"));
         }
-        let location = self
-            .config
-            .file_sources
-            .confine(location)
-            .map_err(|source| CacheError::Image { image_id: id.clone(), source })?;
+        let location = self.confine(location).map_err(|source| CacheError::Image { image_id: id.clone(), source })?;
         if self.catalog.read(|r| r.image(&id))?.is_some() {
             return Err(CacheError::Conflict(format!("image {id} already exists")));
         }
@@ -96,11 +99,8 @@ impl CacheService {
         let probed = match &patch.source {
             Some(source) => {
                 let location = Location::parse(source).map_err(|e| invalid(format!("source: {e}")))?;
-                let location = self
-                    .config
-                    .file_sources
-                    .confine(location)
-                    .map_err(|source| CacheError::Image { image_id: id.to_string(), source })?;
+                let location =
+                    self.confine(location).map_err(|source| CacheError::Image { image_id: id.to_string(), source })?;
                 let (_, size) = probe(&location, Some(current.disk_format), None, &self.config.source_limits)
                     .map_err(|source| CacheError::Image { image_id: id.to_string(), source })?;
                 Some((source.clone(), size))

@@ -81,6 +81,8 @@ pub struct CacheConfig {
     pub file_sources: crate::image::source::FileSources,
     /// Bounds on downloads (`[sources]`).
     pub source_limits: crate::image::source::SourceLimits,
+    /// Which URLs may be image sources (`image_source_urls`).
+    pub url_sources: crate::image::source::UrlSources,
 }
 
 /// The default of [`CacheConfig::fill_wait`].

@@ -188,6 +188,16 @@ pub struct SourceLimits {
     pub window: Duration,
     /// The whole download, from the request to the last byte.
     pub deadline: Option<Duration>,
+    /// Follow HTTP redirects. Off where URL sources are confined: a redirect could lead
+    /// anywhere.
+    pub redirects: Redirects,
+}
+
+/// Whether a download follows HTTP redirects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Redirects {
+    Follow,
+    Refuse,
 }
 
 impl Default for SourceLimits {
@@ -197,6 +207,7 @@ impl Default for SourceLimits {
             min_bytes_per_second: 0,
             window: Duration::from_secs(30),
             deadline: None,
+            redirects: Redirects::Follow,
         }
     }
 }
@@ -245,7 +256,68 @@ impl<R: Read> Read for Paced<R> {
 }
 
 fn agent(limits: &SourceLimits) -> ureq::Agent {
-    ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(10)).timeout_read(limits.idle).build()
+    let redirects = match limits.redirects {
+        Redirects::Follow => 5,
+        Redirects::Refuse => 0,
+    };
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(10))
+        .timeout_read(limits.idle)
+        .redirects(redirects)
+        .build()
+}
+
+/// A response that is a redirect the agent did not follow.
+fn refuse_redirect(url: &str, response: &ureq::Response) -> Result<(), ImageError> {
+    if (300..400).contains(&response.status()) {
+        let to = response.header("Location").unwrap_or("?");
+        return Err(ImageError::Forbidden(format!(
+            "{url} redirected to {to}; confined sources are not followed through redirects: register the final URL"
+        )));
+    }
+    Ok(())
+}
+
+/// Which URLs may be image sources: the daemon fetches only from origins its operator allowed,
+/// so a client cannot make it reach other hosts (SSRF).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UrlSources {
+    /// Any URL (the `volcache convert` command: the caller chose it).
+    Any,
+    /// URLs under these (scheme, host, port and path prefix).
+    Within(Vec<url::Url>),
+}
+
+impl UrlSources {
+    pub fn check(&self, location: &Location) -> Result<(), ImageError> {
+        let UrlSources::Within(allowed) = self else { return Ok(()) };
+        let text = match location {
+            Location::File(_) => return Ok(()),
+            Location::Url(url) => url.clone(),
+            Location::Glance { endpoint, image_id } => format!("{endpoint}/v2/images/{image_id}"),
+        };
+        let url = url::Url::parse(&text).map_err(|e| ImageError::Unsupported(format!("{text}: {e}")))?;
+        let under = |a: &url::Url| {
+            let prefix = a.path().trim_end_matches('/');
+            a.scheme() == url.scheme()
+                && a.host_str().map(str::to_ascii_lowercase) == url.host_str().map(str::to_ascii_lowercase)
+                && a.port_or_known_default() == url.port_or_known_default()
+                && (prefix.is_empty() || url.path() == prefix || url.path().starts_with(&format!("{prefix}/")))
+        };
+        if allowed.iter().any(under) {
+            return Ok(());
+        }
+        if allowed.is_empty() {
+            return Err(ImageError::Forbidden(format!(
+                "{text}: URL sources are not allowed here; list the URLs images may come from in image_source_urls"
+            )));
+        }
+        let list: Vec<&str> = allowed.iter().map(url::Url::as_str).collect();
+        Err(ImageError::Forbidden(format!(
+            "{text} is not under image_source_urls ({}); add it there to allow it",
+            list.join(", ")
+        )))
+    }
 }
 
 fn http_error(url: &str, e: ureq::Error) -> ImageError {
@@ -281,6 +353,7 @@ fn stream(url: &str, token: Option<&str>, limits: &SourceLimits) -> Result<Opene
         request = request.set("X-Auth-Token", token);
     }
     let response = request.call().map_err(|e| http_error(url, e))?;
+    refuse_redirect(url, &response)?;
     let len = response.header("Content-Length").and_then(|v| v.trim().parse().ok());
     let reader = Paced {
         inner: response.into_reader(),
@@ -383,6 +456,7 @@ pub fn open(location: &Location, token: Option<&str>, limits: &SourceLimits) -> 
                 request = request.set("X-Auth-Token", token);
             }
             let response = request.call().map_err(|e| http_error(&url, e))?;
+            refuse_redirect(&url, &response)?;
             // Metadata is small; a bound keeps a hostile endpoint from feeding us gigabytes.
             let meta: serde_json::Value = serde_json::from_reader(response.into_reader().take(1 << 20))
                 .map_err(|e| ImageError::Download(format!("{url}: invalid image metadata: {e}")))?;
