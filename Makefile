@@ -9,7 +9,7 @@ TEST_PLUGIN_DIR := $(CURDIR)/target/test-plugins
 export VOLCACHE_PLUGIN_DIR := $(PLUGIN_DIR)
 export VOLCACHE_TEST_PLUGIN_DIR := $(TEST_PLUGIN_DIR)
 
-.PHONY: all run test plugins test-plugins deps lint bench fuzz fmt clean
+.PHONY: all run test plugins test-plugins deps lint bench fuzz fmt clean api-fuzz
 
 all: plugins
 	$(CARGO) build --release -p volcache
@@ -43,6 +43,12 @@ test: deps plugins test-plugins lint
 	$(CARGO) test --workspace --all-targets --locked $(TEST_FEATURES) --no-run
 	VOLCACHE_TEST_CEPH_CONF=$(CEPH_DIR)/ceph.conf scripts/ceph-cluster.sh run $(CEPH_DIR) \
 		$(CARGO) test --workspace --all-targets --locked $(TEST_FEATURES)
+	scripts/api-fuzz.sh "$${CARGO_TARGET_DIR:-target}/debug/volcache"
+
+## Schema-driven fuzzing of the HTTP API (schemathesis in a venv outside the clone).
+api-fuzz:
+	$(CARGO) build --locked -p volcache
+	scripts/api-fuzz.sh "$${CARGO_TARGET_DIR:-target}/debug/volcache"
 
 ## Benchmarks print tables of side-by-side ratios; see README.md.
 bench: plugins

@@ -98,7 +98,7 @@ async fn requests_the_daemon_cannot_honour_get_clear_4xx_or_507_and_count_nothin
     let internal = core.cache.config().internal.project_id.clone();
     let req = serde_json::json!({"image_id": "img", "size": 1, "project_id": internal});
     let (status, body) = call(&core, "POST", "/v1/volumes", Some(req)).await;
-    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (400, Some("bad_request")), "{body}");
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
     // A volume larger than the file system can hold (EFBIG on ext4 for 16 TiB): 507, no fill counted.
     core.faulty.inject(Fault { op: Op::Create, prefix: String::new(), after: 0, times: 1, errno: libc::EFBIG });
     let (status, body) = call(&core, "POST", "/v1/volumes", create("img")).await;

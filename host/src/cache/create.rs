@@ -106,7 +106,7 @@ impl CacheService {
     /// The image, checked against the request.
     fn image_for(&self, req: &CreateVolume) -> Result<ImageRecord, CacheError> {
         if req.project_id == self.config.internal.project_id {
-            return Err(CacheError::Invalid(format!(
+            return Err(CacheError::Forbidden(format!(
                 "project_id: {} is the cache's internal tenant; user volumes cannot be created in it",
                 req.project_id
             )));

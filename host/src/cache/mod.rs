@@ -120,6 +120,9 @@ pub enum CacheError {
     Invalid(String),
     #[error("{0}")]
     Conflict(String),
+    /// Not allowed for this caller, whatever the state.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("image {image_id}: {source}")]
     Image { image_id: String, source: ImageError },
     #[error("the fill of image {image_id} that this request waited for failed: {}", failure.message)]

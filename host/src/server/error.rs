@@ -67,6 +67,7 @@ impl From<CacheError> for ApiError {
             CacheError::TooSmall { .. } => (StatusCode::BAD_REQUEST, "volume_too_small"),
             CacheError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             CacheError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            CacheError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             CacheError::Image { source: crate::image::ImageError::Forbidden(_), .. } => {
                 (StatusCode::FORBIDDEN, "source_not_allowed")
             }
