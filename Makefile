@@ -61,12 +61,13 @@ bench: plugins
 	OBJECTSTORE=bluestore VOLCACHE_TEST_CEPH_CONF=$(CURDIR)/target/ceph-bench/ceph.conf \
 		scripts/ceph-cluster.sh run $(CURDIR)/target/ceph-bench $(CARGO) bench -p volcache --features rbd --bench rbd
 
-## Fuzz the qcow2 parser for FUZZ_SECONDS (needs rustup nightly; installs cargo-fuzz).
+## Fuzz the qcow2 parser and the API bodies for FUZZ_SECONDS each (needs rustup nightly; installs cargo-fuzz).
 FUZZ_SECONDS ?= 120
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	scripts/fuzz-seeds.sh fuzz/corpus/qcow2
 	cd fuzz && $(CARGO) +nightly fuzz run qcow2 corpus/qcow2 -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024
+	cd fuzz && $(CARGO) +nightly fuzz run api -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048
 
 fmt:
 	$(CARGO) fmt --all

@@ -229,7 +229,9 @@ fn damaged_qcow2_never_panics() {
     run("qemu-img", &["create", "-q", "-f", "raw", raw.to_str().unwrap(), "4M"]);
     run("qemu-io", &["-f", "raw", "-c", "write -P 0x61 0 300k", "-c", "write -P 0x62 2M 64k", raw.to_str().unwrap()]);
     let mut rng = crate::fixtures::Rng::new(7);
-    for (n, opts) in [&["-o", "cluster_size=4096"][..], &["-c"][..], &["-o", "extended_l2=on"][..]].iter().enumerate() {
+    let kinds: [&[&str]; 4] =
+        [&["-o", "cluster_size=4096"], &["-c"], &["-o", "extended_l2=on"], &["-o", "compat=0.10,cluster_size=4096"]];
+    for (n, opts) in kinds.iter().enumerate() {
         let img = dir.path().join(format!("small{n}.qcow2"));
         let mut args = vec!["convert", "-f", "raw", "-O", "qcow2"];
         args.extend_from_slice(opts);
