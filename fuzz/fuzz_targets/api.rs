@@ -37,12 +37,14 @@ const ROUTES: [(&str, &str); 6] = [
 struct World {
     runtime: tokio::runtime::Runtime,
     router: Router,
+    /// Kept for the whole run (and reachable, so the leak checker is content).
+    _dir: tempfile::TempDir,
 }
 
 fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| {
-        let dir = Box::leak(Box::new(tempfile::tempdir().expect("temporary directory")));
+        let dir = tempfile::tempdir().expect("temporary directory");
         let images = dir.path().join("images");
         std::fs::create_dir_all(&images).unwrap();
         std::fs::write(images.join("img.raw"), vec![0x5a; 1 << 20]).unwrap();
@@ -79,7 +81,7 @@ fn world() -> &'static World {
             .unwrap();
         let state = AppState::new(cache, TOKEN, dir.path().join("plugins"), ApiOptions::default());
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        World { runtime, router: app(state) }
+        World { runtime, router: app(state), _dir: dir }
     })
 }
 
