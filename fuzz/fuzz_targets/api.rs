@@ -13,14 +13,13 @@ use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
 use volcache::backend::memory::MemoryBackend;
 use volcache::cache::images::NewImage;
-use volcache::cache::{CacheConfig, CacheService, InternalTenant, DEFAULT_FILL_WAIT};
+use volcache::cache::{CacheConfig, CacheService};
 use volcache::catalog::Catalog;
 use volcache::config::ApiOptions;
 use volcache::image::source::{FileSources, UrlSources};
 use volcache::image::DiskFormat;
 use volcache::policy::{CinderLimits, EngineOptions, PolicyEngine, PolicySet};
 use volcache::server::{app, AppState};
-use volcache::sparse::WriteMode;
 
 const TOKEN: &str = "fuzz-token-0123456789abcdef";
 
@@ -52,22 +51,9 @@ fn world() -> &'static World {
         let policies =
             Arc::new(PolicySet::new(PolicyEngine::new(EngineOptions::default()).unwrap(), CinderLimits::default()));
         let config = CacheConfig {
-            enabled: true,
-            host: "fuzz".into(),
-            cluster_name: None,
-            write_mode: WriteMode::Thin,
-            min_sparse: 4096,
-            internal: InternalTenant {
-                project_id: "internal".into(),
-                user_id: "internal".into(),
-                quota_gigabytes: 0,
-                quota_volumes: 0,
-            },
-            spool_dir: dir.path().join("spool"),
-            fill_wait: DEFAULT_FILL_WAIT,
             file_sources: FileSources::Within { key: "image_source_dirs", dirs: vec![images.clone()], except: vec![] },
-            source_limits: Default::default(),
             url_sources: UrlSources::Within(Vec::new()),
+            ..CacheConfig::new("fuzz", dir.path().join("spool"))
         };
         let cache = Arc::new(CacheService::new(catalog, Arc::new(MemoryBackend::new()), policies, config));
         cache

@@ -10,11 +10,10 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use volcache::backend::Backend;
-use volcache::cache::{timestamp, CacheConfig, CacheService, CreateVolume, InternalTenant};
+use volcache::cache::{timestamp, CacheConfig, CacheService, CreateVolume};
 use volcache::catalog::{CacheOutcome, Catalog, ImageRecord};
 use volcache::image::DiskFormat;
 use volcache::policy::{CinderLimits, EngineOptions, PolicyEngine, PolicySet};
-use volcache::sparse::WriteMode;
 
 pub const MIB: u64 = 1 << 20;
 pub const GIB: u64 = 1 << 30;
@@ -38,24 +37,7 @@ pub fn image(path: &Path, size: u64, extents: u64, zeros: u64) {
 pub fn cache_service(catalog: Arc<Catalog>, backend: Arc<dyn Backend>, spool_dir: &Path) -> CacheService {
     let policies =
         Arc::new(PolicySet::new(PolicyEngine::new(EngineOptions::default()).unwrap(), CinderLimits::default()));
-    let config = CacheConfig {
-        enabled: true,
-        host: "bench".into(),
-        cluster_name: None,
-        write_mode: WriteMode::Thin,
-        min_sparse: 4096,
-        internal: InternalTenant {
-            project_id: "internal".into(),
-            user_id: "internal".into(),
-            quota_gigabytes: 0,
-            quota_volumes: 0,
-        },
-        spool_dir: spool_dir.to_path_buf(),
-        fill_wait: volcache::cache::DEFAULT_FILL_WAIT,
-        file_sources: volcache::image::source::FileSources::Any,
-        source_limits: Default::default(),
-        url_sources: volcache::image::source::UrlSources::Any,
-    };
+    let config = CacheConfig::new("bench", spool_dir.to_path_buf());
     CacheService::new(catalog, backend, policies, config)
 }
 

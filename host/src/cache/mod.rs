@@ -89,6 +89,30 @@ pub struct CacheConfig {
 pub const DEFAULT_FILL_WAIT: Duration = Duration::from_secs(30 * 60);
 
 impl CacheConfig {
+    /// A cache with the daemon's defaults (enabled, thin, 4 KiB zero detection, the internal
+    /// tenant `volcache-internal` without quota) that reads any source: for benchmarks, fuzz
+    /// targets and embedding. The daemon builds its own from the validated configuration.
+    pub fn new(host: &str, spool_dir: PathBuf) -> CacheConfig {
+        CacheConfig {
+            enabled: true,
+            host: host.to_string(),
+            cluster_name: None,
+            write_mode: WriteMode::Thin,
+            min_sparse: crate::sparse::DEFAULT_MIN_SPARSE,
+            internal: InternalTenant {
+                project_id: "volcache-internal".into(),
+                user_id: "volcache-internal".into(),
+                quota_gigabytes: 0,
+                quota_volumes: 0,
+            },
+            spool_dir,
+            fill_wait: DEFAULT_FILL_WAIT,
+            file_sources: crate::image::source::FileSources::Any,
+            source_limits: Default::default(),
+            url_sources: crate::image::source::UrlSources::Any,
+        }
+    }
+
     /// The cache scope: the cluster when there is one, else the host.
     pub fn scope(&self) -> &str {
         self.cluster_name.as_deref().unwrap_or(&self.host)
