@@ -452,3 +452,24 @@ fn a_pinned_entry_is_never_evicted_to_make_room() {
     assert_eq!(c.entry_images(), vec!["c"]);
     assert!(matches!(c.cache.pin_entry(a.id, Pin::Pinned), Err(CacheError::EntryNotFound(_))));
 }
+
+#[test]
+fn pinning_an_entry_a_fill_has_chosen_as_its_victim_is_a_conflict() {
+    use volcache::cache::evict::Pin;
+    let c = Arc::new(Core::new(limits(0, 1)));
+    c.register("a", 1);
+    c.register("b", 1);
+    c.create("a", 1).unwrap();
+    let a = c.cache.scope_entries().unwrap().remove(0);
+    // b's fill chooses a as its victim, then writes slowly.
+    c.faulty.slow(Op::Seal, Duration::from_millis(400));
+    let fill = {
+        let c = c.clone();
+        std::thread::spawn(move || c.create("b", 1))
+    };
+    std::thread::sleep(Duration::from_millis(150));
+    let pinned = c.cache.pin_entry(a.id, Pin::Pinned);
+    assert!(matches!(pinned, Err(CacheError::Conflict(_))), "{pinned:?}");
+    assert_eq!(fill.join().unwrap().unwrap().volume.cache, Some(CacheOutcome::Miss));
+    assert_eq!(c.entry_images(), vec!["b"], "the fill's eviction went ahead");
+}

@@ -76,12 +76,21 @@ impl CacheService {
     /// change of its image and a lost volume still remove it.
     pub fn pin_entry(&self, id: u64, pin: Pin) -> Result<EntryRecord, CacheError> {
         let scope = self.config.scope().to_string();
+        // Under the ledger's lock, as a fill chooses its victims: either the fill sees the pin,
+        // or the pin sees that a fill in progress has already chosen this entry.
+        let ledger = self.ledger.lock();
+        if pin == Pin::Pinned && ledger.is_doomed(id) {
+            return Err(CacheError::Conflict(format!(
+                "cache entry {id} is being evicted to make room for a fill in progress; retry once it ends"
+            )));
+        }
         let entry = self.catalog.write(|w| {
             let Some(mut entry) = w.entry(id)? else { return Ok(None) };
             entry.pinned = pin == Pin::Pinned;
             w.put_entry(&scope, &entry)?;
             Ok(Some(entry))
         })?;
+        drop(ledger);
         let entry = entry.ok_or(CacheError::EntryNotFound(id))?;
         tracing::info!(entry = id, image_id = %entry.image_id, pinned = entry.pinned, "cache entry pin changed");
         Ok(entry)
