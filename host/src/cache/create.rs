@@ -41,7 +41,7 @@ impl CacheService {
     /// [`CacheService::create_volume`] for a client that may go away: a wait for another
     /// request's fill ends when `cancel` is set.
     pub fn create_volume_with(&self, req: &CreateVolume, cancel: &Cancel) -> Result<Created, CacheError> {
-        let image = self.image_for(req)?;
+        let mut image = self.image_for(req)?;
         let span = tracing::info_span!("create_volume", image_id = %image.id, size = req.size);
         let _enter = span.enter();
         self.finish_deferred_removals();
@@ -51,11 +51,14 @@ impl CacheService {
         }
         let scope = self.config.scope().to_string();
         let key = format!("{scope}\0{}", image.id);
-        for _ in 0..ATTEMPTS {
+        for attempt in 0..ATTEMPTS {
             if cancel.is_cancelled() {
                 return Err(CacheError::Cancelled);
             }
-            let image = self.image_for(req)?;
+            // Each further attempt follows a lost race: the image may have changed meanwhile.
+            if attempt > 0 {
+                image = self.image_for(req)?;
+            }
             if let Some(entry) = self.catalog.read(|r| r.entry_for(&scope, &image.id))? {
                 if entry.image_updated_at == image.updated_at {
                     if let Some(created) = self.hit(req, &image, &entry)? {
@@ -98,7 +101,6 @@ impl CacheService {
                 }
             }
         }
-        let image = self.image_for(req)?;
         let reason = "the image's cache entry kept being evicted under this request".to_string();
         self.direct(req, &image, reason, Count::Miss)
     }

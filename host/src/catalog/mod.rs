@@ -217,15 +217,8 @@ impl Catalog {
     /// Runs `f` in a write transaction and commits it; an error aborts everything `f` did.
     /// Durable when it returns.
     pub fn write<R>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<R, CatalogError>) -> Result<R, CatalogError> {
-        let db = self.handle()?;
-        let result = (|| {
-            let txn = db.begin_write()?;
-            let result = f(&mut Writer { txn: &txn })?;
-            let seq = self.commit_lazily(txn)?;
-            self.make_durable(&db, seq)?;
-            Ok(result)
-        })();
-        self.track(result, true)
+        let committed = self.write_or_abort(|w| f(w).map(Some))?;
+        Ok(committed.expect("a transaction that answers Some is committed"))
     }
 
     /// Like [`Catalog::write`], but commits only when `f` answers `Some`; `None` aborts
@@ -260,6 +253,11 @@ impl Catalog {
     /// Group commit, step 2: returns once commit `seq` is on disk. The first writer to get here
     /// makes every commit so far durable with one fsync'd commit; those waiting behind it find
     /// theirs covered and return without another.
+    ///
+    /// If the durable commit fails, every writer it was to cover fails too (each tries its own,
+    /// which fails the same way). An I/O failure marks the catalog for reopening, and a reopened
+    /// redb file holds only durable commits: the lazy ones vanish with it, so a write that
+    /// answered an error left nothing behind.
     fn make_durable(&self, db: &Database, seq: u64) -> Result<(), CatalogError> {
         let mut durable = self.durable.lock().unwrap_or_else(|p| p.into_inner());
         if *durable >= seq {
