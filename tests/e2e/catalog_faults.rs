@@ -81,22 +81,8 @@ fn populated(root: &Path) -> (PathBuf, serde_json::Value) {
     (cfg, v)
 }
 
-/// Runs `volcache serve` that must refuse to start; returns its stderr.
 fn refused(config: &Path) -> String {
-    let mut child = serve(config).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            panic!("the daemon started on a catalog it must refuse");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "the daemon must exit 1 with a message, not panic: {stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
-    stderr
+    crate::fixtures::refused_start(serve(config))
 }
 
 #[test]

@@ -165,3 +165,23 @@ pub fn assert_same_bytes(a: &std::path::Path, b: &std::path::Path) {
         panic!("{} and {} differ at byte {at}", a.display(), b.display());
     }
 }
+
+/// Runs `volcache serve` that must refuse to start: it exits 1 within 30 s with a message, not a
+/// panic. Returns its standard error.
+pub fn refused_start(mut serve: std::process::Command) -> String {
+    use std::process::Stdio;
+    let mut child = serve.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("the daemon started where it must refuse to");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "the daemon must exit 1 with a message: {stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    stderr
+}
