@@ -14,10 +14,11 @@
 //!   closing (no new lease) --no lease left--> volume removed, intent cleared --> gone
 //! ```
 //!
-//! A hit takes a lease under the ledger's lock, then re-reads the entry's row: a row that is
-//! still there means any eviction will see the lease and leave the volume until it ends. A fill
-//! holds the lock while it builds the policy view and records its reservation, so two fills
-//! never decide on the same free space or the same victims.
+//! A hit takes a lease (under the lease lock, which never waits for a fill's decision), then
+//! re-reads the entry's row: a row that is still there means any eviction will see the lease
+//! and leave the volume until it ends. A fill holds the planning lock while it builds the policy
+//! view and records its reservation, so two fills never decide on the same free space or the
+//! same victims.
 //!
 //! Everything here is in memory: one daemon owns a backend (see `Backend::claim`), and a crash
 //! loses no accounting that matters, because every reservation and lease ends with its
@@ -45,11 +46,18 @@ pub struct PendingRemoval {
     pub intent_id: u64,
 }
 
+/// What fills plan with: reservations and chosen victims.
 #[derive(Debug, Default)]
 pub struct State {
     reservations: BTreeMap<u64, Reservation>,
     /// Victim entry id -> the reserving entry that chose it.
     doomed: BTreeMap<u64, u64>,
+}
+
+/// What hits and evictions meet in: leases and removals waiting for them. Its own lock, so a
+/// hit never waits for a fill's policy decision.
+#[derive(Debug, Default)]
+struct Leases {
     leases: HashMap<u64, u32>,
     /// Entries whose row is gone: no new lease; their removal, if deferred.
     closing: HashMap<u64, Option<PendingRemoval>>,
@@ -79,12 +87,17 @@ impl State {
 #[derive(Debug, Default)]
 pub struct Ledger {
     state: Mutex<State>,
+    leased: Mutex<Leases>,
 }
 
 impl Ledger {
-    /// Holds the ledger: a fill builds its view and reserves under this guard.
+    /// Holds the planning state: a fill builds its view and reserves under this guard.
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn leased(&self) -> MutexGuard<'_, Leases> {
+        self.leased.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Ends a reservation (the fill committed or failed) and frees its victims.
@@ -97,7 +110,7 @@ impl Ledger {
     /// A lease on `entry_id`, unless it is being evicted. The caller must then check that the
     /// entry's row still exists.
     pub fn lease(self: &Arc<Self>, entry_id: u64) -> Option<Lease> {
-        let mut s = self.lock();
+        let mut s = self.leased();
         if s.closing.contains_key(&entry_id) {
             return None;
         }
@@ -106,13 +119,13 @@ impl Ledger {
     }
 
     pub fn leases(&self, entry_id: u64) -> u32 {
-        self.lock().leases.get(&entry_id).copied().unwrap_or(0)
+        self.leased().leases.get(&entry_id).copied().unwrap_or(0)
     }
 
     /// The entry's row is gone: refuses new leases. Returns the removal if it can happen now,
     /// or keeps it until the last lease ends.
     pub fn close(&self, removal: PendingRemoval) -> Option<PendingRemoval> {
-        let mut s = self.lock();
+        let mut s = self.leased();
         let id = removal.entry_id;
         if s.leases.get(&id).copied().unwrap_or(0) == 0 {
             s.closing.remove(&id);
@@ -125,7 +138,7 @@ impl Ledger {
 
     /// Removals whose last lease has ended since the last call.
     pub fn take_ready(&self) -> Vec<PendingRemoval> {
-        std::mem::take(&mut self.lock().ready)
+        std::mem::take(&mut self.leased().ready)
     }
 
     /// Reservations in progress (for stats and tests).
@@ -149,7 +162,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let mut s = self.ledger.lock();
+        let mut s = self.ledger.leased();
         let left = match s.leases.get_mut(&self.entry_id) {
             Some(n) => {
                 *n -= 1;
