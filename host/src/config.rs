@@ -156,6 +156,8 @@ pub struct RawCache {
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
     pub memory_limit_mib: Option<u64>,
+    /// Largest plugin component accepted, from a file or an upload (default 64).
+    pub max_plugin_mib: Option<u64>,
     pub call_deadline_ms: Option<u64>,
     #[serde(default)]
     pub slots: BTreeMap<String, RawSlot>,
@@ -267,6 +269,13 @@ impl RawConfig {
             }
             engine.memory_limit_bytes =
                 usize::try_from(mib << 20).map_err(|_| invalid("policy.memory_limit_mib", "too large"))?;
+        }
+        if let Some(mib) = self.policy.max_plugin_mib {
+            if !(1..=1024).contains(&mib) {
+                return Err(invalid("policy.max_plugin_mib", "must be between 1 and 1024"));
+            }
+            engine.max_component_bytes =
+                usize::try_from(mib << 20).map_err(|_| invalid("policy.max_plugin_mib", "too large"))?;
         }
         if let Some(ms) = self.policy.call_deadline_ms {
             if !(1..=60_000).contains(&ms) {

@@ -360,7 +360,7 @@ fn malformed_and_oversized_requests_get_4xx_not_500() {
         assert_eq!(status, want, "{method} {path} {}: {reply}", String::from_utf8_lossy(body));
         assert!(reply["error"]["code"].is_string() && reply["error"]["message"].is_string(), "{reply}");
     }
-    let huge = vec![b'a'; 20 << 20];
+    let huge = vec![b'a'; volcache::policy::DEFAULT_MAX_COMPONENT_BYTES + 1];
     let (status, _) = d.call("PUT", "/v1/policies/eviction", Some(TOKEN), Some(("application/wasm", &huge)));
     assert_eq!(status, 413);
 }

@@ -42,7 +42,7 @@ fn authed(method: &str, uri: &str, body: Body) -> Request<Body> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_is_json() {
     let core = Core::new(limits(0, 0));
-    let big = vec![b'x'; volcache::server::MAX_PLUGIN_BYTES + 1];
+    let big = vec![b'x'; volcache::policy::DEFAULT_MAX_COMPONENT_BYTES + 1];
     let (status, _, body) = raw_call(&core, authed("PUT", "/v1/policies/eviction", Body::from(big))).await;
     assert_eq!((status, body["error"]["code"].as_str()), (413, Some("payload_too_large")), "{body}");
 

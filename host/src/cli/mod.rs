@@ -2,16 +2,18 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod plugin;
+
+pub use plugin::{CheckArgs, PluginCommand};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
-use crate::policy::{self, EngineOptions, PolicyEngine, PolicySet, PolicySource, PolicySpec, Slot};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -113,38 +115,7 @@ pub struct ConvertArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum PluginCommand {
-    /// Show a component's WIT package, exports, imports and the slots it can fill.
-    Inspect {
-        file: PathBuf,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Load a component into a slot as the daemon would (compile, type-check, configure,
-    /// smoke-test); exit 0 when it passes.
-    Check(CheckArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct CheckArgs {
-    pub file: PathBuf,
-    /// The slot to fill: admission, capacity or eviction.
-    #[arg(long)]
-    pub slot: Slot,
-    /// A configuration parameter KEY=VALUE (repeatable), e.g. image_volume_cache_max_size_gb=10.
-    #[arg(long = "param", value_parser = parse_param)]
-    pub params: Vec<(String, String)>,
-    /// Memory cap of the plugin instance, in MiB.
-    #[arg(long, default_value_t = 64)]
-    pub memory_mib: usize,
-    /// Deadline of one call, in milliseconds.
-    #[arg(long, default_value_t = 100)]
-    pub deadline_ms: u64,
-}
-
-fn parse_param(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_param(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.trim().to_string(), v.to_string()))
         .filter(|(k, _)| !k.is_empty())
@@ -179,66 +150,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Volume { conn, cmd } => client::volume(&conn, cmd),
         Command::Cache { conn, cmd } => client::cache(&conn, cmd),
         Command::Policy { conn, cmd } => client::policy(&conn, cmd),
-        Command::Plugin(PluginCommand::Inspect { file, json }) => inspect(&file, json),
-        Command::Plugin(PluginCommand::Check(args)) => check(args),
-    }
-}
-
-fn inspect(file: &PathBuf, json: bool) -> anyhow::Result<ExitCode> {
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let engine = PolicyEngine::new(EngineOptions::default())?;
-    let found = policy::inspect(&engine, &bytes)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&found)?);
-    } else {
-        let list = |items: &[String]| if items.is_empty() { "(none)".to_string() } else { items.join("\n           ") };
-        println!("file       {} ({} bytes)", file.display(), found.size_bytes);
-        println!("sha256     {}", found.digest);
-        println!("package    {}", list(&found.packages));
-        if let Some(info) = &found.info {
-            println!("plugin     {} {}: {}", info.name, info.version, info.summary);
-        }
-        println!("exports    {}", list(&found.exports));
-        println!("imports    {}", list(&found.imports));
-        let slots: Vec<String> = found.slots.iter().map(Slot::to_string).collect();
-        println!("slots      {}", list(&slots));
-        println!("events     {}", if found.events { "yes" } else { "no" });
-        if let Some(problem) = &found.problem {
-            println!("problem    {problem}");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    if args.memory_mib == 0 || args.deadline_ms == 0 {
-        bail!("--memory-mib and --deadline-ms must be at least 1");
-    }
-    let options = EngineOptions {
-        memory_limit_bytes: args.memory_mib << 20,
-        call_deadline: Duration::from_millis(args.deadline_ms),
-        ..EngineOptions::default()
-    };
-    let engine = PolicyEngine::new(options)?;
-    let set = PolicySet::new(engine, policy::CinderLimits::default());
-    let started = Instant::now();
-    let spec = PolicySpec { source: PolicySource::File(args.file.clone()), params: args.params };
-    match set.check(args.slot, spec) {
-        Ok(status) => {
-            println!(
-                "ok: {} {} fills the {} slot (sha256 {}), loaded and smoke-tested in {:.1} ms",
-                status.name,
-                status.version,
-                args.slot,
-                status.digest.as_deref().unwrap_or("-"),
-                started.elapsed().as_secs_f64() * 1e3
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            eprintln!("volcache: check failed for {}: {e}", args.file.display());
-            Ok(ExitCode::FAILURE)
-        }
+        Command::Plugin(cmd) => plugin::run(cmd),
     }
 }
 

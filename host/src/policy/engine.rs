@@ -32,6 +32,9 @@ use super::LoadError;
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 const MAC_LEN: usize = 32;
+
+/// Default of [`EngineOptions::max_component_bytes`]: room for a Python plugin three times over.
+pub const DEFAULT_MAX_COMPONENT_BYTES: usize = 64 << 20;
 const KEY_LEN: usize = 32;
 
 /// Memory cap, deadline and cache location for every policy instance.
@@ -45,6 +48,9 @@ pub struct EngineOptions {
     pub cache_dir: Option<PathBuf>,
     /// Most artifacts kept in `cache_dir`; the least recently used go first.
     pub cache_max_artifacts: usize,
+    /// Largest component accepted, from a file or an upload. A Python component built by
+    /// componentize-py is about 18 MiB, a JavaScript one by componentize-js about 11 MiB.
+    pub max_component_bytes: usize,
 }
 
 impl Default for EngineOptions {
@@ -54,6 +60,7 @@ impl Default for EngineOptions {
             call_deadline: Duration::from_millis(100),
             cache_dir: None,
             cache_max_artifacts: 32,
+            max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
         }
     }
 }
@@ -130,6 +137,8 @@ impl PolicyEngine {
     /// Compiles component bytes, or loads this daemon's own precompiled artifact for them.
     pub fn compile(&self, bytes: &[u8]) -> Result<Compiled, LoadError> {
         check_component_preamble(bytes)?;
+        // Refusals that need no compiler come first: they take milliseconds, not seconds.
+        super::scan::check(&super::scan::outline(bytes)?)?;
         let digest = hex::encode(Sha256::digest(bytes));
         if let Some(cache) = &self.cache {
             if let Some(component) = cache.load(&self.engine, &digest) {
@@ -147,7 +156,7 @@ impl PolicyEngine {
 }
 
 /// A core module or random bytes get an error that says what to do, before Cranelift sees them.
-fn check_component_preamble(bytes: &[u8]) -> Result<(), LoadError> {
+pub(crate) fn check_component_preamble(bytes: &[u8]) -> Result<(), LoadError> {
     const MAGIC: &[u8] = b"\0asm";
     match bytes.get(..8) {
         Some(head) if head.starts_with(MAGIC) && head[6..8] == [1, 0] => Ok(()),

@@ -14,17 +14,21 @@ mod bindings;
 mod builtin;
 mod engine;
 mod plugin;
+mod scan;
 mod slots;
 mod stats;
+mod wasi;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
 pub use builtin::Builtin;
-pub use engine::{Compiled, EngineOptions, PolicyEngine};
+pub use engine::{Compiled, EngineOptions, PolicyEngine, DEFAULT_MAX_COMPONENT_BYTES};
 pub use plugin::{inspect, interface_name, Inspection, PluginInfo, WasmPlugin};
-pub use slots::{Decided, DecidedBy, Plan, PolicySet, PolicySource, PolicySpec, SlotStatus, MAX_PLUGIN_FILE};
+pub use scan::host_speaks;
+pub(crate) use slots::read_plugin_file;
+pub use slots::{Decided, DecidedBy, Plan, PolicySet, PolicySource, PolicySpec, SlotStatus};
 pub use stats::SlotStats;
 pub use volcache_policy_core::{CinderLimits, Entry, Need, SizeBasis};
 
@@ -192,8 +196,10 @@ pub enum LoadError {
     NotAComponent(String),
     #[error("invalid component: {0:#}")]
     Compile(#[source] wasmtime::Error),
-    #[error("plugin imports `{0}`, which volcache does not provide: policies get no WASI and may only import volcache:policy/host")]
-    ForbiddenImport(String),
+    #[error("plugin imports {}, which volcache does not provide: a policy may import volcache:policy/host and WASI 0.2 (cli, io, clocks, random, filesystem, sockets, http; all deny-all)", .0.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))]
+    ForbiddenImport(Vec<String>),
+    #[error("plugin was built against volcache:policy@{found}; this host speaks {speaks}: rebuild it against the WIT this daemon ships (`volcache plugin wit`)")]
+    WitVersion { found: String, speaks: String },
     #[error("cannot link plugin: {0:#}")]
     Link(#[source] wasmtime::Error),
     #[error("plugin cannot fill the {slot} slot: {detail}")]

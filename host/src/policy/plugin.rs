@@ -15,8 +15,11 @@ use std::sync::Mutex;
 use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{ResourceLimiter, Store, Trap};
 
+use wasmtime_wasi::{WasiCtxView, WasiView};
+
 use super::bindings::{self, admission, capacity, events, eviction, plugin, Level};
 use super::engine::PolicyEngine;
+use super::wasi::{self, Sandbox};
 use super::{CallError, LoadError, Slot};
 
 /// Longest log line a plugin may write, and how many lines one instance may write per call.
@@ -37,6 +40,26 @@ pub(crate) struct HostState {
     log_budget: u32,
     log_dropped: u64,
     label: String,
+    sandbox: Sandbox,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        self.sandbox.view()
+    }
+}
+
+impl HostState {
+    /// Writes what the plugin printed on stdout/stderr during the call as its log lines.
+    fn flush_output(&mut self) {
+        let (lines, dropped) = self.sandbox.take_output();
+        for line in lines {
+            bindings::volcache::policy::host::Host::log(self, Level::Info, line);
+        }
+        if dropped > 0 {
+            tracing::warn!(plugin = %self.label, bytes = dropped, "plugin output dropped (limit 8 KiB per call)");
+        }
+    }
 }
 
 /// Enforces the memory cap and remembers that it did, so a trap can be reported as such.
@@ -139,19 +162,15 @@ pub fn interface_name(interface: &str) -> String {
 }
 
 /// Checks that a component only imports what the host provides: the policy `host` and `types`
-/// interfaces. Anything else (WASI above all) is refused by name.
+/// interfaces and the deny-all WASI. `compile` already checked the bytes; this checks what
+/// wasmtime actually compiled, so a parser disagreement cannot let an import through.
 pub(crate) fn check_imports(engine: &PolicyEngine, component: &Component) -> Result<(), LoadError> {
     let ty = component.component_type();
-    for (name, _) in ty.imports(engine.engine()) {
-        let allowed = ["host", "types"].iter().any(|i| {
-            let prefix = format!("volcache:policy/{i}@");
-            name.strip_prefix(&prefix).is_some_and(|v| v.starts_with("0.1."))
-        });
-        if !allowed {
-            return Err(LoadError::ForbiddenImport(name.to_string()));
-        }
-    }
-    Ok(())
+    let outline = super::scan::Outline {
+        imports: ty.imports(engine.engine()).map(|(name, _)| name.to_string()).collect(),
+        exports: ty.exports(engine.engine()).map(|(name, _)| name.to_string()).collect(),
+    };
+    super::scan::check(&outline)
 }
 
 impl WasmPlugin {
@@ -168,6 +187,8 @@ impl WasmPlugin {
         let mut linker: Linker<HostState> = Linker::new(engine.engine());
         bindings::AnyPolicy::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(LoadError::Link)?;
+        wasi::add_to_linker(&mut linker, |s: &mut HostState| s.sandbox.view().table).map_err(LoadError::Link)?;
+        wasi::trap_http(&mut linker, engine.engine(), component).map_err(LoadError::Link)?;
         let pre = linker.instantiate_pre(component).map_err(LoadError::Link)?;
         let missing = |interface: &str, e: wasmtime::Error| LoadError::WrongSlot {
             slot,
@@ -209,6 +230,7 @@ impl WasmPlugin {
         let info =
             plugin.guarded(&mut live, |live| live.plugin.call_info(&mut live.store)).map_err(LoadError::Instantiate)?;
         plugin.info = PluginInfo { name: info.name, version: info.version, summary: info.summary };
+        live.store.data_mut().label = format!("{}:{}", slot, plugin.info.name);
         *plugin.live.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(live);
         Ok(plugin)
     }
@@ -225,6 +247,7 @@ impl WasmPlugin {
             log_budget: LOG_LINES_PER_CALL,
             log_dropped: 0,
             label: format!("{}:{}", self.slot, self.info.name),
+            sandbox: Sandbox::new(),
         };
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -278,6 +301,7 @@ impl WasmPlugin {
         live.store.set_epoch_deadline(self.engine.deadline_ticks());
         live.store.data_mut().log_budget = LOG_LINES_PER_CALL;
         let result = f(live);
+        live.store.data_mut().flush_output();
         let dropped = std::mem::take(&mut live.store.data_mut().log_dropped);
         if dropped > 0 {
             tracing::warn!(plugin = %live.store.data().label, dropped, "plugin log lines dropped (limit {LOG_LINES_PER_CALL} per call)");
@@ -375,42 +399,52 @@ pub struct Inspection {
     pub problem: Option<String>,
 }
 
-/// Reads a component's interface without trusting it: compiles it, lists its imports and
-/// exports, and (when it fills a slot) asks it for its `info` inside the sandbox.
+/// Reads a component's interface without trusting it: lists its imports and exports from its
+/// bytes, and only when the sandbox could load it, compiles it and (when it fills a slot) asks
+/// it for its `info` inside the sandbox.
 pub fn inspect(engine: &PolicyEngine, bytes: &[u8]) -> Result<Inspection, LoadError> {
-    let compiled = engine.compile(bytes)?;
-    let ty = compiled.component.component_type();
-    let exports: Vec<String> = ty.exports(engine.engine()).map(|(name, _)| name.to_string()).collect();
-    let imports: Vec<String> = ty.imports(engine.engine()).map(|(name, _)| name.to_string()).collect();
-    let mut packages: Vec<String> = exports
-        .iter()
-        .filter_map(|name| {
-            let (package, rest) = name.split_once('/')?;
-            let version = rest.split_once('@').map(|(_, v)| format!("@{v}")).unwrap_or_default();
-            Some(format!("{package}{version}"))
-        })
-        .collect();
-    packages.dedup();
-    let slots: Vec<Slot> = Slot::ALL.into_iter().filter(|s| exports.contains(&interface_name(s.interface()))).collect();
-    let events = exports.contains(&interface_name("events"));
-    let (info, problem) = match slots.first() {
-        Some(&slot) => match WasmPlugin::new(engine, &compiled.component, compiled.digest.clone(), slot, Vec::new()) {
-            Ok(p) => (Some(p.info.clone()), None),
-            Err(e) => (None, Some(e.to_string())),
-        },
-        None => {
-            (None, Some(format!("exports none of {}", Slot::ALL.map(|s| interface_name(s.interface())).join(", "))))
-        }
+    super::engine::check_component_preamble(bytes)?;
+    let outline = super::scan::outline(bytes)?;
+    let packages = {
+        let mut packages: Vec<String> = outline
+            .exports
+            .iter()
+            .filter_map(|name| {
+                let (package, rest) = name.split_once('/')?;
+                let version = rest.split_once('@').map(|(_, v)| format!("@{v}")).unwrap_or_default();
+                Some(format!("{package}{version}"))
+            })
+            .collect();
+        packages.dedup();
+        packages
     };
-    Ok(Inspection {
+    let slots: Vec<Slot> =
+        Slot::ALL.into_iter().filter(|s| outline.exports.contains(&interface_name(s.interface()))).collect();
+    let events = outline.exports.contains(&interface_name("events"));
+    let mut found = Inspection {
         size_bytes: bytes.len(),
-        digest: compiled.digest,
+        digest: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes)),
         packages,
-        exports,
-        imports,
-        slots,
+        exports: outline.exports.clone(),
+        imports: outline.imports.clone(),
+        slots: slots.clone(),
         events,
-        info,
-        problem,
-    })
+        info: None,
+        problem: None,
+    };
+    if let Err(e) = super::scan::check(&outline) {
+        found.problem = Some(e.to_string());
+        return Ok(found);
+    }
+    let Some(&slot) = slots.first() else {
+        found.problem =
+            Some(format!("exports none of {}", Slot::ALL.map(|s| interface_name(s.interface())).join(", ")));
+        return Ok(found);
+    };
+    let compiled = engine.compile(bytes)?;
+    match WasmPlugin::new(engine, &compiled.component, compiled.digest, slot, Vec::new()) {
+        Ok(p) => found.info = Some(p.info.clone()),
+        Err(e) => found.problem = Some(e.to_string()),
+    }
+    Ok(found)
 }

@@ -180,7 +180,7 @@ impl PolicySet {
                 (Filler::Builtin(b), "builtin".to_string())
             }
             PolicySource::File(path) => {
-                let bytes = read_plugin_file(&path)?;
+                let bytes = read_plugin_file(&path, self.engine.options().max_component_bytes)?;
                 (Filler::Wasm(self.load_wasm(slot, &bytes, params.clone())?), path.display().to_string())
             }
             PolicySource::Bytes(bytes) => {
@@ -461,12 +461,9 @@ fn status_of(slot: Slot, filled: &Filled, stats: StatsSnapshot) -> SlotStatus {
     }
 }
 
-/// The largest plugin, uploaded or read from a file; a larger file is refused before it is read.
-pub const MAX_PLUGIN_FILE: u64 = 16 << 20;
-
 /// Reads a plugin file: a regular file only (a FIFO or `/dev/zero` is refused at once, never
-/// read), and at most [`MAX_PLUGIN_FILE`] bytes.
-fn read_plugin_file(path: &std::path::Path) -> Result<Vec<u8>, LoadError> {
+/// read), and at most `max` bytes.
+pub(crate) fn read_plugin_file(path: &std::path::Path, max: usize) -> Result<Vec<u8>, LoadError> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let read_error = |source| LoadError::Read { path: path.to_path_buf(), source };
@@ -476,14 +473,17 @@ fn read_plugin_file(path: &std::path::Path) -> Result<Vec<u8>, LoadError> {
         let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
         return Err(read_error(e));
     }
-    if meta.len() > MAX_PLUGIN_FILE {
+    if meta.len() > max as u64 {
         let e = std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("{} bytes; plugins may be at most {MAX_PLUGIN_FILE} bytes", meta.len()),
+            format!(
+                "{} bytes; plugins may be at most {max} bytes (raise policy.max_plugin_mib to allow larger ones)",
+                meta.len()
+            ),
         );
         return Err(read_error(e));
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_PLUGIN_FILE + 1).read_to_end(&mut bytes).map_err(read_error)?;
+    file.take(max as u64 + 1).read_to_end(&mut bytes).map_err(read_error)?;
     Ok(bytes)
 }

@@ -45,6 +45,7 @@ impl From<LoadError> for ApiError {
             LoadError::UnknownBuiltin(_) => "unknown_builtin",
             LoadError::WrongSlot { .. } | LoadError::BuiltinWrongSlot { .. } => "wrong_slot",
             LoadError::ForbiddenImport(_) => "forbidden_import",
+            LoadError::WitVersion { .. } => "wit_version",
             _ => "plugin_rejected",
         };
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, e.to_string())
@@ -108,7 +109,7 @@ fn storage_or_source(e: CacheError) -> ApiError {
 /// Rewrites an error response that is not JSON (axum's own rejections: 413 body too large, 405
 /// method not allowed, 400 for an undecodable path, 415) into the one error shape, keeping its
 /// status and headers such as `Allow`.
-pub async fn json_errors(response: axum::response::Response) -> axum::response::Response {
+pub async fn json_errors(response: axum::response::Response, max_body: usize) -> axum::response::Response {
     use axum::http::header;
     let status = response.status();
     let is_json = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
@@ -124,7 +125,9 @@ pub async fn json_errors(response: axum::response::Response) -> axum::response::
         .unwrap_or_default();
     let (code, message) = match status {
         StatusCode::PAYLOAD_TOO_LARGE => {
-            ("payload_too_large", format!("the request body is over the limit of {} bytes", super::MAX_PLUGIN_BYTES))
+            ("payload_too_large", format!(
+                "the request body is over the limit of {max_body} bytes (raise policy.max_plugin_mib for larger plugins)"
+            ))
         }
         StatusCode::METHOD_NOT_ALLOWED => {
             let allow = parts.headers.get(header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();

@@ -30,9 +30,6 @@ pub use listen::{serve as serve_http, HttpLimits};
 /// The API description, kept in sync with the routes below by a test.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-/// Largest component accepted by `PUT /v1/policies/{slot}`.
-pub const MAX_PLUGIN_BYTES: usize = crate::policy::MAX_PLUGIN_FILE as usize;
-
 /// Shared state of the HTTP handlers.
 #[derive(Clone, Debug)]
 pub struct AppState {
@@ -88,6 +85,8 @@ impl AppState {
 
 /// The routes; tests drive this directly or through a real listener.
 pub fn app(state: AppState) -> Router {
+    // Largest component accepted by `PUT /v1/policies/{slot}` (`policy.max_plugin_mib`).
+    let max_body = state.cache.policies().engine().options().max_component_bytes;
     let admin = Router::new()
         .route("/v1/policies", get(policies::list_policies))
         .route("/v1/policies/{slot}", get(policies::show_policy).put(policies::put_policy))
@@ -100,7 +99,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/cache/entries/{id}/pin", axum::routing::post(cache::pin_entry).delete(cache::unpin_entry))
         .route("/v1/cache/stats", get(cache::stats))
         .route("/v1/events", get(observe::events))
-        .layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES))
+        .layer(DefaultBodyLimit::max(max_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     // Health and metrics are public unless the configuration says otherwise.
     let guarded = |public: bool, router: Router<AppState>| {
@@ -119,7 +118,7 @@ pub fn app(state: AppState) -> Router {
         .merge(admin)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         // Rejections made by axum itself (body limit, method, path decoding) become JSON too.
-        .layer(middleware::map_response(error::json_errors))
+        .layer(middleware::map_response(move |r| error::json_errors(r, max_body)))
         // A span per request: method and path, then status and latency when it ends.
         .layer(
             tower_http::trace::TraceLayer::new_for_http()

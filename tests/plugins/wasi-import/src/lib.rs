@@ -1,5 +1,6 @@
-//! `wasi-import`: a correct eviction policy that also imports a WASI interface (randomness).
-//! Policies get no WASI; the host must refuse to load it and say which import is the problem.
+//! `wasi-import`: a correct eviction policy that also imports two interfaces the sandbox does not
+//! provide (WASI key-value storage and a made-up raw socket). The host must refuse to load it
+//! before compiling it, and name both imports.
 #![no_std]
 
 extern crate alloc;
@@ -14,12 +15,19 @@ wit_bindgen::generate!({
 
         world random-lru {
             include volcache:policy/eviction-policy@0.1.0;
-            import wasi:random/random@0.2.0;
+            import wasi:keyvalue/store@0.2.0;
+            import test:escape/raw-socket@0.1.0;
         }
 
-        package wasi:random@0.2.0 {
-            interface random {
-                get-random-u64: func() -> u64;
+        package wasi:keyvalue@0.2.0 {
+            interface store {
+                get-u64: func(key: string) -> u64;
+            }
+        }
+
+        package test:escape@0.1.0 {
+            interface raw-socket {
+                connect: func(host: string) -> u64;
             }
         }
     "#,
@@ -44,7 +52,8 @@ impl plugin::Guest for RandomLru {
 
 impl eviction::Guest for RandomLru {
     fn victims(_need: Need, view: View) -> Vec<u64> {
-        let pick = wasi::random::random::get_random_u64() as usize % view.ids.len().max(1);
+        let pick = wasi::keyvalue::store::get_u64("pick") as usize % view.ids.len().max(1);
+        let _ = test::escape::raw_socket::connect("127.0.0.1:22");
         view.ids.get(pick).map(|&id| vec![id]).unwrap_or_default()
     }
 }
