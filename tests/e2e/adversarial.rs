@@ -142,6 +142,7 @@ fn event_hooks_reach_stateful_plugins() {
     let cache = view(2 * TRIGGER, 3, false);
     let need = Need { amount: 0, basis: SizeBasis::Provisioned, entries: 1 };
     set.notify(&PolicyEvent::Hit { id: 17, now_ms: 1 });
+    set.flush_events();
     let d = set.victims(need, &cache);
     assert_eq!((d.by, d.value), (DecidedBy::Plugin, Some(vec![17])));
 }
@@ -151,7 +152,10 @@ fn a_trapping_event_hook_is_counted_and_decisions_go_on() {
     let set = evil(Slot::Eviction, "hook-panic");
     set.notify(&PolicyEvent::Evict { id: 1 });
     set.notify(&PolicyEvent::Hit { id: 2, now_ms: 5 });
+    set.flush_events();
     assert_eq!(failures(&set, Slot::Eviction).0, 2);
+    let stats = set.status().into_iter().find(|s| s.slot == Slot::Eviction).unwrap().stats;
+    assert_eq!((stats.events_failed, stats.events_delivered), (2, 0));
     let need = Need { amount: 1, basis: SizeBasis::Provisioned, entries: 0 };
     assert_eq!(set.victims(need, &view(3, 1, false)).by, DecidedBy::Plugin);
 }
@@ -199,4 +203,19 @@ fn pinned_entries_are_never_victims_even_when_they_would_cover_the_need() {
     assert!(matches!(&d.by, DecidedBy::Fallback(CallError::InvalidAnswer(m)) if m.contains("pinned")), "{:?}", d.by);
     let victims = d.value.expect("LRU finds an unpinned victim");
     assert!(victims.iter().all(|id| !cache.get(*id).unwrap().pinned));
+}
+
+#[test]
+fn a_hook_that_keeps_failing_is_switched_off_and_decisions_go_on() {
+    let set = evil(Slot::Eviction, "hook-loop");
+    for id in 0..12 {
+        set.notify(&PolicyEvent::Hit { id, now_ms: id });
+    }
+    set.flush_events();
+    let status = set.status().into_iter().find(|s| s.slot == Slot::Eviction).unwrap();
+    assert!(status.events && status.events_disabled, "{status:?}");
+    assert_eq!(status.stats.events_failed, 5, "switched off after 5 failures in a row; later events never ran");
+    assert_eq!(status.stats.timeouts, 5, "each hook was stopped at its budget");
+    let need = Need { amount: 1, basis: SizeBasis::Provisioned, entries: 0 };
+    assert_eq!(set.victims(need, &view(3, 1, false)).by, DecidedBy::Plugin, "the plugin still decides");
 }

@@ -473,3 +473,40 @@ fn pinning_an_entry_a_fill_has_chosen_as_its_victim_is_a_conflict() {
     assert_eq!(fill.join().unwrap().unwrap().volume.cache, Some(CacheOutcome::Miss));
     assert_eq!(c.entry_images(), vec!["b"], "the fill's eviction went ahead");
 }
+
+/// Hit latency, median of `n` hits of `image`, in nanoseconds.
+fn median_hit_ns(c: &Core, image: &str, n: usize) -> u128 {
+    let mut times: Vec<u128> = (0..n)
+        .map(|_| {
+            let started = std::time::Instant::now();
+            let created = c.create(image, 1).unwrap();
+            assert_eq!(created.volume.cache, Some(CacheOutcome::Hit));
+            started.elapsed().as_nanos()
+        })
+        .collect();
+    times.sort_unstable();
+    times[n / 2]
+}
+
+#[test]
+fn event_hooks_run_off_the_request_path() {
+    use volcache::policy::{PolicySource, PolicySpec, Slot};
+    let c = Core::new(limits(0, 0));
+    c.register("img", 1);
+    c.create("img", 1).unwrap();
+    let builtin = median_hit_ns(&c, "img", 15);
+    let evil = PolicySpec {
+        source: PolicySource::File(crate::fixtures::test_plugin("evil")),
+        params: vec![("mode".into(), "hook-loop".into())],
+    };
+    c.cache.policies().swap(Slot::Eviction, evil).unwrap();
+    // Five hits while the hooks are still on: each queues an on-hit that loops until its budget
+    // (10 ms, many times a hit) is spent. Inline hooks would make each hit that much slower.
+    let looping = median_hit_ns(&c, "img", 5);
+    let ratio = looping as f64 / builtin as f64;
+    println!("hit median: built-in {builtin} ns, looping on-hit {looping} ns, ratio {ratio:.2}");
+    assert!(ratio < 5.0, "a looping on-hit slowed hits {ratio:.1}x");
+    c.cache.policies().flush_events();
+    let status = c.cache.policies().status().into_iter().find(|s| s.slot == Slot::Eviction).unwrap();
+    assert_eq!((status.stats.events_failed, status.events_disabled), (5, true), "{status:?}");
+}

@@ -44,6 +44,8 @@ pub struct EngineOptions {
     pub memory_limit_bytes: usize,
     /// Wall-clock budget of one call into a plugin.
     pub call_deadline: Duration,
+    /// Budget of one event hook (`events.on-hit` ...), which runs off the request path.
+    pub event_deadline: Duration,
     /// Where precompiled components are kept; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
     /// Most artifacts kept in `cache_dir`; the least recently used go first.
@@ -58,6 +60,7 @@ impl Default for EngineOptions {
         EngineOptions {
             memory_limit_bytes: 64 << 20,
             call_deadline: Duration::from_millis(100),
+            event_deadline: Duration::from_millis(10),
             cache_dir: None,
             cache_max_artifacts: 32,
             max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
@@ -129,8 +132,17 @@ impl PolicyEngine {
     /// Epoch ticks that cover the call deadline (at least one whole tick more than asked, since
     /// a call may start just before a tick).
     pub(crate) fn deadline_ticks(&self) -> u64 {
+        Self::ticks(self.options.call_deadline)
+    }
+
+    /// Epoch ticks of an event hook's budget.
+    pub(crate) fn event_deadline_ticks(&self) -> u64 {
+        Self::ticks(self.options.event_deadline.min(self.options.call_deadline))
+    }
+
+    fn ticks(budget: Duration) -> u64 {
         let tick = EPOCH_TICK.as_micros().max(1);
-        let ticks = self.options.call_deadline.as_micros().div_ceil(tick);
+        let ticks = budget.as_micros().div_ceil(tick);
         u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
     }
 

@@ -13,6 +13,7 @@
 mod bindings;
 mod builtin;
 mod engine;
+mod hooks;
 mod plugin;
 mod scan;
 mod slots;

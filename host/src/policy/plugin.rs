@@ -19,6 +19,7 @@ use wasmtime_wasi::{WasiCtxView, WasiView};
 
 use super::bindings::{self, admission, capacity, events, eviction, plugin, Level};
 use super::engine::PolicyEngine;
+use super::hooks::HookHealth;
 use super::wasi::{self, Sandbox};
 use super::{CallError, LoadError, Slot};
 
@@ -144,6 +145,7 @@ pub struct WasmPlugin {
     pub(crate) info: PluginInfo,
     pub(crate) digest: String,
     live: Mutex<Option<Live>>,
+    hooks: HookHealth,
 }
 
 impl std::fmt::Debug for WasmPlugin {
@@ -221,6 +223,7 @@ impl WasmPlugin {
             info: PluginInfo { name: String::new(), version: String::new(), summary: String::new() },
             digest,
             live: Mutex::new(None),
+            hooks: HookHealth::default(),
         };
         let mut live = plugin.instantiate().map_err(|e| match e {
             CallError::Rejected(reason) => LoadError::Configure(reason),
@@ -237,6 +240,10 @@ impl WasmPlugin {
 
     pub fn has_events(&self) -> bool {
         self.exports.events.is_some()
+    }
+
+    pub(crate) fn hooks(&self) -> &HookHealth {
+        &self.hooks
     }
 
     /// A new instance, type-checked and configured.
@@ -298,7 +305,16 @@ impl WasmPlugin {
     /// Runs `f` against a live instance under a fresh deadline and log budget, classifying any
     /// failure.
     fn guarded<R>(&self, live: &mut Live, f: impl FnOnce(&mut Live) -> wasmtime::Result<R>) -> Result<R, CallError> {
-        live.store.set_epoch_deadline(self.engine.deadline_ticks());
+        self.guarded_for(self.engine.deadline_ticks(), live, f)
+    }
+
+    fn guarded_for<R>(
+        &self,
+        ticks: u64,
+        live: &mut Live,
+        f: impl FnOnce(&mut Live) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        live.store.set_epoch_deadline(ticks);
         live.store.data_mut().log_budget = LOG_LINES_PER_CALL;
         let result = f(live);
         live.store.data_mut().flush_output();
@@ -312,12 +328,16 @@ impl WasmPlugin {
     /// Calls into the live instance (creating one if needed); on any failure the instance is
     /// discarded so the next call starts clean.
     fn call<R>(&self, f: impl FnOnce(&mut Live) -> wasmtime::Result<R>) -> Result<R, CallError> {
+        self.call_for(self.engine.deadline_ticks(), f)
+    }
+
+    fn call_for<R>(&self, ticks: u64, f: impl FnOnce(&mut Live) -> wasmtime::Result<R>) -> Result<R, CallError> {
         let mut slot = self.live.lock().unwrap_or_else(|p| p.into_inner());
         let mut live = match slot.take() {
             Some(live) => live,
             None => self.instantiate()?,
         };
-        let result = self.guarded(&mut live, f);
+        let result = self.guarded_for(ticks, &mut live, f);
         if result.is_ok() {
             *slot = Some(live);
         }
@@ -353,12 +373,13 @@ impl WasmPlugin {
         })
     }
 
-    /// Delivers an event to a plugin that exports `events`; others ignore it.
+    /// Delivers an event to a plugin that exports `events` (others ignore it), within the short
+    /// event budget.
     pub(crate) fn notify(&self, event: &super::PolicyEvent) -> Result<(), CallError> {
         if !self.has_events() {
             return Ok(());
         }
-        self.call(|live| {
+        self.call_for(self.engine.event_deadline_ticks(), |live| {
             let Some(g) = &live.events else { return Ok(()) };
             match event {
                 super::PolicyEvent::Hit { id, now_ms } => g.call_on_hit(&mut live.store, *id, *now_ms),

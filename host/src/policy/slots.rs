@@ -11,6 +11,7 @@ use volcache_policy_core as cinder;
 use super::bindings;
 use super::builtin::{self, Builtin};
 use super::engine::PolicyEngine;
+use super::hooks::HookQueue;
 use super::plugin::{PluginInfo, WasmPlugin};
 use super::stats::{SlotStats, StatsSnapshot};
 use super::{CallError, Candidate, CinderLimits, Entry, LoadError, Need, PolicyEvent, Slot, View};
@@ -68,7 +69,7 @@ pub enum Plan {
 /// What fills one slot right now.
 enum Filler {
     Builtin(Builtin),
-    Wasm(Box<WasmPlugin>),
+    Wasm(Arc<WasmPlugin>),
 }
 
 struct Filled {
@@ -93,6 +94,10 @@ pub struct SlotStatus {
     /// "builtin", the file path, or "upload".
     pub source: String,
     pub params: Vec<(String, String)>,
+    /// Whether the plugin exports `events`, and whether its hooks were switched off after
+    /// failing again and again.
+    pub events: bool,
+    pub events_disabled: bool,
     pub stats: StatsSnapshot,
 }
 
@@ -103,7 +108,8 @@ pub struct PolicySet {
     base_params: Vec<(String, String)>,
     base_limits: CinderLimits,
     slots: [RwLock<Arc<Filled>>; 3],
-    stats: [SlotStats; 3],
+    stats: Arc<[SlotStats; 3]>,
+    hooks: HookQueue,
     swapping: Mutex<()>,
 }
 
@@ -146,12 +152,14 @@ impl PolicySet {
                 limits,
             }))
         };
+        let stats: Arc<[SlotStats; 3]> = Arc::default();
         PolicySet {
             engine,
             base_params: limit_params(&limits),
             base_limits: limits,
             slots: Slot::ALL.map(filled),
-            stats: Default::default(),
+            hooks: HookQueue::start(stats.clone()),
+            stats,
             swapping: Mutex::new(()),
         }
     }
@@ -197,9 +205,9 @@ impl PolicySet {
         Ok(filled)
     }
 
-    fn load_wasm(&self, slot: Slot, bytes: &[u8], params: Vec<(String, String)>) -> Result<Box<WasmPlugin>, LoadError> {
+    fn load_wasm(&self, slot: Slot, bytes: &[u8], params: Vec<(String, String)>) -> Result<Arc<WasmPlugin>, LoadError> {
         let compiled = self.engine.compile(bytes)?;
-        WasmPlugin::new(&self.engine, &compiled.component, compiled.digest, slot, params).map(Box::new)
+        WasmPlugin::new(&self.engine, &compiled.component, compiled.digest, slot, params).map(Arc::new)
     }
 
     /// Checks `spec` the way a swap would (compile, type-check, configure, smoke test) without
@@ -324,22 +332,21 @@ impl PolicySet {
         }
     }
 
-    /// Tells every plugin that exports `events` what happened. A failure here only discards the
-    /// plugin's instance; no decision depends on it.
+    /// Tells every plugin that exports `events` what happened, off the request path: the event
+    /// is queued (never waited for) and delivered in order by the event thread.
     pub fn notify(&self, event: &PolicyEvent) {
-        let mut seen: Vec<*const WasmPlugin> = Vec::new();
         for slot in Slot::ALL {
             let filled = self.current(slot);
             let Filler::Wasm(plugin) = &filled.filler else { continue };
-            if !plugin.has_events() || seen.contains(&(&**plugin as *const WasmPlugin)) {
-                continue;
-            }
-            seen.push(&**plugin);
-            if let Err(error) = plugin.notify(event) {
-                self.stats[slot.index()].record_failure(&error);
-                tracing::warn!(%slot, plugin = %plugin.info.name, %error, "policy plugin failed on an event hook");
+            if plugin.has_events() {
+                self.hooks.push(slot, plugin.clone(), event.clone(), &self.stats[slot.index()]);
             }
         }
+    }
+
+    /// Waits until every event queued so far has reached the plugins (tests, shutdown).
+    pub fn flush_events(&self) {
+        self.hooks.flush();
     }
 }
 
@@ -448,6 +455,10 @@ fn status_of(slot: Slot, filled: &Filled, stats: StatsSnapshot) -> SlotStatus {
         ),
         Filler::Wasm(p) => ("wasm", p.info.clone(), Some(p.digest.clone())),
     };
+    let (events, events_disabled) = match &filled.filler {
+        Filler::Wasm(p) => (p.has_events(), p.hooks().disabled()),
+        Filler::Builtin(_) => (false, false),
+    };
     SlotStatus {
         slot,
         kind,
@@ -457,6 +468,8 @@ fn status_of(slot: Slot, filled: &Filled, stats: StatsSnapshot) -> SlotStatus {
         digest,
         source: filled.source.clone(),
         params: filled.params.clone(),
+        events,
+        events_disabled,
         stats,
     }
 }

@@ -21,6 +21,9 @@ pub struct SlotStats {
     traps: AtomicU64,
     invalid: AtomicU64,
     fallbacks: AtomicU64,
+    events_delivered: AtomicU64,
+    events_failed: AtomicU64,
+    events_dropped: AtomicU64,
     recent_ns: Mutex<VecDeque<u64>>,
 }
 
@@ -34,6 +37,11 @@ pub struct StatsSnapshot {
     pub traps: u64,
     pub invalid_answers: u64,
     pub fallbacks: u64,
+    /// Event hook calls that returned, that failed, and events dropped because the queue was
+    /// full (hooks run off the request path).
+    pub events_delivered: u64,
+    pub events_failed: u64,
+    pub events_dropped: u64,
     /// Median and 99th percentile of the last calls, in microseconds.
     pub latency_p50_us: u64,
     pub latency_p99_us: u64,
@@ -60,6 +68,15 @@ impl SlotStats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn record_event(&self, ok: bool) {
+        let counter = if ok { &self.events_delivered } else { &self.events_failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_event_dropped(&self) {
+        self.events_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn record_fallback(&self) {
         self.fallbacks.fetch_add(1, Ordering::Relaxed);
     }
@@ -78,6 +95,9 @@ impl SlotStats {
             traps: self.traps.load(Ordering::Relaxed),
             invalid_answers: self.invalid.load(Ordering::Relaxed),
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
+            events_delivered: self.events_delivered.load(Ordering::Relaxed),
+            events_failed: self.events_failed.load(Ordering::Relaxed),
+            events_dropped: self.events_dropped.load(Ordering::Relaxed),
             latency_p50_us: pct(50),
             latency_p99_us: pct(99),
         }

@@ -4,7 +4,7 @@
 //! loop, alloc (1 GiB), panic, recurse (stack overflow), unknown-ids, duplicate-ids, pinned-ids,
 //! too-few, huge (4 Mi ids), log-flood (100,000 log lines, then a valid answer), last-hit (evict
 //! the entry named by the last `on-hit` event: proves events arrive), hook-panic (panic in every
-//! event hook). `configure=fail|loop` misbehaves while being configured.
+//! event hook), hook-loop (loop for ever in every event hook). `configure=fail|loop` misbehaves while being configured.
 //!
 //! The trigger lets a misbehaving plugin pass the host's smoke test (3 entries) and fail later,
 //! on real decisions, which is where the host's fallback must hold.
@@ -27,7 +27,7 @@ use exports::volcache::policy::{admission, capacity, events, eviction, plugin};
 use volcache::policy::host::{log, Level};
 use volcache::policy::types::{Candidate, Entry, Need, SizeBasis, View};
 
-const MODES: [&str; 13] = [
+const MODES: [&str; 14] = [
     "none",
     "loop",
     "alloc",
@@ -41,6 +41,7 @@ const MODES: [&str; 13] = [
     "log-flood",
     "last-hit",
     "hook-panic",
+    "hook-loop",
 ];
 
 static MODE: AtomicU8 = AtomicU8::new(0);
@@ -189,22 +190,29 @@ impl eviction::Guest for Evil {
     }
 }
 
+fn hook_misbehave() {
+    match mode() {
+        "hook-panic" => panic!("evil hook panics"),
+        "hook-loop" => {
+            let mut x = 0u64;
+            loop {
+                x = black_box(x.wrapping_add(1));
+            }
+        }
+        _ => {}
+    }
+}
+
 impl events::Guest for Evil {
     fn on_hit(id: u64, _now_ms: u64) {
-        if mode() == "hook-panic" {
-            panic!("evil hook panics");
-        }
+        hook_misbehave();
         LAST_HIT.store(id, Ordering::Relaxed);
     }
     fn on_insert(_entry: Entry) {
-        if mode() == "hook-panic" {
-            panic!("evil hook panics");
-        }
+        hook_misbehave();
     }
     fn on_evict(_id: u64) {
-        if mode() == "hook-panic" {
-            panic!("evil hook panics");
-        }
+        hook_misbehave();
     }
 }
 
