@@ -108,3 +108,26 @@ fn check_refuses_wasi_imports_and_wrong_signatures_by_name() {
     let err = text(&out.stderr);
     assert!(err.contains("volcache:policy/eviction@0.1.0") && err.contains("type mismatch"), "{err}");
 }
+
+#[test]
+fn check_fails_a_policy_that_ignores_the_amount_needed() {
+    let evil = test_plugin("evil");
+    let out =
+        volcache(&["plugin", "check", evil.to_str().unwrap(), "--slot", "eviction", "--param", "mode=ignore-amount"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("smoke test failed") && err.contains("need 4 GiB"), "{err}");
+
+    let out =
+        volcache(&["plugin", "check", evil.to_str().unwrap(), "--slot", "eviction", "--param", "mode=pinned-ids"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("is pinned"), "{}", text(&out.stderr));
+
+    let out =
+        volcache(&["plugin", "check", evil.to_str().unwrap(), "--slot", "eviction", "--param", "mode=unknown-ids"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("an empty cache") || text(&out.stderr).contains("not in the cache"));
+
+    let out = volcache(&["plugin", "check", plugin("lru").to_str().unwrap(), "--slot", "eviction"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

@@ -411,35 +411,64 @@ pub(crate) fn check_victims(need: Need, view: &View, ids: &[u64]) -> Result<(), 
     Ok(())
 }
 
-/// One decision on a small made-up cache, answered validly, before a plugin may serve.
+/// Decisions on small made-up caches, each answered validly, before a plugin may serve: needs
+/// counted in GiB and in bytes, a need of entries only, a pinned entry, and an empty cache. A
+/// policy that ignores `need.amount` or pins fails here, not on the first real eviction.
 fn smoke_test(slot: Slot, plugin: &WasmPlugin) -> Result<(), CallError> {
-    let entries = (1..=3u64)
+    const MIB: u64 = 1 << 20;
+    let entries = (1..=4u64)
         .map(|i| Entry {
             id: i,
             size_gib: i,
-            allocated_bytes: i << 29,
+            allocated_bytes: 300 * MIB * i,
             last_used_ms: 1_000 * i,
             created_ms: 500 * i,
             hits: i,
-            pinned: false,
+            pinned: i == 2,
         })
         .collect();
-    let view = View::new(entries, 10_000);
+    let view = View::new(entries, 20_000);
+    let empty = View::new(Vec::new(), 20_000);
     let candidate = Candidate {
         image_id: "volcache-smoke-test".into(),
         size_gib: 1,
         virtual_size_bytes: 1 << 30,
         allocated_bytes: 1 << 29,
     };
+    let case = |what: &str, e: CallError| match e {
+        CallError::InvalidAnswer(m) => CallError::InvalidAnswer(format!("{what}: {m}")),
+        other => other,
+    };
     match slot {
-        Slot::Admission => plugin.admit(&wire_candidate(&candidate), view.wire()).map(drop),
-        Slot::Capacity => plugin.shortfall(&wire_candidate(&candidate), view.wire()).map(drop),
+        Slot::Admission => {
+            for (what, v) in [("a cache with a pinned entry", &view), ("an empty cache", &empty)] {
+                plugin.admit(&wire_candidate(&candidate), v.wire()).map_err(|e| case(what, e))?;
+            }
+        }
+        Slot::Capacity => {
+            for (what, v) in [("a cache with a pinned entry", &view), ("an empty cache", &empty)] {
+                plugin.shortfall(&wire_candidate(&candidate), v.wire()).map_err(|e| case(what, e))?;
+            }
+        }
         Slot::Eviction => {
-            let need = Need { amount: 0, basis: cinder::SizeBasis::Provisioned, entries: 1 };
-            let ids = plugin.victims(need.into(), view.wire())?;
-            check_victims(need, &view, &ids)
+            let needs = [
+                ("1 entry", Need { amount: 0, basis: cinder::SizeBasis::Provisioned, entries: 1 }),
+                ("4 GiB", Need { amount: 4, basis: cinder::SizeBasis::Provisioned, entries: 0 }),
+                ("700 MiB allocated", Need { amount: 700 * MIB, basis: cinder::SizeBasis::Allocated, entries: 0 }),
+            ];
+            for (what, need) in needs {
+                let what = format!("need {what} of 4 entries (entry 2 pinned)");
+                let ids = plugin.victims(need.into(), view.wire()).map_err(|e| case(&what, e))?;
+                check_victims(need, &view, &ids).map_err(|e| case(&what, e))?;
+            }
+            let need = Need { amount: 1, basis: cinder::SizeBasis::Provisioned, entries: 1 };
+            let ids = plugin.victims(need.into(), empty.wire()).map_err(|e| case("an empty cache", e))?;
+            if !ids.is_empty() {
+                return Err(CallError::InvalidAnswer(format!("an empty cache: named {} entries", ids.len())));
+            }
         }
     }
+    Ok(())
 }
 
 fn status_of(slot: Slot, filled: &Filled, stats: StatsSnapshot) -> SlotStatus {

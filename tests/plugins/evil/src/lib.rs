@@ -4,7 +4,8 @@
 //! loop, alloc (1 GiB), panic, recurse (stack overflow), unknown-ids, duplicate-ids, pinned-ids,
 //! too-few, huge (4 Mi ids), log-flood (100,000 log lines, then a valid answer), last-hit (evict
 //! the entry named by the last `on-hit` event: proves events arrive), hook-panic (panic in every
-//! event hook), hook-loop (loop for ever in every event hook). `configure=fail|loop` misbehaves while being configured.
+//! event hook), hook-loop (loop for ever in every event hook), ignore-amount (evict the oldest
+//! unpinned entry whatever the need). `configure=fail|loop` misbehaves while being configured.
 //!
 //! The trigger lets a misbehaving plugin pass the host's smoke test (3 entries) and fail later,
 //! on real decisions, which is where the host's fallback must hold.
@@ -27,7 +28,7 @@ use exports::volcache::policy::{admission, capacity, events, eviction, plugin};
 use volcache::policy::host::{log, Level};
 use volcache::policy::types::{Candidate, Entry, Need, SizeBasis, View};
 
-const MODES: [&str; 14] = [
+const MODES: [&str; 15] = [
     "none",
     "loop",
     "alloc",
@@ -42,6 +43,7 @@ const MODES: [&str; 14] = [
     "last-hit",
     "hook-panic",
     "hook-loop",
+    "ignore-amount",
 ];
 
 static MODE: AtomicU8 = AtomicU8::new(0);
@@ -183,6 +185,10 @@ impl eviction::Guest for Evil {
             },
             "pinned-ids" => view.pinned.clone(),
             "too-few" => Vec::new(),
+            "ignore-amount" => {
+                let one = cinder::Need { amount: 0, basis: cinder::SizeBasis::Provisioned, entries: 1 };
+                cinder::lru_victims(one, &columns(&view))
+            }
             "huge" => (1..=(4u64 << 20)).collect(),
             "last-hit" => vec![LAST_HIT.load(Ordering::Relaxed)],
             _ => honest,
