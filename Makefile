@@ -8,8 +8,12 @@ PLUGIN_DIR := $(CURDIR)/target/plugins
 TEST_PLUGIN_DIR := $(CURDIR)/target/test-plugins
 export VOLCACHE_PLUGIN_DIR := $(PLUGIN_DIR)
 export VOLCACHE_TEST_PLUGIN_DIR := $(TEST_PLUGIN_DIR)
+# componentize-py and componentize-js, for Python and JavaScript plugins (outside the clone).
+TOOLS_DIR ?= $(HOME)/.cache/volcache-tools
+export VOLCACHE_COMPONENTIZE_PY := $(TOOLS_DIR)/py/bin/componentize-py
+export VOLCACHE_COMPONENTIZE_JS := $(TOOLS_DIR)/js/node_modules/.bin/componentize-js
 
-.PHONY: all run test plugins test-plugins deps lint bench fuzz fmt clean api-fuzz
+.PHONY: all run test plugins test-plugins plugin-tools deps lint bench fuzz fmt clean api-fuzz
 
 all: plugins
 	$(CARGO) build --release -p volcache
@@ -21,6 +25,10 @@ plugins:
 ## The adversarial plugins the tests load -> target/test-plugins/<name>.wasm.
 test-plugins:
 	scripts/build-plugins.sh tests/plugins $(TEST_PLUGIN_DIR)
+
+## componentize-py (PyPI, in a venv) and componentize-js (npm), pinned, under TOOLS_DIR.
+plugin-tools:
+	VOLCACHE_TOOLS_DIR=$(TOOLS_DIR) scripts/plugin-tools.sh >/dev/null
 
 ## System packages the tests use (idempotent; needs root on a fresh machine).
 deps:
@@ -39,7 +47,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) clippy --workspace --all-targets --locked $(TEST_FEATURES) -- -D warnings
 
-test: deps plugins test-plugins lint
+test: deps plugins test-plugins plugin-tools lint
 	$(CARGO) test --workspace --all-targets --locked $(TEST_FEATURES) --no-run
 	VOLCACHE_TEST_CEPH_CONF=$(CEPH_DIR)/ceph.conf scripts/ceph-cluster.sh run $(CEPH_DIR) \
 		$(CARGO) test --workspace --all-targets --locked $(TEST_FEATURES)

@@ -43,5 +43,6 @@ mod hostile;
 mod hot_swap;
 mod http_sources;
 mod overlap_http;
+mod polyglot;
 #[cfg(feature = "rbd")]
 mod rbd;

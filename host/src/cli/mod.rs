@@ -3,6 +3,7 @@
 
 mod client;
 mod plugin;
+mod scaffold;
 
 pub use plugin::{CheckArgs, PluginCommand};
 

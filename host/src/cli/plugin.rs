@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
 use super::parse_param;
@@ -32,6 +32,49 @@ pub enum PluginCommand {
     Check(CheckArgs),
     /// Print the policy WIT this volcache speaks (to build a plugin against).
     Wit,
+    /// Write a new plugin project (policy, WIT, build script, README, test cases) into a new
+    /// directory, by default ./NAME.
+    New {
+        /// The plugin's name: lower-case letters, digits and dashes.
+        name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum)]
+        lang: super::scaffold::Lang,
+        /// The slot it fills: admission, capacity or eviction.
+        #[arg(long, default_value = "eviction")]
+        slot: Slot,
+        /// Where to write it (must not exist or be empty; default ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Run a component's answers against test cases, then check properties on random caches
+    /// (valid ids, covers the need, respects pins, no duplicates); exit 1 on any failure.
+    Test(TestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    pub file: PathBuf,
+    /// The slot to test: admission, capacity or eviction.
+    #[arg(long)]
+    pub slot: Slot,
+    /// A JSON file of cases (see the cases.json that `plugin new` writes).
+    #[arg(long)]
+    pub cases: Option<PathBuf>,
+    /// Random caches to check properties on.
+    #[arg(long, default_value_t = 200)]
+    pub random: u32,
+    /// Seed of the random caches (a failure prints the one that replays it).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// A configuration parameter KEY=VALUE (repeatable); added after the cases file's `params`.
+    #[arg(long = "param", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+    /// Deadline of one call, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub deadline_ms: u64,
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 /// Engine settings shared by the plugin commands.
@@ -103,6 +146,13 @@ pub fn run(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
             print!("{WIT}");
             Ok(ExitCode::SUCCESS)
         }
+        PluginCommand::New { name, lang, slot, dir } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let files = super::scaffold::write(&name, lang, slot, &dir)?;
+            println!("wrote {} files into {}; next: cd {} && ./build.sh", files.len(), dir.display(), dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Test(args) => test(args),
     }
 }
 
@@ -163,4 +213,50 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
+    use crate::policy::testkit;
+    if args.deadline_ms == 0 {
+        bail!("--deadline-ms must be at least 1");
+    }
+    let cases: Option<testkit::Cases> = match &args.cases {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            Some(serde_json::from_str(&text).with_context(|| format!("{}: not a cases file", path.display()))?)
+        }
+        None => None,
+    };
+    let mut params: Vec<(String, String)> =
+        cases.iter().flat_map(|c| c.params.iter().map(|(k, v)| (k.clone(), v.clone()))).collect();
+    params.extend(args.params.iter().cloned());
+    let options = EngineOptions { call_deadline: Duration::from_millis(args.deadline_ms), ..args.engine.options() };
+    let bytes = policy::read_plugin_file(&args.file, options.max_component_bytes)?;
+    let engine = PolicyEngine::new(options)?;
+    let plugin = testkit::load(&engine, &bytes, args.slot, params)?;
+    let mut failed = 0usize;
+    let mut passed = 0usize;
+    for case in cases.iter().flat_map(|c| &c.cases) {
+        match testkit::run_case(&plugin, args.slot, case) {
+            Ok(()) => {
+                passed += 1;
+                println!("ok    {}", case.name);
+            }
+            Err(why) => {
+                failed += 1;
+                println!("FAIL  {}: {why}", case.name);
+            }
+        }
+    }
+    let random = testkit::random_properties(&plugin, args.slot, args.random, args.seed);
+    for failure in &random {
+        println!("FAIL  {failure}");
+    }
+    let random_ok = if random.is_empty() { args.random } else { 0 };
+    println!(
+        "{passed} cases passed, {failed} failed; {} random caches {}",
+        args.random,
+        if random.is_empty() { format!("passed ({random_ok} checked)") } else { "found a problem".to_string() }
+    );
+    Ok(if failed == 0 && random.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -18,6 +18,7 @@ mod plugin;
 mod scan;
 mod slots;
 mod stats;
+pub mod testkit;
 mod wasi;
 
 use std::fmt;

@@ -1,0 +1,163 @@
+//! `volcache plugin new`: a self-contained plugin project outside the repository, in Rust,
+//! Python or JavaScript, for one slot: the WIT this binary speaks, the policy, a build script, a
+//! README and example test cases.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+
+use crate::policy::Slot;
+
+/// A plugin author's language.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    Rust,
+    Python,
+    Js,
+}
+
+/// One file of a project: its path and its template.
+struct File {
+    path: String,
+    template: &'static str,
+    executable: bool,
+}
+
+fn templates(lang: Lang, slot: Slot) -> Vec<File> {
+    let file = |path: &str, template: &'static str| File { path: path.into(), template, executable: false };
+    let script = |template: &'static str| File { path: "build.sh".into(), template, executable: true };
+    let cases = match slot {
+        Slot::Eviction => include_str!("templates/cases_eviction.json"),
+        Slot::Admission => include_str!("templates/cases_admission.json"),
+        Slot::Capacity => include_str!("templates/cases_capacity.json"),
+    };
+    let mut files = vec![
+        file("wit/policy.wit", super::plugin::WIT),
+        file("README.md", include_str!("templates/README.md.tmpl")),
+        file("cases.json", cases),
+    ];
+    match lang {
+        Lang::Rust => {
+            files.push(file("Cargo.toml", include_str!("templates/Cargo.toml.tmpl")));
+            files.push(file(
+                "src/lib.rs",
+                match slot {
+                    Slot::Eviction => include_str!("templates/lib_eviction.rs"),
+                    Slot::Admission => include_str!("templates/lib_admission.rs"),
+                    Slot::Capacity => include_str!("templates/lib_capacity.rs"),
+                },
+            ));
+            files.push(script(include_str!("templates/build-rust.sh")));
+            files.push(file(".gitignore", "/target\n*.wasm\n"));
+        }
+        Lang::Python => {
+            files.push(file(
+                "app.py",
+                match slot {
+                    Slot::Eviction => include_str!("templates/app_eviction.py"),
+                    Slot::Admission => include_str!("templates/app_admission.py"),
+                    Slot::Capacity => include_str!("templates/app_capacity.py"),
+                },
+            ));
+            files.push(script(include_str!("templates/build-python.sh")));
+            files.push(file(".gitignore", ".venv/\nwit_world/\n__pycache__/\n*.wasm\n"));
+        }
+        Lang::Js => {
+            files.push(file(
+                "app.js",
+                match slot {
+                    Slot::Eviction => include_str!("templates/app_eviction.js"),
+                    Slot::Admission => include_str!("templates/app_admission.js"),
+                    Slot::Capacity => include_str!("templates/app_capacity.js"),
+                },
+            ));
+            files.push(file("package.json", include_str!("templates/package.json.tmpl")));
+            files.push(script(include_str!("templates/build-js.sh")));
+            files.push(file(".gitignore", "node_modules/\n*.wasm\n"));
+        }
+    }
+    files
+}
+
+/// A plugin name: lower-case letters, digits and dashes, starting with a letter (it becomes a
+/// crate, package and file name).
+pub fn check_name(name: &str) -> anyhow::Result<()> {
+    let ok = (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.ends_with('-');
+    if !ok {
+        bail!("plugin name {name:?}: use 1 to 64 lower-case letters, digits and dashes, starting with a letter");
+    }
+    Ok(())
+}
+
+/// Writes the project into `dir` (which must not exist, or be empty) and answers the files
+/// written.
+pub fn write(name: &str, lang: Lang, slot: Slot, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    check_name(name)?;
+    if dir.exists() && dir.read_dir().with_context(|| format!("reading {}", dir.display()))?.next().is_some() {
+        bail!("{} already exists and is not empty: choose another --dir or name", dir.display());
+    }
+    let (language, build_note) = match lang {
+        Lang::Rust => ("Rust", "Needs Rust with the `wasm32-unknown-unknown` target (`rustup target add wasm32-unknown-unknown`)."),
+        Lang::Python => ("Python", "Needs componentize-py: `python3 -m venv .venv && .venv/bin/pip install componentize-py`. A Python component is about 18 MiB (the daemon accepts up to `policy.max_plugin_mib`, 64 by default)."),
+        Lang::Js => ("JavaScript", "Needs Node.js and npm; `./build.sh` runs `npm install` for componentize-js the first time. A JavaScript component is about 12 MiB."),
+    };
+    let lang_word = match lang {
+        Lang::Rust => "rust",
+        Lang::Python => "python",
+        Lang::Js => "js",
+    };
+    let vars = [
+        ("{{name}}", name.to_string()),
+        ("{{crate}}", name.replace('-', "_")),
+        ("{{slot}}", slot.to_string()),
+        ("{{world}}", format!("{slot}-policy")),
+        ("{{lang}}", lang_word.to_string()),
+        ("{{language}}", language.to_string()),
+        ("{{build_note}}", build_note.to_string()),
+    ];
+    let mut written = Vec::new();
+    for file in templates(lang, slot) {
+        let mut text = file.template.to_string();
+        if file.path != "wit/policy.wit" {
+            for (key, value) in &vars {
+                text = text.replace(key, value);
+            }
+        }
+        let path = dir.join(&file.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        if file.executable {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        }
+        written.push(path);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_template_is_filled_in() {
+        for lang in [Lang::Rust, Lang::Python, Lang::Js] {
+            for slot in Slot::ALL {
+                let dir = tempfile::tempdir().unwrap();
+                let root = dir.path().join("p");
+                for path in write("my-policy", lang, slot, &root).unwrap() {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    assert!(!text.contains("{{"), "{} keeps a placeholder", path.display());
+                }
+                assert!(write("my-policy", lang, slot, &root).is_err(), "never overwrites");
+            }
+        }
+        assert!(check_name("Bad_Name").is_err() && check_name("-x").is_err() && check_name("lru-2").is_ok());
+    }
+}
