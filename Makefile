@@ -12,8 +12,11 @@ export VOLCACHE_TEST_PLUGIN_DIR := $(TEST_PLUGIN_DIR)
 TOOLS_DIR ?= $(HOME)/.cache/volcache-tools
 export VOLCACHE_COMPONENTIZE_PY := $(TOOLS_DIR)/py/bin/componentize-py
 export VOLCACHE_COMPONENTIZE_JS := $(TOOLS_DIR)/js/node_modules/.bin/componentize-js
+# The Python and JavaScript LRU plugins the policy benchmark compares.
+POLYGLOT_DIR := $(CURDIR)/target/polyglot
+export VOLCACHE_POLYGLOT_DIR := $(POLYGLOT_DIR)
 
-.PHONY: all run test plugins test-plugins plugin-tools deps lint bench fuzz fmt clean api-fuzz
+.PHONY: all run test plugins test-plugins plugin-tools polyglot-plugins deps lint bench fuzz fmt clean api-fuzz
 
 all: plugins
 	$(CARGO) build --release -p volcache
@@ -29,6 +32,11 @@ test-plugins:
 ## componentize-py (PyPI, in a venv) and componentize-js (npm), pinned, under TOOLS_DIR.
 plugin-tools:
 	VOLCACHE_TOOLS_DIR=$(TOOLS_DIR) scripts/plugin-tools.sh >/dev/null
+
+## Python and JavaScript LRUs scaffolded by `volcache plugin new` -> target/polyglot/lru-{py,js}.wasm.
+polyglot-plugins: plugin-tools
+	$(CARGO) build --release --locked -p volcache
+	scripts/build-polyglot.sh "$${CARGO_TARGET_DIR:-target}/release/volcache" $(POLYGLOT_DIR)
 
 ## System packages the tests use (idempotent; needs root on a fresh machine).
 deps:
@@ -59,7 +67,7 @@ api-fuzz:
 	scripts/api-fuzz.sh "$${CARGO_TARGET_DIR:-target}/debug/volcache"
 
 ## Benchmarks print tables of side-by-side ratios; see README.md.
-bench: plugins
+bench: plugins polyglot-plugins
 	$(CARGO) bench -p volcache --bench policy
 	$(CARGO) bench -p volcache --bench convert
 	$(CARGO) bench -p volcache --bench cache

@@ -1,10 +1,12 @@
 //! Decision latency of the eviction slot: the wasm `lru` plugin (target/plugins/lru.wasm) vs the
-//! very same LRU code compiled natively (the built-in policy), side by side in one run.
+//! very same LRU code compiled natively (the built-in policy), side by side in one run, plus the
+//! LRU that `volcache plugin new` writes in Python and in JavaScript (target/polyglot/, built by
+//! `make polyglot-plugins`; their columns are left out when they are not built).
 //!
-//! Both go through `PolicySet::victims`, so both pay for answer validation; the wasm column also
-//! pays for copying the view into the component and the sandbox's deadline and memory checks.
+//! All go through `PolicySet::victims`, so all pay for answer validation; the wasm columns also
+//! pay for copying the view into the component and the sandbox's deadline and memory checks.
 //! `cargo bench --bench policy` (or `make bench`) prints the table; under `cargo test` this runs
-//! a few iterations only, to check that both answer the same.
+//! a few iterations only, to check that all answer the same.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -57,18 +59,43 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// The Python and JavaScript LRUs, when `make polyglot-plugins` built them.
+fn polyglot() -> Vec<(&'static str, PathBuf)> {
+    let Some(dir) = std::env::var_os("VOLCACHE_POLYGLOT_DIR").map(PathBuf::from) else { return Vec::new() };
+    [("python", "lru-py.wasm"), ("js", "lru-js.wasm")]
+        .into_iter()
+        .map(|(lang, file)| (lang, dir.join(file)))
+        .filter(|(_, path)| path.is_file())
+        .collect()
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let engine = PolicyEngine::new(EngineOptions::default()).expect("engine");
+    // An interpreter over 10,000 entries may take more than the daemon's default 100 ms: this
+    // measures it rather than timing it out.
+    let options = EngineOptions { call_deadline: Duration::from_secs(5), ..EngineOptions::default() };
+    let engine = PolicyEngine::new(options).expect("engine");
     let native = PolicySet::new(engine.clone(), CinderLimits::default());
-    let wasm = PolicySet::new(engine, CinderLimits::default());
+    let wasm = PolicySet::new(engine.clone(), CinderLimits::default());
     wasm.swap(Slot::Eviction, PolicySpec { source: PolicySource::File(lru_wasm()), params: vec![] })
         .expect("load lru.wasm");
+    let others: Vec<(&str, PolicySet)> = polyglot()
+        .into_iter()
+        .map(|(lang, path)| {
+            let set = PolicySet::new(engine.clone(), CinderLimits::default());
+            set.swap(Slot::Eviction, PolicySpec { source: PolicySource::File(path.clone()), params: vec![] })
+                .unwrap_or_else(|e| panic!("load {}: {e}", path.display()));
+            (lang, set)
+        })
+        .collect();
 
     if full {
         println!("eviction decision latency: LRU choosing ~10% of the cache, median (p99) of repeated calls");
-        println!("{:>8} | {:>20} | {:>20} | {:>11}", "entries", "native LRU", "wasm LRU", "wasm/native");
-        println!("{:->8}-+-{:->20}-+-{:->20}-+-{:->11}", "", "", "", "");
+        print!("{:>8} | {:>20} | {:>20} | {:>11}", "entries", "native LRU", "wasm LRU (Rust)", "wasm/native");
+        for (lang, _) in &others {
+            print!(" | {:>20} | {:>8}", format!("{lang} LRU"), "/native");
+        }
+        println!();
     }
     for n in [100u64, 1_000, 10_000] {
         let cache = view(n);
@@ -81,6 +108,10 @@ fn main() {
         assert_eq!(a.by, DecidedBy::Builtin);
         assert_eq!(b.by, DecidedBy::Plugin, "the wasm plugin must answer, not the fallback");
         assert_eq!(a.value, b.value, "wasm and native LRU disagree at {n} entries");
+        for (lang, set) in &others {
+            let c = set.victims(need, &cache);
+            assert_eq!((&c.by, &c.value), (&DecidedBy::Plugin, &a.value), "{lang} LRU disagrees at {n} entries");
+        }
         if !full {
             continue;
         }
@@ -91,7 +122,7 @@ fn main() {
         let (w50, w99) = measure(iterations, || {
             std::hint::black_box(wasm.victims(need, &cache));
         });
-        println!(
+        print!(
             "{n:>8} | {:>9.1} us ({:>6.1}) | {:>9.1} us ({:>6.1}) | {:>10.2}x",
             us(n50),
             us(n99),
@@ -99,6 +130,13 @@ fn main() {
             us(w99),
             us(w50) / us(n50)
         );
+        for (_, set) in &others {
+            let (p50, p99) = measure((200_000 / n as usize).clamp(20, 500), || {
+                std::hint::black_box(set.victims(need, &cache));
+            });
+            print!(" | {:>9.1} us ({:>6.1}) | {:>7.1}x", us(p50), us(p99), us(p50) / us(n50));
+        }
+        println!();
     }
     if full {
         let s = &wasm.status()[2].stats;

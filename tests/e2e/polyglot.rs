@@ -1,7 +1,8 @@
 //! Plugins in Python and JavaScript, built for real: componentize-py (PyPI) and componentize-js
-//! (npm), installed by `make plugin-tools`, build the projects that `volcache plugin new` writes;
-//! the components pass their own tests, decide like the Rust LRU, load into a live daemon over
-//! HTTP, and a Python plugin that tries to leave its sandbox finds nothing outside it.
+//! (npm), installed by `make plugin-tools`, build the projects that `volcache plugin new` writes
+//! (and cargo the Rust one, outside any workspace); the components pass their own tests, decide
+//! exactly like the built-in LRU, load into a live daemon over HTTP, and a Python plugin that
+//! tries to leave its sandbox finds nothing outside it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,6 +27,7 @@ struct Built {
     dir: PathBuf,
     py: PathBuf,
     js: PathBuf,
+    rust: PathBuf,
     escape: PathBuf,
 }
 
@@ -39,7 +41,7 @@ fn built() -> &'static Built {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let mut out = Vec::new();
-        for (name, lang) in [("lru-py", "python"), ("lru-js", "js")] {
+        for (name, lang) in [("lru-py", "python"), ("lru-js", "js"), ("lru-rs", "rust")] {
             let project = dir.join(name);
             let new = Command::new(env!("CARGO_BIN_EXE_volcache"))
                 .args(["plugin", "new", name, "--lang", lang, "--slot", "eviction", "--dir"])
@@ -47,7 +49,9 @@ fn built() -> &'static Built {
                 .output()
                 .unwrap();
             assert!(new.status.success(), "plugin new: {}", String::from_utf8_lossy(&new.stderr));
+            // The Rust project builds in a target directory of its own (kept between runs).
             let build = Command::new(project.join("build.sh"))
+                .env("CARGO_TARGET_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("scaffold-target"))
                 .env("COMPONENTIZE_PY", &py_tool)
                 .env("COMPONENTIZE_JS", &js_tool)
                 .output()
@@ -74,9 +78,10 @@ fn built() -> &'static Built {
             .output()
             .unwrap();
         assert!(build.status.success(), "escape: {}", String::from_utf8_lossy(&build.stderr));
+        let rust = out.pop().unwrap();
         let js = out.pop().unwrap();
         let py = out.pop().unwrap();
-        Built { _dir: tmp, dir, py, js, escape }
+        Built { _dir: tmp, dir, py, js, rust, escape }
     })
 }
 
@@ -88,10 +93,10 @@ fn spec(path: &Path, params: &[(&str, &str)]) -> PolicySpec {
 }
 
 #[test]
-fn python_and_javascript_lru_decide_exactly_like_the_rust_lru() {
+fn python_javascript_and_scaffolded_rust_lru_decide_exactly_like_the_built_in() {
     let b = built();
     let native = policy_set(Default::default());
-    for (lang, path) in [("python", &b.py), ("js", &b.js)] {
+    for (lang, path) in [("python", &b.py), ("js", &b.js), ("rust", &b.rust)] {
         let set = policy_set(Default::default());
         set.swap(Slot::Eviction, spec(path, &[])).unwrap_or_else(|e| panic!("{lang}: {e}"));
         let mut rng = Rng::new(7);
@@ -122,7 +127,7 @@ fn python_and_javascript_lru_decide_exactly_like_the_rust_lru() {
 #[test]
 fn scaffolded_projects_pass_their_own_cases_and_random_checks() {
     let b = built();
-    for (path, project) in [(&b.py, "lru-py"), (&b.js, "lru-js")] {
+    for (path, project) in [(&b.py, "lru-py"), (&b.js, "lru-js"), (&b.rust, "lru-rs")] {
         let out = Command::new(env!("CARGO_BIN_EXE_volcache"))
             .args(["plugin", "test"])
             .arg(path)

@@ -19,5 +19,5 @@ else
     echo "build: no $target target; run 'rustup target add $target'" >&2
     exit 1
 fi
-cp "target/$target/release/{{crate}}.wasm" {{name}}.wasm
+cp "${CARGO_TARGET_DIR:-target}/$target/release/{{crate}}.wasm" {{name}}.wasm
 echo "built {{name}}.wasm ($(wc -c <{{name}}.wasm) bytes)"
