@@ -57,6 +57,14 @@ impl Core {
     }
 
     pub fn with(limits: CinderLimits, tweak: impl FnOnce(&mut CacheConfig)) -> Core {
+        Core::build(limits, tweak, engine())
+    }
+
+    fn build(
+        limits: CinderLimits,
+        tweak: impl FnOnce(&mut CacheConfig),
+        engine: volcache::policy::PolicyEngine,
+    ) -> Core {
         let dir = fast_tempdir();
         let memory = MemoryBackend::new();
         let faulty = FaultyBackend::new(Arc::new(memory.clone()));
@@ -64,7 +72,7 @@ impl Core {
         std::fs::create_dir_all(dir.path().join("images")).unwrap();
         let mut cfg = crate::cache_service::config(&dir.path().join("spool"));
         tweak(&mut cfg);
-        let policies = Arc::new(PolicySet::new(engine(), limits));
+        let policies = Arc::new(PolicySet::new(engine, limits));
         let cache = Arc::new(CacheService::new(catalog, Arc::new(faulty.clone()), policies, cfg));
         let events = cache.subscribe();
         Core { cache, faulty, memory, events, dir }
@@ -490,8 +498,15 @@ fn median_hit_ns(c: &Core, image: &str, n: usize) -> u128 {
 
 #[test]
 fn event_hooks_run_off_the_request_path() {
-    use volcache::policy::{PolicySource, PolicySpec, Slot};
-    let c = Core::new(limits(0, 0));
+    use volcache::policy::{EngineOptions, PolicyEngine, PolicySource, PolicySpec, Slot};
+    // A long hook budget: inline hooks would add 300 ms to a hit (hundreds of times a hit, even
+    // on a loaded machine), off-path ones only contend for the CPU.
+    let options = EngineOptions {
+        call_deadline: crate::fixtures::GENEROUS_DEADLINE,
+        event_deadline: Duration::from_millis(300),
+        ..EngineOptions::default()
+    };
+    let c = Core::build(limits(0, 0), |_| {}, PolicyEngine::new(options).unwrap());
     c.register("img", 1);
     c.create("img", 1).unwrap();
     let builtin = median_hit_ns(&c, "img", 15);
@@ -501,11 +516,11 @@ fn event_hooks_run_off_the_request_path() {
     };
     c.cache.policies().swap(Slot::Eviction, evil).unwrap();
     // Five hits while the hooks are still on: each queues an on-hit that loops until its budget
-    // (10 ms, many times a hit) is spent. Inline hooks would make each hit that much slower.
+    // is spent, on the event thread.
     let looping = median_hit_ns(&c, "img", 5);
     let ratio = looping as f64 / builtin as f64;
     println!("hit median: built-in {builtin} ns, looping on-hit {looping} ns, ratio {ratio:.2}");
-    assert!(ratio < 5.0, "a looping on-hit slowed hits {ratio:.1}x");
+    assert!(ratio < 20.0, "a looping on-hit slowed hits {ratio:.1}x");
     c.cache.policies().flush_events();
     let status = c.cache.policies().status().into_iter().find(|s| s.slot == Slot::Eviction).unwrap();
     assert_eq!((status.stats.events_failed, status.events_disabled), (5, true), "{status:?}");

@@ -131,3 +131,39 @@ fn check_fails_a_policy_that_ignores_the_amount_needed() {
     let out = volcache(&["plugin", "check", plugin("lru").to_str().unwrap(), "--slot", "eviction"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+#[test]
+fn inspect_exits_1_when_it_reports_a_problem() {
+    let out = volcache(&["plugin", "inspect", test_plugin("wasi-import").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("problem") && stdout.contains("test:escape/raw-socket@0.1.0"), "{stdout}");
+}
+
+#[test]
+fn check_keeps_the_compiled_component_for_the_next_check() {
+    use std::os::unix::fs::MetadataExt;
+    let cache = tempfile::tempdir().unwrap();
+    let lru = plugin("lru");
+    let check = || {
+        let out = volcache(&[
+            "plugin",
+            "check",
+            lru.to_str().unwrap(),
+            "--slot",
+            "eviction",
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let artifacts: Vec<_> = std::fs::read_dir(cache.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+            .collect();
+        assert_eq!(artifacts.len(), 1);
+        artifacts[0].metadata().unwrap().ino()
+    };
+    // A compile stores a new file (a new inode); a cache hit only reads it.
+    assert_eq!(check(), check(), "the second check loaded the first one's artifact");
+}

@@ -181,8 +181,24 @@ fn python_and_javascript_plugins_load_into_a_live_daemon_and_evict_lru() {
 
     let python = std::fs::read(&b.py).unwrap();
     assert!(python.len() > 16 << 20, "a Python component is larger than the old 16 MiB limit");
-    let (status, reply) = d.call("PUT", "/v1/policies/eviction", Some(TOKEN), Some(("application/wasm", &python)));
+    // Compiling it takes seconds; other requests are served meanwhile.
+    let (status, reply, served_meanwhile) = std::thread::scope(|s| {
+        let upload =
+            s.spawn(|| d.call("PUT", "/v1/policies/eviction", Some(TOKEN), Some(("application/wasm", &python))));
+        let mut served = 0;
+        while !upload.is_finished() {
+            let (status, _) = d.call("GET", "/v1/cache/stats", Some(TOKEN), None);
+            assert_eq!(status, 200);
+            if !upload.is_finished() {
+                served += 1;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let (status, reply) = upload.join().unwrap();
+        (status, reply, served)
+    });
     assert_eq!((status, reply["name"].as_str()), (200, Some("lru-py")), "{reply}");
+    assert!(served_meanwhile >= 3, "only {served_meanwhile} requests answered while the plugin compiled");
     assert_eq!((create("a"), create("b"), create("a")), ("miss".into(), "miss".into(), "hit".into()));
     assert_eq!(create("c"), "miss");
     assert_eq!(cached(), ["a", "c"], "the Python LRU evicted b, the least recently used");

@@ -24,59 +24,59 @@ struct File {
     executable: bool,
 }
 
+/// Templates by slot, in the order admission, capacity, eviction.
+type PerSlot = [&'static str; 3];
+
+const CASES: PerSlot = [
+    include_str!("templates/cases_admission.json"),
+    include_str!("templates/cases_capacity.json"),
+    include_str!("templates/cases_eviction.json"),
+];
+const RUST: PerSlot = [
+    include_str!("templates/lib_admission.rs"),
+    include_str!("templates/lib_capacity.rs"),
+    include_str!("templates/lib_eviction.rs"),
+];
+const PYTHON: PerSlot = [
+    include_str!("templates/app_admission.py"),
+    include_str!("templates/app_capacity.py"),
+    include_str!("templates/app_eviction.py"),
+];
+const JS: PerSlot = [
+    include_str!("templates/app_admission.js"),
+    include_str!("templates/app_capacity.js"),
+    include_str!("templates/app_eviction.js"),
+];
+
 fn templates(lang: Lang, slot: Slot) -> Vec<File> {
     let file = |path: &str, template: &'static str| File { path: path.into(), template, executable: false };
     let script = |template: &'static str| File { path: "build.sh".into(), template, executable: true };
-    let cases = match slot {
-        Slot::Eviction => include_str!("templates/cases_eviction.json"),
-        Slot::Admission => include_str!("templates/cases_admission.json"),
-        Slot::Capacity => include_str!("templates/cases_capacity.json"),
-    };
+    let pick = |set: PerSlot| set[slot.index()];
     let mut files = vec![
         file("wit/policy.wit", super::plugin::WIT),
         file("README.md", include_str!("templates/README.md.tmpl")),
-        file("cases.json", cases),
+        file("cases.json", pick(CASES)),
     ];
-    match lang {
-        Lang::Rust => {
-            files.push(file("Cargo.toml", include_str!("templates/Cargo.toml.tmpl")));
-            files.push(file(
-                "src/lib.rs",
-                match slot {
-                    Slot::Eviction => include_str!("templates/lib_eviction.rs"),
-                    Slot::Admission => include_str!("templates/lib_admission.rs"),
-                    Slot::Capacity => include_str!("templates/lib_capacity.rs"),
-                },
-            ));
-            files.push(script(include_str!("templates/build-rust.sh")));
-            files.push(file(".gitignore", "/target\n*.wasm\n"));
-        }
-        Lang::Python => {
-            files.push(file(
-                "app.py",
-                match slot {
-                    Slot::Eviction => include_str!("templates/app_eviction.py"),
-                    Slot::Admission => include_str!("templates/app_admission.py"),
-                    Slot::Capacity => include_str!("templates/app_capacity.py"),
-                },
-            ));
-            files.push(script(include_str!("templates/build-python.sh")));
-            files.push(file(".gitignore", ".venv/\nwit_world/\n__pycache__/\n*.wasm\n"));
-        }
-        Lang::Js => {
-            files.push(file(
-                "app.js",
-                match slot {
-                    Slot::Eviction => include_str!("templates/app_eviction.js"),
-                    Slot::Admission => include_str!("templates/app_admission.js"),
-                    Slot::Capacity => include_str!("templates/app_capacity.js"),
-                },
-            ));
-            files.push(file("package.json", include_str!("templates/package.json.tmpl")));
-            files.push(script(include_str!("templates/build-js.sh")));
-            files.push(file(".gitignore", "node_modules/\n*.wasm\n"));
-        }
-    }
+    files.extend(match lang {
+        Lang::Rust => [
+            file("Cargo.toml", include_str!("templates/Cargo.toml.tmpl")),
+            file("src/lib.rs", pick(RUST)),
+            script(include_str!("templates/build-rust.sh")),
+            file(".gitignore", "/target\n*.wasm\n"),
+        ],
+        Lang::Python => [
+            file("app.py", pick(PYTHON)),
+            file("requirements.txt", "componentize-py\n"),
+            script(include_str!("templates/build-python.sh")),
+            file(".gitignore", ".venv/\nwit_world/\n__pycache__/\n*.wasm\n"),
+        ],
+        Lang::Js => [
+            file("app.js", pick(JS)),
+            file("package.json", include_str!("templates/package.json.tmpl")),
+            script(include_str!("templates/build-js.sh")),
+            file(".gitignore", "node_modules/\n*.wasm\n"),
+        ],
+    });
     files
 }
 

@@ -85,6 +85,10 @@ impl Sandbox {
     /// bytes were dropped over the per-call limit.
     pub(crate) fn take_output(&self) -> (Vec<String>, usize) {
         let mut buf = self.output.0.lock().unwrap_or_else(|p| p.into_inner());
+        if buf.bytes.is_empty() && buf.dropped == 0 {
+            // The usual case, on every call: nothing printed, nothing to allocate.
+            return (Vec::new(), 0);
+        }
         let bytes = std::mem::take(&mut buf.bytes);
         let dropped = std::mem::take(&mut buf.dropped);
         let text = String::from_utf8_lossy(&bytes);
