@@ -69,6 +69,7 @@ api-fuzz:
 ## Benchmarks print tables of side-by-side ratios; see README.md.
 bench: plugins polyglot-plugins
 	$(CARGO) bench -p volcache --bench policy
+	$(CARGO) bench -p volcache --bench lab
 	$(CARGO) bench -p volcache --bench convert
 	$(CARGO) bench -p volcache --bench cache
 	$(CARGO) bench -p volcache --bench storm

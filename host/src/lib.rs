@@ -5,12 +5,12 @@
 //!
 //! ```text
 //! main -> cli ----------------------------> daemon (composition root) -> server (HTTP: routes,
-//!                                                                       auth, errors, SSE)
-//!                                                                          |
-//!                                            cache (the service: create, fill, evict, images,
-//!                                                   reservations, leases, intents, reconcile)
-//!                                              |            |            |
-//!                                           policy       catalog      backend (file, rbd,
+//!          |                                                            auth, errors, SSE)
+//!          +-> lab (traces, simulator)                                     |
+//!               |                            cache (the service: create, fill, evict, images,
+//!               |                                   reservations, leases, intents, reconcile)
+//!               |                              |            |            |
+//!               +--------------------------> policy       catalog      backend (file, rbd,
 //!                                           (wasm)       (redb)       memory, faulty)
 //!                                                           \            |
 //!                                              image (sources, formats) -> sparse -> sys
@@ -23,6 +23,7 @@
 //! - [`catalog`]: every record in one redb file; each call one transaction.
 //! - [`policy`]: sandboxed wasm policies and their native twins.
 //! - [`cache`]: the image-volume cache service; the only place that changes volumes and entries.
+//! - [`lab`]: the policy lab: traces, synthetic workloads, replaying them through [`policy`].
 //! - [`server`]: the HTTP API, a translation layer over [`cache`] and [`policy`].
 //! - [`daemon`]: assembles the parts from a [`config::Config`] and serves.
 //! - [`cli`]: the command line, including the HTTP client commands.
@@ -37,6 +38,7 @@ pub mod config;
 pub mod daemon;
 pub mod fault;
 pub mod image;
+pub mod lab;
 pub mod policy;
 pub mod server;
 pub mod sparse;

@@ -42,6 +42,7 @@ mod daemon;
 mod hostile;
 mod hot_swap;
 mod http_sources;
+mod lab;
 mod overlap_http;
 mod polyglot;
 #[cfg(feature = "rbd")]

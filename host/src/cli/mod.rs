@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod lab;
 mod plugin;
 mod scaffold;
 
@@ -41,9 +42,14 @@ pub enum Command {
     /// Convert an image (raw or qcow2; a path, http(s):// URL or glance+http(s)://.../v2/images/ID)
     /// into a thin raw file, like `qemu-img convert -O raw`.
     Convert(ConvertArgs),
-    /// Inspect and check policy plugins.
+    /// Inspect, check, test and start policy plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Workload traces for the policy lab: synthetic ones, and conversions.
+    #[command(subcommand)]
+    Trace(lab::TraceCommand),
+    /// Replay a trace through policy sets at several cache sizes, next to the Belady bound.
+    Simulate(lab::SimArgs),
     /// Images of a running daemon.
     Image {
         #[command(flatten)]
@@ -152,6 +158,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cache { conn, cmd } => client::cache(&conn, cmd),
         Command::Policy { conn, cmd } => client::policy(&conn, cmd),
         Command::Plugin(cmd) => plugin::run(cmd),
+        Command::Trace(cmd) => lab::trace(cmd),
+        Command::Simulate(args) => lab::simulate(args),
     }
 }
 

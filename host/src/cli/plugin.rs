@@ -93,7 +93,7 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
-    fn options(&self) -> EngineOptions {
+    pub(crate) fn options(&self) -> EngineOptions {
         let cache_dir = if self.no_cache { None } else { self.cache_dir.clone().or_else(default_cache_dir) };
         EngineOptions {
             cache_dir,

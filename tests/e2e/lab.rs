@@ -1,0 +1,121 @@
+//! The policy lab from the command line: synthetic traces, the simulator with built-in and wasm
+//! policies side by side, the Belady bound, contained plugin failures, and the output files.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::fixtures::{plugin, test_plugin};
+
+fn volcache(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_volcache")).args(args).output().expect("run volcache");
+    assert!(
+        out.status.success(),
+        "volcache {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn synth(dir: &Path, args: &[&str]) -> String {
+    let trace = dir.join("trace.csv").display().to_string();
+    let mut all = vec!["trace", "synth", "-o", &trace];
+    all.extend_from_slice(args);
+    volcache(&all);
+    trace
+}
+
+fn results(dir: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("results.json")).unwrap();
+    serde_json::from_str::<serde_json::Value>(&text).unwrap().as_array().unwrap().clone()
+}
+
+fn row<'a>(rows: &'a [serde_json::Value], policy: &str, gb: u64) -> &'a serde_json::Value {
+    rows.iter()
+        .find(|r| r["policy"] == policy && r["max_size_gb"] == gb)
+        .unwrap_or_else(|| panic!("no row for {policy} at {gb} GiB"))
+}
+
+#[test]
+fn wasm_and_native_lru_replay_identically_and_belady_bounds_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace =
+        synth(dir.path(), &["--shape", "mix", "--requests", "20000", "--images", "300", "--scan-every", "5000"]);
+    let lru = plugin("lru").display().to_string();
+    let out = dir.path().join("out").display().to_string();
+    let printed = volcache(&[
+        "simulate",
+        "--trace",
+        &trace,
+        "--policy",
+        "cinder",
+        "--policy",
+        &lru,
+        "--max-size-gb",
+        "40,160",
+        "--out",
+        &out,
+    ]);
+    let stdout = String::from_utf8_lossy(&printed.stdout);
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("belady")).count(), 2, "{stdout}");
+    let rows = results(Path::new(&out));
+    assert_eq!(rows.len(), 6, "2 policy sets and Belady, at 2 sizes");
+    for gb in [40, 160] {
+        let (native, wasm, best) = (row(&rows, "cinder", gb), row(&rows, "lru.wasm", gb), row(&rows, "belady", gb));
+        for field in ["hits", "fills", "evictions", "invalidations", "uncached", "bytes_hit"] {
+            assert_eq!(native[field], wasm[field], "{field} at {gb} GiB: the same code decides");
+        }
+        assert_eq!((wasm["failures"].as_u64(), wasm["fallbacks"].as_u64()), (Some(0), Some(0)));
+        assert_eq!(native["requests"], 20000);
+        let ratio = |r: &serde_json::Value| r["byte_hit_ratio"].as_f64().unwrap();
+        assert!(ratio(best) >= ratio(native), "Belady is the bound at {gb} GiB: {best} vs {native}");
+        assert!(native["evictions"].as_u64().unwrap() > 0, "the cache was under pressure at {gb} GiB");
+    }
+    let ratio = |gb| row(&rows, "cinder", gb)["byte_hit_ratio"].as_f64().unwrap();
+    assert!(ratio(160) > ratio(40), "a bigger cache hits more");
+    let csv = std::fs::read_to_string(Path::new(&out).join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 7, "a header and a line per row");
+    let svg = std::fs::read_to_string(Path::new(&out).join("miss-ratio.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.matches("<polyline").count() == 3, "a line per policy set");
+}
+
+#[test]
+fn a_misbehaving_plugin_in_the_simulator_is_contained_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = synth(dir.path(), &["--shape", "zipf", "--requests", "1500", "--images", "200"]);
+    let evil = test_plugin("evil").display().to_string();
+    let out = dir.path().join("out").display().to_string();
+    // Invalid answers (unknown ids) once the cache holds 10 entries, and a loop at 8 entries
+    // (the smoke test has 4): each failing decision is made by the built-in instead.
+    let invalid = format!("eviction={evil}+mode=unknown-ids+trigger=10");
+    let looping = format!("eviction={evil}+mode=loop+trigger=8");
+    volcache(&[
+        "simulate",
+        "--trace",
+        &trace,
+        "--policy",
+        "cinder",
+        "--policy",
+        &invalid,
+        "--policy",
+        &looping,
+        "--max-size-gb",
+        "60",
+        "--max-count",
+        "40",
+        "--deadline-ms",
+        "5",
+        "--no-belady",
+        "--out",
+        &out,
+    ]);
+    let rows = results(Path::new(&out));
+    let (cinder, invalid, looping) = (&rows[0], &rows[1], &rows[2]);
+    for (name, bad) in [("invalid", invalid), ("loop", looping)] {
+        assert!(bad["failures"].as_u64().unwrap() > 0, "{name}: {bad}");
+        assert_eq!(bad["failures"], bad["fallbacks"], "{name}: every failure was decided by the built-in");
+        for field in ["hits", "fills", "evictions", "bytes_hit"] {
+            assert_eq!(bad[field], cinder[field], "{name}: {field}: the fallback is Cinder's rule");
+        }
+    }
+}
