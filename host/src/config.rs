@@ -68,6 +68,16 @@ pub struct RawConfig {
     pub cache: RawCache,
     #[serde(default)]
     pub policy: RawPolicy,
+    #[serde(default)]
+    pub trace: RawTrace,
+}
+
+/// `[trace]`: the workload trace the policy lab replays.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrace {
+    /// Most MiB of trace kept on disk (two rotating files); 0 records nothing (default 64).
+    pub max_mib: Option<u64>,
 }
 
 /// `[api]`: which routes need no token.
@@ -220,6 +230,8 @@ pub struct Config {
     pub shutdown_grace: std::time::Duration,
     /// Which plugin files a client may name (`plugin_dirs`).
     pub plugin_sources: FileSources,
+    /// Most bytes of workload trace kept under `<state>/trace`; 0 records none.
+    pub trace_max_bytes: u64,
 }
 
 impl Config {
@@ -478,6 +490,11 @@ impl RawConfig {
             engine,
             slots,
             shutdown_grace,
+            trace_max_bytes: match self.trace.max_mib {
+                None => 64 << 20,
+                Some(mib) if mib <= 4096 => mib << 20,
+                Some(_) => return Err(invalid("trace.max_mib", "must be between 0 and 4096")),
+            },
             plugin_sources,
         })
     }

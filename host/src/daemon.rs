@@ -154,7 +154,14 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             }
         }
     }
-    let cache = Arc::new(CacheService::new(catalog, backend, policies, config.cache.clone()));
+    let mut cache = CacheService::new(catalog, backend, policies, config.cache.clone());
+    if config.trace_max_bytes > 0 {
+        let dir = config.state_dir.join("trace");
+        let recorder = crate::lab::record::Recorder::open(&dir, config.trace_max_bytes)
+            .map_err(|e| anyhow::anyhow!("opening the workload trace in {}: {e}", dir.display()))?;
+        cache = cache.with_trace(Arc::new(recorder));
+    }
+    let cache = Arc::new(cache);
     let reconciled = cache.reconcile()?;
     tracing::info!(?reconciled, "start-up reconciliation done");
     let state = AppState::new(cache, &token, plugin_dir, config.api).with_plugin_sources(config.plugin_sources.clone());

@@ -119,3 +119,72 @@ fn a_misbehaving_plugin_in_the_simulator_is_contained_and_counted() {
         }
     }
 }
+
+#[test]
+fn a_daemon_records_its_workload_and_the_simulator_replays_it() {
+    use crate::daemon::{Daemon, TOKEN};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("volcache.toml"),
+        "image_source_dirs = [\".\"]\n[cache]\nimage_volume_cache_max_count = 1\n",
+    )
+    .unwrap();
+    for image in ["a", "b"] {
+        crate::fixtures::cloud_like_raw(&dir.path().join(format!("{image}.raw")), 8 << 20);
+    }
+    let d = Daemon::start_in(dir);
+    let call = |method: &str, path: &str, body: serde_json::Value| {
+        let bytes = body.to_string().into_bytes();
+        let (status, reply) = d.call(method, path, Some(TOKEN), Some(("application/json", &bytes)));
+        assert!(status < 300, "{method} {path}: {status} {reply}");
+    };
+    for image in ["a", "b"] {
+        let source = d._dir.path().join(format!("{image}.raw"));
+        call(
+            "POST",
+            "/v1/images",
+            serde_json::json!({"id": image, "name": image, "source": source, "disk_format": "raw"}),
+        );
+    }
+    for image in ["a", "a", "b"] {
+        call("POST", "/v1/volumes", serde_json::json!({"image_id": image, "size": 1}));
+    }
+    call("PATCH", "/v1/images/b", serde_json::json!({"name": "b2"}));
+    call("POST", "/v1/volumes", serde_json::json!({"image_id": "b", "size": 1}));
+
+    let trace = d._dir.path().join("exported.csv");
+    let out = Command::new(env!("CARGO_BIN_EXE_volcache"))
+        .args(["trace", "export", "--url", &format!("http://{}", d.addr), "-o", trace.to_str().unwrap()])
+        .env("VOLCACHE_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let ops: Vec<(String, String, String)> = text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[1].to_string(), f[2].to_string(), f[3].to_string())
+        })
+        .collect();
+    let want = [
+        ("register", "a", "0"),
+        ("register", "b", "0"),
+        ("request", "a", "0"),
+        ("request", "a", "0"),
+        ("request", "b", "0"),
+        ("evict", "a", "0"),
+        ("update", "b", "1"),
+        ("request", "b", "1"),
+        ("evict", "b", "0"),
+    ];
+    let got: Vec<(&str, &str, &str)> = ops.iter().map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str())).collect();
+    assert_eq!(got, want, "{text}");
+    assert!(!text.contains(".raw") && !text.contains(TOKEN), "only ids and sizes: {text}");
+
+    let sim = volcache(&["simulate", "--trace", trace.to_str().unwrap(), "--max-size-gb", "0", "--max-count", "1"]);
+    let stdout = String::from_utf8_lossy(&sim.stdout);
+    let cinder = stdout.lines().find(|l| l.starts_with("cinder")).unwrap();
+    assert!(cinder.contains(" 4 ") && cinder.contains("25.00%"), "4 requests, 1 hit, as the daemon saw: {stdout}");
+}

@@ -6,6 +6,7 @@
 //! flight); only when every attempt lost such a race is the volume written directly.
 #![forbid(unsafe_code)]
 
+use crate::lab::trace::Op as TraceOp;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -42,6 +43,7 @@ impl CacheService {
     /// request's fill ends when `cancel` is set.
     pub fn create_volume_with(&self, req: &CreateVolume, cancel: &Cancel) -> Result<Created, CacheError> {
         let mut image = self.image_for(req)?;
+        self.record(TraceOp::Request, &image.id, &image.updated_at, image.virtual_size);
         let span = tracing::info_span!("create_volume", image_id = %image.id, size = req.size);
         let _enter = span.enter();
         self.finish_deferred_removals();

@@ -9,6 +9,7 @@ use super::ledger::PendingRemoval;
 use super::{events, now_ms, CacheError, CacheService, EvictReason};
 use crate::catalog::CatalogError;
 use crate::catalog::{EntryRecord, Intent, Writer};
+use crate::lab::trace::Op as TraceOp;
 use crate::policy::PolicyEvent;
 
 /// Whether an entry is pinned.
@@ -36,6 +37,7 @@ impl CacheService {
             self.remove_evicted(&now);
         }
         self.policies.notify(&PolicyEvent::Evict { id: entry.id });
+        self.record(TraceOp::Evict, &entry.image_id, &entry.image_updated_at, entry.size.saturating_mul(super::GIB));
         self.emit(events::EVICT, &entry.image_id, &entry.host, (&entry.volume_id, entry.size), Some(reason));
     }
 
@@ -127,6 +129,7 @@ impl CacheService {
         if !self.catalog.write(|w| w.delete_image(id))? {
             return Err(CacheError::ImageNotFound(id.into()));
         }
+        self.record(TraceOp::Delete, id, "", 0);
         for entry in self.scope_entries()?.into_iter().filter(|e| e.image_id == id) {
             self.evict(&entry, EvictReason::ImageDeleted)?;
         }

@@ -9,6 +9,7 @@ use crate::catalog::ImageRecord;
 use crate::image::convert::probe;
 use crate::image::source::Location;
 use crate::image::DiskFormat;
+use crate::lab::trace::Op as TraceOp;
 
 /// A registration request (`POST /v1/images`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,6 +90,7 @@ impl CacheService {
         if !put {
             return Err(CacheError::Conflict(format!("image {} already exists", image.id)));
         }
+        self.record(TraceOp::Register, &image.id, &image.updated_at, image.virtual_size);
         Ok(image)
     }
 
@@ -124,7 +126,9 @@ impl CacheService {
             w.put_image(&image)?;
             Ok(Some(image))
         })?;
-        updated.ok_or_else(|| CacheError::ImageNotFound(id.into()))
+        let image = updated.ok_or_else(|| CacheError::ImageNotFound(id.into()))?;
+        self.record(TraceOp::Update, &image.id, &image.updated_at, image.virtual_size);
+        Ok(image)
     }
 }
 

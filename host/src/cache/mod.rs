@@ -240,6 +240,8 @@ pub struct CacheService {
     fill_seconds: stats::FillHistogram,
     /// Creates waiting for another request's fill right now.
     waiting: std::sync::atomic::AtomicU64,
+    /// The workload trace, when the daemon records one.
+    trace: Option<Arc<crate::lab::record::Recorder>>,
 }
 
 impl CacheService {
@@ -261,6 +263,23 @@ impl CacheService {
             last_use: Default::default(),
             fill_seconds: Default::default(),
             waiting: Default::default(),
+            trace: None,
+        }
+    }
+
+    /// Records this cache's workload (requests, image changes, evictions) into `recorder`.
+    pub fn with_trace(mut self, recorder: Arc<crate::lab::record::Recorder>) -> Self {
+        self.trace = Some(recorder);
+        self
+    }
+
+    pub fn trace(&self) -> Option<&Arc<crate::lab::record::Recorder>> {
+        self.trace.as_ref()
+    }
+
+    fn record(&self, op: crate::lab::trace::Op, image: &str, updated_at: &str, size_bytes: u64) {
+        if let Some(trace) = &self.trace {
+            trace.record(op, image, updated_at, size_bytes);
         }
     }
 

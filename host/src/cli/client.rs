@@ -168,6 +168,17 @@ impl Client {
     }
 }
 
+/// GETs `path` and answers the body as text (errors as one line, like every command).
+pub(super) fn get_text(conn: &Connection, path: &str) -> anyhow::Result<String> {
+    let client = Client::new(conn)?;
+    let url = format!("{}{path}", client.base);
+    let res = client.agent.get(&url).set("Authorization", &format!("Bearer {}", client.token)).call();
+    match res {
+        Ok(r) => r.into_string().with_context(|| format!("reading the answer of {url}")),
+        Err(e) => Client::answer(&url, Err(e)).map(|_| String::new()),
+    }
+}
+
 /// Prints rows of `fields` from a JSON array as an aligned table.
 fn table(items: &Value, fields: &[&str]) {
     let rows: Vec<Vec<String>> = items

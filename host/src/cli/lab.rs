@@ -23,6 +23,17 @@ pub enum TraceCommand {
         #[command(flatten)]
         params: synth::Params,
     },
+    /// Fetch the workload trace a running daemon recorded (GET /v1/trace).
+    Export {
+        #[command(flatten)]
+        conn: super::client::Connection,
+        /// Where to write it.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// csv (the trace format), jsonl, or libcachesim.
+        #[arg(long, default_value = "csv")]
+        format: String,
+    },
     /// Convert a trace to JSON lines, or to libCacheSim's CSV (requests only: time,obj_id,obj_size).
     Convert {
         /// The trace (CSV: time_ms,op,image,version,size_bytes).
@@ -85,6 +96,11 @@ pub fn trace(cmd: TraceCommand) -> anyhow::Result<ExitCode> {
             file.flush()?;
             let requests = records.iter().filter(|r| r.op == trace::Op::Request).count();
             println!("wrote {} ({} lines, {requests} requests)", out.display(), records.len());
+        }
+        TraceCommand::Export { conn, out, format } => {
+            let body = super::client::get_text(&conn, &format!("/v1/trace?format={format}"))?;
+            std::fs::write(&out, &body).with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {} ({} lines)", out.display(), body.lines().count());
         }
         TraceCommand::Convert { input, out, format } => {
             let records = read_trace(&input)?;

@@ -11,6 +11,7 @@ mod error;
 mod listen;
 mod observe;
 pub(crate) mod policies;
+mod trace;
 
 use std::sync::Arc;
 
@@ -99,6 +100,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/cache/entries/{id}/pin", axum::routing::post(cache::pin_entry).delete(cache::unpin_entry))
         .route("/v1/cache/stats", get(cache::stats))
         .route("/v1/events", get(observe::events))
+        .route("/v1/trace", get(trace::get_trace))
         .layer(DefaultBodyLimit::max(max_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     // Health and metrics are public unless the configuration says otherwise.
