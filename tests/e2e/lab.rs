@@ -188,3 +188,48 @@ fn a_daemon_records_its_workload_and_the_simulator_replays_it() {
     let cinder = stdout.lines().find(|l| l.starts_with("cinder")).unwrap();
     assert!(cinder.contains(" 4 ") && cinder.contains("25.00%"), "4 requests, 1 hit, as the daemon saw: {stdout}");
 }
+
+#[test]
+fn plugin_test_replays_a_trace_and_fails_a_plugin_that_fails_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = synth(dir.path(), &["--shape", "zipf", "--requests", "2000", "--images", "200"]);
+    let lru = plugin("lru").display().to_string();
+    let out = volcache(&[
+        "plugin",
+        "test",
+        &lru,
+        "--slot",
+        "eviction",
+        "--random",
+        "10",
+        "--trace",
+        &trace,
+        "--max-size-gb",
+        "60",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let replay: Vec<&str> = stdout.lines().filter(|l| l.starts_with("replay")).collect();
+    assert_eq!(replay.len(), 2, "{stdout}");
+    let numbers = |l: &str| l.split_once("GiB:").unwrap().1.to_string();
+    assert_eq!(numbers(replay[0]), numbers(replay[1]), "the wasm LRU replays like the built-in: {stdout}");
+
+    let evil = test_plugin("evil").display().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_volcache"))
+        .args([
+            "plugin",
+            "test",
+            &evil,
+            "--slot",
+            "eviction",
+            "--random",
+            "0",
+            "--trace",
+            &trace,
+            "--max-size-gb",
+            "60",
+        ])
+        .args(["--param", "mode=unknown-ids", "--param", "trigger=10"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+}

@@ -11,9 +11,7 @@ use clap::{Args, Subcommand};
 use super::parse_param;
 use crate::policy::{self, EngineOptions, PolicyEngine, PolicySet, PolicySource, PolicySpec, Slot};
 
-/// The policy contract this binary speaks, embedded so that a plugin project outside the
-/// repository can be built against exactly it.
-pub const WIT: &str = include_str!("../../../wit/policy.wit");
+use super::scaffold::WIT;
 
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
@@ -73,6 +71,13 @@ pub struct TestArgs {
     /// Deadline of one call, in milliseconds.
     #[arg(long, default_value_t = 100)]
     pub deadline_ms: u64,
+    /// Also replay this workload trace (recorded or synthetic) through the simulator, with the
+    /// plugin in its slot and with the built-ins, and fail if the plugin failed on any decision.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// Cache size of the replay, GiB.
+    #[arg(long, default_value_t = 100, requires = "trace")]
+    pub max_size_gb: u64,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -233,7 +238,7 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
     let options = EngineOptions { call_deadline: Duration::from_millis(args.deadline_ms), ..args.engine.options() };
     let bytes = policy::read_plugin_file(&args.file, options.max_component_bytes)?;
     let engine = PolicyEngine::new(options)?;
-    let plugin = testkit::load(&engine, &bytes, args.slot, params)?;
+    let plugin = testkit::load(&engine, &bytes, args.slot, params.clone())?;
     let mut failed = 0usize;
     let mut passed = 0usize;
     for case in cases.iter().flat_map(|c| &c.cases) {
@@ -252,11 +257,35 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
     for failure in &random {
         println!("FAIL  {failure}");
     }
+    let mut replay_failed = false;
+    if let Some(path) = &args.trace {
+        use crate::lab::{sim, trace};
+        let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        let records = trace::read(std::io::BufReader::new(file)).with_context(|| path.display().to_string())?;
+        let limits = policy::CinderLimits { max_size_gb: args.max_size_gb, ..Default::default() };
+        let builtin = sim::simulate("built-in", &records, &PolicySet::new(engine.clone(), limits));
+        let set = PolicySet::new(engine.clone(), limits);
+        set.swap(args.slot, PolicySpec { source: PolicySource::Bytes(bytes.clone()), params: params.clone() })?;
+        let mine = sim::simulate("plugin", &records, &set);
+        for o in [&builtin, &mine] {
+            println!(
+                "replay {:<9} {} requests at {} GiB: hit {:.2}%, byte hit {:.2}%, {} evictions, {} failures",
+                o.policy,
+                o.requests,
+                args.max_size_gb,
+                o.hit_ratio * 100.0,
+                o.byte_hit_ratio * 100.0,
+                o.evictions,
+                o.failures
+            );
+        }
+        replay_failed = mine.failures > 0;
+    }
     let random_ok = if random.is_empty() { args.random } else { 0 };
     println!(
         "{passed} cases passed, {failed} failed; {} random caches {}",
         args.random,
         if random.is_empty() { format!("passed ({random_ok} checked)") } else { "found a problem".to_string() }
     );
-    Ok(if failed == 0 && random.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 && random.is_empty() && !replay_failed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

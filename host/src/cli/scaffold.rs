@@ -9,6 +9,10 @@ use anyhow::{bail, Context};
 
 use crate::policy::Slot;
 
+/// The policy contract this binary speaks, embedded so that a plugin project outside the
+/// repository can be built against exactly it.
+pub const WIT: &str = include_str!("../../../wit/policy.wit");
+
 /// A plugin author's language.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Lang {
@@ -53,7 +57,7 @@ fn templates(lang: Lang, slot: Slot) -> Vec<File> {
     let script = |template: &'static str| File { path: "build.sh".into(), template, executable: true };
     let pick = |set: PerSlot| set[slot.index()];
     let mut files = vec![
-        file("wit/policy.wit", super::plugin::WIT),
+        file("wit/policy.wit", WIT),
         file("README.md", include_str!("templates/README.md.tmpl")),
         file("cases.json", pick(CASES)),
     ];

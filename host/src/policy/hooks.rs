@@ -7,42 +7,15 @@
 //! `GET /v1/policies`); its decisions go on, and a swap brings a fresh plugin with hooks enabled.
 #![forbid(unsafe_code)]
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
 
-use super::plugin::WasmPlugin;
+use super::plugin::{WasmPlugin, FAILURES_TO_DISABLE};
 use super::stats::SlotStats;
 use super::{PolicyEvent, Slot};
 
 /// Events waiting for delivery at most; more are dropped (and counted).
 pub(crate) const QUEUE_LEN: usize = 4096;
-
-/// Hook failures in a row after which a plugin's hooks are switched off.
-pub(crate) const FAILURES_TO_DISABLE: u32 = 5;
-
-/// Whether a plugin's hooks still run, and how many failed in a row.
-#[derive(Debug, Default)]
-pub(crate) struct HookHealth {
-    failures_in_a_row: AtomicU32,
-    disabled: AtomicBool,
-}
-
-impl HookHealth {
-    pub(crate) fn disabled(&self) -> bool {
-        self.disabled.load(Ordering::Relaxed)
-    }
-
-    /// Records one outcome; answers true exactly when this failure switched the hooks off.
-    fn record(&self, ok: bool) -> bool {
-        if ok {
-            self.failures_in_a_row.store(0, Ordering::Relaxed);
-            return false;
-        }
-        let n = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
-        n >= FAILURES_TO_DISABLE && !self.disabled.swap(true, Ordering::Relaxed)
-    }
-}
 
 enum Job {
     Deliver { slot: Slot, plugin: Arc<WasmPlugin>, event: PolicyEvent },
@@ -114,6 +87,7 @@ fn deliver(slot: Slot, plugin: &WasmPlugin, event: &PolicyEvent, stats: &SlotSta
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::plugin::HookHealth;
 
     #[test]
     fn hooks_switch_off_after_failures_in_a_row_only() {

@@ -12,8 +12,10 @@
 
 mod bindings;
 mod builtin;
+mod checks;
 mod engine;
 mod hooks;
+mod inspect;
 mod plugin;
 mod scan;
 mod slots;
@@ -26,10 +28,11 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 pub use builtin::Builtin;
+pub(crate) use checks::read_plugin_file;
 pub use engine::{Compiled, EngineOptions, PolicyEngine, DEFAULT_MAX_COMPONENT_BYTES};
-pub use plugin::{inspect, interface_name, Inspection, PluginInfo, WasmPlugin};
+pub use inspect::{inspect, Inspection};
+pub use plugin::{interface_name, PluginInfo, WasmPlugin};
 pub use scan::host_speaks;
-pub(crate) use slots::read_plugin_file;
 pub use slots::{Decided, DecidedBy, Plan, PolicySet, PolicySource, PolicySpec, SlotStatus};
 pub use stats::SlotStats;
 pub use volcache_policy_core::{CinderLimits, Entry, Need, SizeBasis};

@@ -6,8 +6,9 @@
 
 use serde::Deserialize;
 
+use super::checks::check_victims;
 use super::plugin::WasmPlugin;
-use super::slots::{check_victims, wire_candidate};
+use super::slots::wire_candidate;
 use super::{CallError, Candidate, Entry, LoadError, Need, PolicyEngine, SizeBasis, Slot, View};
 
 /// A cases file: parameters for `configure`, then the cases.
@@ -175,7 +176,7 @@ pub fn run_case(plugin: &WasmPlugin, slot: Slot, case: &Case) -> Result<(), Stri
                     return Err(format!("victims {ids:?}, expected {want:?}"));
                 }
             }
-            let coverable = super::slots::check_victims(need, &view, &lru_all(&view)).is_ok();
+            let coverable = check_victims(need, &view, &lru_all(&view)).is_ok();
             if coverable {
                 check_victims(need, &view, &ids).map_err(|e| format!("the host would reject this answer: {e}"))?;
             }
