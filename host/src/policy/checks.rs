@@ -6,8 +6,7 @@
 use volcache_policy_core as cinder;
 
 use super::plugin::WasmPlugin;
-use super::slots::{unit, wire_candidate};
-use super::{CallError, Candidate, Entry, LoadError, Need, Slot, View};
+use super::{unit, CallError, Candidate, Entry, LoadError, Need, Slot, View};
 
 /// A victim list is valid when every id is a distinct, unpinned entry of the view and together
 /// they cover `need`.
@@ -81,12 +80,12 @@ pub(super) fn smoke_test(slot: Slot, plugin: &WasmPlugin) -> Result<(), CallErro
         Slot::Admission => {
             for (what, v) in [("a cache with a pinned entry", &view), ("an empty cache", &empty)] {
                 // Either answer is fine; the call must return.
-                let _admitted = plugin.admit(&wire_candidate(&candidate), v.wire()).map_err(|e| case(what, e))?;
+                let _admitted = plugin.admit(&candidate.wire(), v.wire()).map_err(|e| case(what, e))?;
             }
         }
         Slot::Capacity => {
             for (what, v) in [("a cache with a pinned entry", &view), ("an empty cache", &empty)] {
-                let _need = plugin.shortfall(&wire_candidate(&candidate), v.wire()).map_err(|e| case(what, e))?;
+                let _need = plugin.shortfall(&candidate.wire(), v.wire()).map_err(|e| case(what, e))?;
             }
         }
         Slot::Eviction => {

@@ -92,6 +92,16 @@ pub struct Candidate {
 }
 
 impl Candidate {
+    /// The candidate as the WIT record a plugin receives.
+    pub(crate) fn wire(&self) -> bindings::Candidate {
+        bindings::Candidate {
+            image_id: self.image_id.clone(),
+            size_gib: self.size_gib,
+            virtual_size_bytes: self.virtual_size_bytes,
+            allocated_bytes: self.allocated_bytes,
+        }
+    }
+
     pub(crate) fn size(&self) -> volcache_policy_core::CandidateSize {
         volcache_policy_core::CandidateSize { size_gib: self.size_gib, allocated_bytes: self.allocated_bytes }
     }
@@ -177,6 +187,14 @@ impl View {
 impl Default for View {
     fn default() -> Self {
         View::new(Vec::new(), 0)
+    }
+}
+
+/// The unit a need is counted in, for messages.
+pub(crate) fn unit(basis: SizeBasis) -> &'static str {
+    match basis {
+        SizeBasis::Provisioned => "GiB",
+        SizeBasis::Allocated => "bytes",
     }
 }
 

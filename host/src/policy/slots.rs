@@ -8,14 +8,13 @@ use std::time::Instant;
 
 use volcache_policy_core as cinder;
 
-use super::bindings;
 use super::builtin::{self, Builtin};
 use super::checks::{check_victims, read_plugin_file, smoke_test};
 use super::engine::PolicyEngine;
 use super::hooks::HookQueue;
 use super::plugin::{PluginInfo, WasmPlugin};
 use super::stats::{SlotStats, StatsSnapshot};
-use super::{CallError, Candidate, CinderLimits, LoadError, Need, PolicyEvent, Slot, View};
+use super::{unit, CallError, Candidate, CinderLimits, LoadError, Need, PolicyEvent, Slot, View};
 
 /// Where a slot's policy comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,15 +116,6 @@ pub struct PolicySet {
 impl std::fmt::Debug for Filled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Filled").field("source", &self.source).finish_non_exhaustive()
-    }
-}
-
-pub(crate) fn wire_candidate(c: &Candidate) -> bindings::Candidate {
-    bindings::Candidate {
-        image_id: c.image_id.clone(),
-        size_gib: c.size_gib,
-        virtual_size_bytes: c.virtual_size_bytes,
-        allocated_bytes: c.allocated_bytes,
     }
 }
 
@@ -265,7 +255,7 @@ impl PolicySet {
             }
             Filler::Wasm(plugin) => plugin,
         };
-        match self.timed(Slot::Admission, plugin, || plugin.admit(&wire_candidate(candidate), view.wire())) {
+        match self.timed(Slot::Admission, plugin, || plugin.admit(&candidate.wire(), view.wire())) {
             Ok(value) => Decided { value: value.map_err(bounded), by: DecidedBy::Plugin },
             Err(e) => Decided { value: builtin::admit(&filled.limits, candidate), by: DecidedBy::Fallback(e) },
         }
@@ -279,7 +269,7 @@ impl PolicySet {
             Filler::Builtin(_) => return Decided { value: fallback(), by: DecidedBy::Builtin },
             Filler::Wasm(plugin) => plugin,
         };
-        match self.timed(Slot::Capacity, plugin, || plugin.shortfall(&wire_candidate(candidate), view.wire())) {
+        match self.timed(Slot::Capacity, plugin, || plugin.shortfall(&candidate.wire(), view.wire())) {
             Ok(value) => Decided { value: value.map(Need::from).map_err(bounded), by: DecidedBy::Plugin },
             Err(e) => Decided { value: fallback(), by: DecidedBy::Fallback(e) },
         }
@@ -348,13 +338,6 @@ impl PolicySet {
     /// Waits until every event queued so far has reached the plugins (tests, shutdown).
     pub fn flush_events(&self) {
         self.hooks.flush();
-    }
-}
-
-pub(super) fn unit(basis: cinder::SizeBasis) -> &'static str {
-    match basis {
-        cinder::SizeBasis::Provisioned => "GiB",
-        cinder::SizeBasis::Allocated => "bytes",
     }
 }
 

@@ -8,7 +8,6 @@ use serde::Deserialize;
 
 use super::checks::check_victims;
 use super::plugin::WasmPlugin;
-use super::slots::wire_candidate;
 use super::{CallError, Candidate, Entry, LoadError, Need, PolicyEngine, SizeBasis, Slot, View};
 
 /// A cases file: parameters for `configure`, then the cases.
@@ -184,7 +183,7 @@ pub fn run_case(plugin: &WasmPlugin, slot: Slot, case: &Case) -> Result<(), Stri
         }
         Slot::Admission => {
             let candidate = case.candidate.as_ref().ok_or("an admission case needs `candidate`")?.candidate();
-            let answer = plugin.admit(&wire_candidate(&candidate), view.wire()).map_err(failed)?;
+            let answer = plugin.admit(&candidate.wire(), view.wire()).map_err(failed)?;
             match case.expect.admit {
                 Some(want) if want != answer.is_ok() => {
                     Err(format!("admit answered {answer:?}, expected admit={want}"))
@@ -194,7 +193,7 @@ pub fn run_case(plugin: &WasmPlugin, slot: Slot, case: &Case) -> Result<(), Stri
         }
         Slot::Capacity => {
             let candidate = case.candidate.as_ref().ok_or("a capacity case needs `candidate`")?.candidate();
-            let answer = plugin.shortfall(&wire_candidate(&candidate), view.wire()).map_err(failed)?;
+            let answer = plugin.shortfall(&candidate.wire(), view.wire()).map_err(failed)?;
             match (&case.expect.need, case.expect.refuse, answer) {
                 (_, Some(true), Ok(need)) => Err(format!("answered need {need:?}, expected a refusal")),
                 (Some(want), _, Ok(need)) if Need::from(*want) != Need::from(need) => {
@@ -281,7 +280,7 @@ pub fn random_properties(plugin: &WasmPlugin, slot: Slot, rounds: u32, seed: u64
                     virtual_size_bytes: size_gib << 30,
                     allocated_bytes: rng.below(size_gib << 30),
                 };
-                let wire = wire_candidate(&candidate);
+                let wire = candidate.wire();
                 let result = if slot == Slot::Admission {
                     plugin.admit(&wire, view.wire()).map(drop)
                 } else {
