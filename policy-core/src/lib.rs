@@ -25,7 +25,10 @@ use alloc::vec::Vec;
 use core::cmp::Reverse;
 use core::fmt;
 
+mod beyond;
 mod params;
+
+pub use beyond::{ttl_victims, Gdsf, SecondHit};
 
 pub use params::{AtomicLimits, CinderLimits, ParamError, KEY_MAX_COUNT, KEY_MAX_SIZE_GB, KEY_SIZE_BASIS};
 

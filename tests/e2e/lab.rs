@@ -233,3 +233,41 @@ fn plugin_test_replays_a_trace_and_fails_a_plugin_that_fails_there() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+#[test]
+fn gdsf_and_second_hit_download_less_than_lru_on_a_trace_with_scans() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace =
+        synth(dir.path(), &["--shape", "scan", "--requests", "20000", "--images", "500", "--scan-every", "4000"]);
+    let gdsf = plugin("gdsf").display().to_string();
+    let second = format!("admission={},eviction={gdsf}", plugin("second-hit").display());
+    let out = dir.path().join("out").display().to_string();
+    volcache(&[
+        "simulate",
+        "--trace",
+        &trace,
+        "--policy",
+        "cinder",
+        "--policy",
+        &gdsf,
+        "--policy",
+        &second,
+        "--max-size-gb",
+        "150",
+        "--out",
+        &out,
+    ]);
+    let rows = results(Path::new(&out));
+    let miss = |policy: &str| row(&rows, policy, 150)["byte_miss_ratio"].as_f64().unwrap();
+    let (lru, g, s, best) =
+        (miss("cinder"), miss("gdsf.wasm"), miss("admission=second-hit.wasm,eviction=gdsf.wasm"), miss("belady"));
+    assert!(g < lru && s < g && best < s, "LRU {lru:.3} > gdsf {g:.3} > second-hit+gdsf {s:.3} > Belady {best:.3}");
+    let fills = |policy: &str| row(&rows, policy, 150)["fills"].as_u64().unwrap();
+    assert!(
+        fills("admission=second-hit.wasm,eviction=gdsf.wasm") < fills("gdsf.wasm"),
+        "one-off images are not cached"
+    );
+    for p in ["gdsf.wasm", "admission=second-hit.wasm,eviction=gdsf.wasm"] {
+        assert_eq!(row(&rows, p, 150)["failures"], 0);
+    }
+}

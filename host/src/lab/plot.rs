@@ -10,7 +10,7 @@ use super::sim::Outcome;
 const W: f64 = 720.0;
 const H: f64 = 420.0;
 const LEFT: f64 = 70.0;
-const RIGHT: f64 = 190.0;
+const RIGHT: f64 = 230.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 60.0;
 const COLORS: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
@@ -88,11 +88,27 @@ pub fn miss_ratio_svg(title: &str, outcomes: &[Outcome]) -> String {
             W - RIGHT + 36.0,
             W - RIGHT + 42.0,
             ly + 4.0,
-            escape(policy)
+            escape(&legend(policy))
         );
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+/// A policy set's label, shortened for the legend: `admission=second-hit.wasm,eviction=gdsf.wasm`
+/// reads `second-hit + gdsf`.
+fn legend(policy: &str) -> String {
+    policy
+        .split(',')
+        .map(|part| {
+            let part = part
+                .split_once('=')
+                .filter(|(slot, _)| slot.parse::<crate::policy::Slot>().is_ok())
+                .map_or(part, |(_, p)| p);
+            part.replace(".wasm", "")
+        })
+        .collect::<Vec<_>>()
+        .join(" + ")
 }
 
 fn escape(s: &str) -> String {

@@ -73,9 +73,9 @@ pub fn simulate(name: &str, trace: &[Record], set: &PolicySet) -> Outcome {
     let hooks = set.status().iter().any(|s| s.events);
     let notify = |event: PolicyEvent| {
         if hooks {
-            set.notify(&event);
-            // Replays are deterministic: the plugin sees each event before the next decision.
-            set.flush_events();
+            // Inline, so the replay is deterministic: the plugin sees each event before the
+            // next decision.
+            set.deliver_now(&event);
         }
     };
     let mut by_image: HashMap<String, u64> = HashMap::new();

@@ -68,7 +68,7 @@ impl HookQueue {
     }
 }
 
-fn deliver(slot: Slot, plugin: &WasmPlugin, event: &PolicyEvent, stats: &SlotStats) {
+pub(crate) fn deliver(slot: Slot, plugin: &WasmPlugin, event: &PolicyEvent, stats: &SlotStats) {
     if plugin.hooks().disabled() {
         return;
     }

@@ -339,6 +339,19 @@ impl PolicySet {
     pub fn flush_events(&self) {
         self.hooks.flush();
     }
+
+    /// Delivers `event` to the plugins on the caller's thread, with the same budget and failure
+    /// accounting as the event thread: for the simulator, whose replay must be deterministic
+    /// and has no request to keep fast.
+    pub fn deliver_now(&self, event: &PolicyEvent) {
+        for slot in Slot::ALL {
+            let filled = self.current(slot);
+            let Filler::Wasm(plugin) = &filled.filler else { continue };
+            if plugin.has_events() {
+                super::hooks::deliver(slot, plugin, event, &self.stats[slot.index()]);
+            }
+        }
+    }
 }
 
 /// A reason string from a plugin, cut to a length fit for logs and API answers.

@@ -1,0 +1,228 @@
+//! Policies beyond Cinder's, shared by their wasm plugins (`plugins/gdsf`, `plugins/second-hit`,
+//! `plugins/ttl`) and tested here on the host.
+//!
+//! - [`Gdsf`] (eviction): Greedy-Dual-Size-Frequency. An entry's value is
+//!   `L + frequency x cost / size`, with cost = `fixed_cost` + size (a refill costs a fixed
+//!   overhead plus its bytes); the lowest value goes first, and `L` rises to each victim's value,
+//!   so entries that stop being used age out. Keeps images that are popular per byte and
+//!   expensive to refill. Stateful: values are set when an entry is filled or hit (events).
+//! - [`SecondHit`] (admission): an image is cached only when it is requested again within a
+//!   window; a one-off request (a scan) never displaces anything.
+//! - [`ttl_victims`] (eviction): entries unused for longer than a TTL go first, oldest first;
+//!   then least recently used, as Cinder does.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::{covers, Entries, Need};
+
+/// GDSF's state: the inflation value `L` and each entry's value and frequency.
+#[derive(Clone, Debug)]
+pub struct Gdsf {
+    inflation: f64,
+    fixed_cost: f64,
+    /// Per entry: value, frequency, size in bytes.
+    values: BTreeMap<u64, (f64, u64, u64)>,
+}
+
+impl Gdsf {
+    /// `fixed_cost_bytes`: what a refill costs beyond its bytes (connection, conversion start).
+    pub fn new(fixed_cost_bytes: u64) -> Gdsf {
+        Gdsf { inflation: 0.0, fixed_cost: fixed_cost_bytes as f64, values: BTreeMap::new() }
+    }
+
+    fn value(&self, frequency: u64, size_bytes: u64) -> f64 {
+        let size = size_bytes.max(1) as f64;
+        self.inflation + frequency as f64 * (self.fixed_cost + size) / size
+    }
+
+    /// An entry was filled.
+    pub fn on_insert(&mut self, id: u64, size_bytes: u64) {
+        let value = self.value(1, size_bytes);
+        self.values.insert(id, (value, 1, size_bytes));
+    }
+
+    /// An entry was used. One not seen filled (after a restart) is valued from the view later.
+    pub fn on_hit(&mut self, id: u64) {
+        if let Some(&(_, frequency, size)) = self.values.get(&id) {
+            let value = self.value(frequency + 1, size);
+            self.values.insert(id, (value, frequency + 1, size));
+        }
+    }
+
+    pub fn on_evict(&mut self, id: u64) {
+        self.values.remove(&id);
+    }
+
+    /// The entries to evict: lowest value first (ties: less recently used, then lower id), just
+    /// enough to cover `need`. An entry with no recorded value (after a restart) is valued from
+    /// the view's hit count. `sizes_bytes[row]` is each row's size in bytes.
+    pub fn victims<E: Entries + ?Sized>(
+        &mut self,
+        need: Need,
+        entries: &E,
+        hits: &[u64],
+        sizes_bytes: &[u64],
+    ) -> Vec<u64> {
+        if need.is_zero() {
+            return Vec::new();
+        }
+        let mut rows: Vec<(f64, u64, u64, usize)> = (0..entries.len())
+            .filter(|&row| !entries.pinned(row))
+            .map(|row| {
+                let id = entries.id(row);
+                let size = sizes_bytes.get(row).copied().unwrap_or(0);
+                let value = match self.values.get(&id) {
+                    Some(&(value, _, _)) => value,
+                    None => self.value(hits.get(row).copied().unwrap_or(0) + 1, size),
+                };
+                (value, entries.last_used_ms(row), id, row)
+            })
+            .collect();
+        rows.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let mut freed = 0u64;
+        let mut victims = Vec::new();
+        for (value, _, id, row) in rows {
+            if covers(freed, victims.len(), need) {
+                break;
+            }
+            freed = freed.saturating_add(entries.size_in(row, need.basis));
+            victims.push(id);
+            self.inflation = self.inflation.max(value);
+            self.values.remove(&id);
+        }
+        victims
+    }
+}
+
+/// Second-hit admission's memory: when each image was last requested (bounded).
+#[derive(Clone, Debug)]
+pub struct SecondHit {
+    window_ms: u64,
+    capacity: usize,
+    seen: BTreeMap<String, u64>,
+}
+
+impl SecondHit {
+    /// Remembers up to `capacity` images for `window_ms`.
+    pub fn new(window_ms: u64, capacity: usize) -> SecondHit {
+        SecondHit { window_ms, capacity: capacity.max(1), seen: BTreeMap::new() }
+    }
+
+    /// Whether to cache `image` requested at `now_ms`: only when it was requested before within
+    /// the window. Either way the request is remembered.
+    pub fn admit(&mut self, image: &str, now_ms: u64) -> bool {
+        let again = self.seen.get(image).is_some_and(|&t| now_ms.saturating_sub(t) <= self.window_ms);
+        if !self.seen.contains_key(image) && self.seen.len() >= self.capacity {
+            // Forget the image seen longest ago.
+            if let Some(oldest) = self.seen.iter().min_by_key(|(_, &t)| t).map(|(k, _)| k.clone()) {
+                self.seen.remove(&oldest);
+            }
+        }
+        self.seen.insert(String::from(image), now_ms);
+        again
+    }
+}
+
+/// Entries unused for more than `ttl_ms` at `now_ms` first, oldest first; then least recently
+/// used; ties by id; just enough to cover `need`. With a TTL of 0 this is Cinder's LRU.
+pub fn ttl_victims<E: Entries + ?Sized>(need: Need, entries: &E, now_ms: u64, ttl_ms: u64) -> Vec<u64> {
+    if need.is_zero() {
+        return Vec::new();
+    }
+    let mut rows: Vec<(bool, u64, u64, usize)> = (0..entries.len())
+        .filter(|&row| !entries.pinned(row))
+        .map(|row| {
+            let used = entries.last_used_ms(row);
+            let fresh = ttl_ms == 0 || now_ms.saturating_sub(used) <= ttl_ms;
+            (fresh, used, entries.id(row), row)
+        })
+        .collect();
+    rows.sort_unstable();
+    let mut freed = 0u64;
+    let mut victims = Vec::new();
+    for (_, _, id, row) in rows {
+        if covers(freed, victims.len(), need) {
+            break;
+        }
+        freed = freed.saturating_add(entries.size_in(row, need.basis));
+        victims.push(id);
+    }
+    victims
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Entry, SizeBasis};
+
+    fn entry(id: u64, size_gib: u64, last_used_ms: u64) -> Entry {
+        Entry { id, size_gib, allocated_bytes: size_gib << 30, last_used_ms, ..Entry::default() }
+    }
+
+    fn need(amount: u64) -> Need {
+        Need { amount, basis: SizeBasis::Provisioned, entries: 0 }
+    }
+
+    #[test]
+    fn gdsf_keeps_the_popular_and_ages_out_the_idle() {
+        let mut g = Gdsf::new(1 << 30);
+        let cache = [entry(1, 4, 10), entry(2, 4, 20), entry(3, 4, 30)];
+        for e in &cache {
+            g.on_insert(e.id, e.allocated_bytes);
+        }
+        for _ in 0..5 {
+            g.on_hit(1);
+        }
+        let sizes: Vec<u64> = cache.iter().map(|e| e.allocated_bytes).collect();
+        // Entry 1 is the oldest by use but the most popular: 2 goes first (older than 3).
+        assert_eq!(g.victims(need(4), &cache[..], &[0, 0, 0], &sizes), [2]);
+        // The inflation rose to 2's value: a new entry now outranks the idle 3.
+        g.on_insert(4, 4 << 30);
+        let cache = [entry(1, 4, 10), entry(3, 4, 30), entry(4, 4, 40)];
+        let sizes: Vec<u64> = cache.iter().map(|e| e.allocated_bytes).collect();
+        assert_eq!(g.victims(need(4), &cache[..], &[0, 0, 0], &sizes), [3]);
+    }
+
+    #[test]
+    fn gdsf_prefers_to_keep_small_images_at_equal_popularity() {
+        let mut g = Gdsf::new(1 << 30);
+        let cache = [entry(1, 1, 10), entry(2, 20, 20)];
+        for e in &cache {
+            g.on_insert(e.id, e.allocated_bytes);
+        }
+        let sizes: Vec<u64> = cache.iter().map(|e| e.allocated_bytes).collect();
+        assert_eq!(g.victims(need(1), &cache[..], &[0, 0], &sizes), [2], "a large image costs less per byte to refill");
+    }
+
+    #[test]
+    fn gdsf_never_names_a_pinned_entry_and_covers_the_need() {
+        let mut g = Gdsf::new(0);
+        let mut cache = [entry(1, 2, 10), entry(2, 3, 20), entry(3, 5, 30)];
+        cache[0].pinned = true;
+        let sizes: Vec<u64> = cache.iter().map(|e| e.allocated_bytes).collect();
+        let victims = g.victims(need(6), &cache[..], &[9, 0, 0], &sizes);
+        assert!(!victims.contains(&1));
+        assert_eq!(victims.len(), 2);
+    }
+
+    #[test]
+    fn second_hit_admits_the_second_request_within_the_window_only() {
+        let mut s = SecondHit::new(1_000, 2);
+        assert!(!s.admit("a", 0));
+        assert!(s.admit("a", 500));
+        assert!(!s.admit("b", 600));
+        assert!(!s.admit("b", 5_000), "too late: a new first request");
+        assert!(!s.admit("c", 5_100));
+        assert!(!s.admit("d", 5_200), "a was forgotten to make room");
+        assert!(!s.admit("a", 5_300));
+    }
+
+    #[test]
+    fn ttl_evicts_the_expired_first_then_lru() {
+        let cache = [entry(1, 1, 9_000), entry(2, 1, 100), entry(3, 1, 8_000), entry(4, 1, 50)];
+        assert_eq!(ttl_victims(need(3), &cache[..], 10_000, 5_000), [4, 2, 3]);
+        assert_eq!(ttl_victims(need(1), &cache[..], 10_000, 0), [4], "TTL 0 is LRU");
+    }
+}
