@@ -159,7 +159,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         let dir = config.state_dir.join("trace");
         let recorder = crate::lab::record::Recorder::open(&dir, config.trace_max_bytes)
             .map_err(|e| anyhow::anyhow!("opening the workload trace in {}: {e}", dir.display()))?;
-        cache = cache.with_trace(Arc::new(recorder));
+        cache = cache.with_trace(recorder);
     }
     let cache = Arc::new(cache);
     let reconciled = cache.reconcile()?;

@@ -150,6 +150,23 @@ macro_rules! columns {
     };
 }
 
+/// Converts a WIT `need` record (any value with the contract's field names, and a `basis` of the
+/// plugin's generated `SizeBasis` type, named as the second argument) into a [`Need`]:
+/// `let need = volcache_policy_core::need!(need, SizeBasis);`
+#[macro_export]
+macro_rules! need {
+    ($need:expr, $basis:ident) => {
+        $crate::Need {
+            amount: $need.amount,
+            basis: match $need.basis {
+                $basis::Provisioned => $crate::SizeBasis::Provisioned,
+                $basis::Allocated => $crate::SizeBasis::Allocated,
+            },
+            entries: $need.entries,
+        }
+    };
+}
+
 fn cell(column: &[u64], row: usize) -> u64 {
     column.get(row).copied().unwrap_or(0)
 }

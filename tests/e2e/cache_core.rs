@@ -525,3 +525,45 @@ fn event_hooks_run_off_the_request_path() {
     let status = c.cache.policies().status().into_iter().find(|s| s.slot == Slot::Eviction).unwrap();
     assert_eq!((status.stats.events_failed, status.events_disabled), (5, true), "{status:?}");
 }
+
+#[test]
+fn a_looping_shadow_policy_never_slows_live_hits() {
+    use volcache::lab::shadow::Shadow;
+    use volcache::policy::{EngineOptions, PolicyEngine, PolicySource, PolicySpec, Slot};
+    let options = EngineOptions { call_deadline: Duration::from_millis(200), ..EngineOptions::default() };
+    let engine = PolicyEngine::new(options).unwrap();
+    let c = Core::build(limits(0, 6), |_| {}, engine.clone());
+    for image in ["a", "b"] {
+        c.register(image, 1);
+        c.create(image, 1).unwrap();
+    }
+    let without = median_hit_ns(&c, "a", 15);
+    // The shadow's eviction decisions loop until their 200 ms deadline once its view holds 5
+    // entries or more (its smoke test has 4); at 6 entries its cache is full.
+    let evil = PolicySpec {
+        source: PolicySource::File(crate::fixtures::test_plugin("evil")),
+        params: vec![("mode".into(), "loop".into()), ("trigger".into(), "5".into())],
+    };
+    let policies = c.cache.policies();
+    let seed = c.cache.shadow_seed().unwrap();
+    let shadow = Shadow::attach(&engine, policies.limits(), Slot::Eviction, evil, "test".into(), seed).unwrap();
+    c.cache.workload().shadows().put(shadow.clone());
+    // Requests for new images make the shadow's cache grow to the trigger and decide (loop).
+    for i in 0..6 {
+        let image = format!("new-{i}");
+        c.register(&image, 1);
+        c.create(&image, 1).unwrap();
+    }
+    c.create("a", 1).unwrap();
+    let with = median_hit_ns(&c, "a", 15);
+    let ratio = with as f64 / without as f64;
+    println!("hit median: {without} ns without a shadow, {with} ns with a looping one, ratio {ratio:.2}");
+    assert!(ratio < 20.0, "a looping shadow slowed live hits {ratio:.1}x");
+    let started = std::time::Instant::now();
+    while shadow.status()["shadow"]["failures"].as_u64() == Some(0) && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = shadow.status();
+    assert!(status["shadow"]["failures"].as_u64().unwrap() > 0, "the shadow's timeouts are counted: {status}");
+    assert_eq!(c.cache.policies().status()[2].stats.failures, 0, "the live policy never failed");
+}

@@ -271,3 +271,67 @@ fn gdsf_and_second_hit_download_less_than_lru_on_a_trace_with_scans() {
         assert_eq!(row(&rows, p, 150)["failures"], 0);
     }
 }
+
+#[test]
+fn a_shadow_sees_the_live_requests_compares_them_and_is_detached() {
+    use crate::daemon::{Daemon, TOKEN};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("volcache.toml"),
+        "image_source_dirs = [\".\"]\n[cache]\nimage_volume_cache_max_count = 2\n",
+    )
+    .unwrap();
+    for image in ["a", "b", "c"] {
+        crate::fixtures::cloud_like_raw(&dir.path().join(format!("{image}.raw")), 8 << 20);
+    }
+    let d = Daemon::start_in(dir);
+    let call = |method: &str, path: &str, body: Option<(&str, Vec<u8>)>| {
+        let (status, reply) = d.call(method, path, Some(TOKEN), body.as_ref().map(|(t, b)| (*t, b.as_slice())));
+        (status, reply)
+    };
+    let json = |v: serde_json::Value| Some(("application/json", v.to_string().into_bytes()));
+    for image in ["a", "b", "c"] {
+        let source = d._dir.path().join(format!("{image}.raw"));
+        let (status, _) = call(
+            "POST",
+            "/v1/images",
+            json(serde_json::json!({"id": image, "name": image, "source": source, "disk_format": "raw"})),
+        );
+        assert_eq!(status, 201);
+    }
+    let (status, body) = call("DELETE", "/v1/policies/eviction/shadow", None);
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("no_shadow")));
+    let gdsf = std::fs::read(plugin("gdsf")).unwrap();
+    let (status, body) = call("PUT", "/v1/policies/eviction/shadow", Some(("application/wasm", gdsf)));
+    assert_eq!((status, body["name"].as_str()), (200, Some("gdsf")), "{body}");
+
+    let mut outcomes = Vec::new();
+    for image in ["a", "a", "a", "b", "c", "a", "b", "c", "a"] {
+        let (status, reply) = call("POST", "/v1/volumes", json(serde_json::json!({"image_id": image, "size": 1})));
+        assert_eq!(status, 201, "{reply}");
+        outcomes.push(reply["cache"].as_str().unwrap().to_string());
+    }
+    let live_hits = outcomes.iter().filter(|o| *o == "hit").count() as u64;
+    // The shadow replays off the request path: wait for it to catch up.
+    let started = std::time::Instant::now();
+    let shadow = loop {
+        let (_, policies) = call("GET", "/v1/policies", None);
+        let slot = policies.as_array().unwrap().iter().find(|p| p["slot"] == "eviction").unwrap().clone();
+        assert_eq!(slot["name"], "lru", "the live policy is unchanged");
+        if slot["shadow"]["shadow"]["requests"] == 9 || started.elapsed() > std::time::Duration::from_secs(20) {
+            break slot["shadow"].clone();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(shadow["live"]["requests"], 9, "{shadow}");
+    assert_eq!(shadow["live"]["hits"].as_u64(), Some(live_hits), "{shadow}");
+    assert_eq!(shadow["shadow"]["requests"], 9, "{shadow}");
+    // gdsf keeps the popular `a` where LRU evicted it: it hits more on this sequence.
+    assert!(shadow["shadow"]["hits"].as_u64().unwrap() > live_hits, "{shadow}");
+    assert_eq!((shadow["dropped_records"].as_u64(), shadow["shadow"]["failures"].as_u64()), (Some(0), Some(0)));
+
+    let (status, _) = call("DELETE", "/v1/policies/eviction/shadow", None);
+    assert_eq!(status, 204);
+    let (_, policies) = call("GET", "/v1/policies", None);
+    assert!(policies.as_array().unwrap().iter().all(|p| p["shadow"].is_null()));
+}

@@ -42,8 +42,18 @@ impl CacheService {
     /// [`CacheService::create_volume`] for a client that may go away: a wait for another
     /// request's fill ends when `cancel` is set.
     pub fn create_volume_with(&self, req: &CreateVolume, cancel: &Cancel) -> Result<Created, CacheError> {
-        let mut image = self.image_for(req)?;
+        let image = self.image_for(req)?;
         self.record(TraceOp::Request, &image.id, &image.updated_at, image.virtual_size);
+        let (id, updated_at, size) = (image.id.clone(), image.updated_at.clone(), image.virtual_size);
+        let result = self.create_from(req, image, cancel);
+        if let Ok(created) = &result {
+            // Shadow policies learn the request and what the live cache did with it.
+            self.workload.request_done(&id, &updated_at, size, created.volume.cache);
+        }
+        result
+    }
+
+    fn create_from(&self, req: &CreateVolume, mut image: ImageRecord, cancel: &Cancel) -> Result<Created, CacheError> {
         let span = tracing::info_span!("create_volume", image_id = %image.id, size = req.size);
         let _enter = span.enter();
         self.finish_deferred_removals();

@@ -240,8 +240,8 @@ pub struct CacheService {
     fill_seconds: stats::FillHistogram,
     /// Creates waiting for another request's fill right now.
     waiting: std::sync::atomic::AtomicU64,
-    /// The workload trace, when the daemon records one.
-    trace: Option<Arc<crate::lab::record::Recorder>>,
+    /// The workload: the trace (when the daemon records one) and the shadow policies.
+    workload: Arc<crate::lab::record::Workload>,
 }
 
 impl CacheService {
@@ -263,24 +263,23 @@ impl CacheService {
             last_use: Default::default(),
             fill_seconds: Default::default(),
             waiting: Default::default(),
-            trace: None,
+            workload: Arc::default(),
         }
     }
 
     /// Records this cache's workload (requests, image changes, evictions) into `recorder`.
-    pub fn with_trace(mut self, recorder: Arc<crate::lab::record::Recorder>) -> Self {
-        self.trace = Some(recorder);
+    pub fn with_trace(mut self, recorder: crate::lab::record::Recorder) -> Self {
+        self.workload = Arc::new(crate::lab::record::Workload::new(Some(recorder)));
         self
     }
 
-    pub fn trace(&self) -> Option<&Arc<crate::lab::record::Recorder>> {
-        self.trace.as_ref()
+    /// The workload: the recorded trace and the shadow policies.
+    pub fn workload(&self) -> &Arc<crate::lab::record::Workload> {
+        &self.workload
     }
 
     fn record(&self, op: crate::lab::trace::Op, image: &str, updated_at: &str, size_bytes: u64) {
-        if let Some(trace) = &self.trace {
-            trace.record(op, image, updated_at, size_bytes);
-        }
+        self.workload.record(op, image, updated_at, size_bytes);
     }
 
     /// A use time in milliseconds that is later than every one handed out before: two uses in
@@ -386,6 +385,17 @@ impl CacheService {
 }
 
 /// An entry as policies see it.
+impl CacheService {
+    /// The scope's entries as a shadow policy's starting cache: (image, version, entry).
+    pub fn shadow_seed(&self) -> Result<Vec<(String, u32, Entry)>, CacheError> {
+        Ok(self
+            .scope_entries()?
+            .iter()
+            .map(|e| (e.image_id.clone(), self.workload.version(&e.image_id, &e.image_updated_at), policy_entry(e)))
+            .collect())
+    }
+}
+
 fn policy_entry(e: &EntryRecord) -> Entry {
     Entry {
         id: e.id,

@@ -110,7 +110,13 @@ pub enum PolicyCommand {
         /// KEY=VALUE, repeatable.
         #[arg(long = "param")]
         params: Vec<String>,
+        /// Attach it as the slot's shadow instead: it sees the same requests on a simulated
+        /// copy of the cache and never changes a live decision (`policy list` compares them).
+        #[arg(long)]
+        shadow: bool,
     },
+    /// Detach a slot's shadow.
+    Unshadow { slot: String },
 }
 
 struct Client {
@@ -317,7 +323,13 @@ pub fn policy(conn: &Connection, cmd: PolicyCommand) -> anyhow::Result<ExitCode>
     let c = Client::new(conn)?;
     let value = match cmd {
         PolicyCommand::List => c.call("GET", "/v1/policies", None)?,
-        PolicyCommand::Set { slot, builtin, plugin, params } => {
+        PolicyCommand::Unshadow { slot } => {
+            c.call("DELETE", &format!("/v1/policies/{slot}/shadow"), None)?;
+            println!("detached the {slot} slot's shadow");
+            return Ok(ExitCode::SUCCESS);
+        }
+        PolicyCommand::Set { slot, builtin, plugin, params, shadow } => {
+            let route = if shadow { format!("/v1/policies/{slot}/shadow") } else { format!("/v1/policies/{slot}") };
             let mut pairs = Vec::new();
             for p in &params {
                 let (k, v) = p.split_once('=').with_context(|| format!("--param {p:?}: expected KEY=VALUE"))?;
@@ -327,17 +339,13 @@ pub fn policy(conn: &Connection, cmd: PolicyCommand) -> anyhow::Result<ExitCode>
                 (Some(b), None) => {
                     let params: serde_json::Map<String, Value> =
                         pairs.into_iter().map(|(k, v)| (k, json!(v))).collect();
-                    c.call("PUT", &format!("/v1/policies/{slot}"), Some(json!({"builtin": b, "params": params})))?
+                    c.call("PUT", &route, Some(json!({"builtin": b, "params": params})))?
                 }
                 (None, Some(file)) => {
                     let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
                     // Values may hold '&', '=', '+', '%' or spaces: encode them for the query.
                     let query = serde_urlencoded::to_string(&pairs).context("encoding --param")?;
-                    let path = if query.is_empty() {
-                        format!("/v1/policies/{slot}")
-                    } else {
-                        format!("/v1/policies/{slot}?{query}")
-                    };
+                    let path = if query.is_empty() { route } else { format!("{route}?{query}") };
                     c.upload(&path, &bytes)?
                 }
                 _ => bail!("give --builtin NAME or --plugin FILE"),

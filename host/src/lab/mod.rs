@@ -7,6 +7,7 @@
 pub mod belady;
 pub mod plot;
 pub mod record;
+pub mod shadow;
 pub mod sim;
 pub mod synth;
 pub mod trace;

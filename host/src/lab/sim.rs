@@ -55,64 +55,98 @@ impl Outcome {
     }
 }
 
+#[derive(Debug)]
 struct Cached {
     entry: Entry,
     version: u32,
     image: String,
 }
 
-/// Replays `trace` through `set` (whose limits are the simulated cache's capacity).
-pub fn simulate(name: &str, trace: &[Record], set: &PolicySet) -> Outcome {
-    let limits = set.limits();
-    let mut out = Outcome {
-        policy: name.to_string(),
-        max_size_gb: limits.max_size_gb,
-        max_count: limits.max_count,
-        ..Outcome::default()
-    };
-    let hooks = set.status().iter().any(|s| s.events);
-    let notify = |event: PolicyEvent| {
-        if hooks {
+/// A simulated cache driven by a policy set, one trace record at a time (the simulator replays
+/// a whole trace through one; a shadow policy is fed the daemon's records as they happen).
+#[derive(Debug)]
+pub struct SimCache {
+    out: Outcome,
+    hooks: bool,
+    by_image: HashMap<String, u64>,
+    cache: HashMap<u64, Cached>,
+    next_id: u64,
+    latencies: Vec<u64>,
+}
+
+/// Decision latencies kept for the percentiles at most (the first ones: a shadow's first hours
+/// are as telling as its last).
+const MAX_LATENCIES: usize = 1 << 20;
+
+impl SimCache {
+    /// An empty cache named `name`, sized by `set`'s limits.
+    pub fn new(name: &str, set: &PolicySet) -> SimCache {
+        let limits = set.limits();
+        SimCache {
+            out: Outcome {
+                policy: name.to_string(),
+                max_size_gb: limits.max_size_gb,
+                max_count: limits.max_count,
+                ..Outcome::default()
+            },
+            hooks: set.status().iter().any(|s| s.events),
+            by_image: HashMap::new(),
+            cache: HashMap::new(),
+            next_id: 1,
+            latencies: Vec::new(),
+        }
+    }
+
+    /// Starts from existing entries: `(image, version, entry)`, e.g. the daemon's cache at the
+    /// moment a shadow is attached. Entry ids are kept; new ones follow the largest.
+    pub fn seed(&mut self, entries: impl IntoIterator<Item = (String, u32, Entry)>) {
+        for (image, version, entry) in entries {
+            self.next_id = self.next_id.max(entry.id + 1);
+            self.by_image.insert(image.clone(), entry.id);
+            self.cache.insert(entry.id, Cached { entry, version, image });
+        }
+    }
+
+    fn notify(&self, set: &PolicySet, event: PolicyEvent) {
+        if self.hooks {
             // Inline, so the replay is deterministic: the plugin sees each event before the
             // next decision.
             set.deliver_now(&event);
         }
-    };
-    let mut by_image: HashMap<String, u64> = HashMap::new();
-    let mut cache: HashMap<u64, Cached> = HashMap::new();
-    let mut next_id = 1u64;
-    let mut latencies: Vec<u64> = Vec::new();
-    for r in trace {
+    }
+
+    /// Applies one record.
+    pub fn apply(&mut self, set: &PolicySet, r: &Record) {
         match r.op {
             Op::Delete => {
-                if let Some(id) = by_image.remove(&r.image) {
-                    cache.remove(&id);
-                    out.invalidations += 1;
-                    notify(PolicyEvent::Evict { id });
+                if let Some(id) = self.by_image.remove(&r.image) {
+                    self.cache.remove(&id);
+                    self.out.invalidations += 1;
+                    self.notify(set, PolicyEvent::Evict { id });
                 }
-                continue;
+                return;
             }
             // A new version shows in the requests that name it; recorded evictions were another
             // policy's decisions.
-            Op::Register | Op::Update | Op::Evict => continue,
+            Op::Register | Op::Update | Op::Evict => return,
             Op::Request => {}
         }
-        out.requests += 1;
-        out.bytes_requested += r.size_bytes;
-        if let Some(&id) = by_image.get(&r.image) {
-            let cached = cache.get_mut(&id).expect("indexed entries are cached");
+        self.out.requests += 1;
+        self.out.bytes_requested += r.size_bytes;
+        if let Some(&id) = self.by_image.get(&r.image) {
+            let cached = self.cache.get_mut(&id).expect("indexed entries are cached");
             if cached.version == r.version {
-                out.hits += 1;
-                out.bytes_hit += r.size_bytes;
+                self.out.hits += 1;
+                self.out.bytes_hit += r.size_bytes;
                 cached.entry.last_used_ms = r.time_ms;
                 cached.entry.hits += 1;
-                notify(PolicyEvent::Hit { id, now_ms: r.time_ms });
-                continue;
+                self.notify(set, PolicyEvent::Hit { id, now_ms: r.time_ms });
+                return;
             }
-            cache.remove(&id);
-            by_image.remove(&r.image);
-            out.invalidations += 1;
-            notify(PolicyEvent::Evict { id });
+            self.cache.remove(&id);
+            self.by_image.remove(&r.image);
+            self.out.invalidations += 1;
+            self.notify(set, PolicyEvent::Evict { id });
         }
         let size_gib = r.size_bytes.div_ceil(GIB).max(1);
         let candidate = Candidate {
@@ -121,21 +155,23 @@ pub fn simulate(name: &str, trace: &[Record], set: &PolicySet) -> Outcome {
             virtual_size_bytes: r.size_bytes,
             allocated_bytes: r.size_bytes,
         };
-        let view = View::new(cache.values().map(|c| c.entry).collect(), r.time_ms);
+        let view = View::new(self.cache.values().map(|c| c.entry).collect(), r.time_ms);
         let started = Instant::now();
         let plan = set.plan(&candidate, &view);
-        latencies.push(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        if self.latencies.len() < MAX_LATENCIES {
+            self.latencies.push(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        }
         match plan {
             Plan::Cache { victims, .. } => {
                 for victim in victims {
-                    if let Some(gone) = cache.remove(&victim) {
-                        by_image.remove(&gone.image);
-                        out.evictions += 1;
-                        notify(PolicyEvent::Evict { id: victim });
+                    if let Some(gone) = self.cache.remove(&victim) {
+                        self.by_image.remove(&gone.image);
+                        self.out.evictions += 1;
+                        self.notify(set, PolicyEvent::Evict { id: victim });
                     }
                 }
                 let entry = Entry {
-                    id: next_id,
+                    id: self.next_id,
                     size_gib,
                     allocated_bytes: r.size_bytes,
                     last_used_ms: r.time_ms,
@@ -143,28 +179,43 @@ pub fn simulate(name: &str, trace: &[Record], set: &PolicySet) -> Outcome {
                     hits: 0,
                     pinned: false,
                 };
-                next_id += 1;
-                notify(PolicyEvent::Insert(entry));
-                by_image.insert(r.image.clone(), entry.id);
-                cache.insert(entry.id, Cached { entry, version: r.version, image: r.image.clone() });
-                out.fills += 1;
-                out.bytes_written += r.size_bytes;
+                self.next_id += 1;
+                self.notify(set, PolicyEvent::Insert(entry));
+                self.by_image.insert(r.image.clone(), entry.id);
+                self.cache.insert(entry.id, Cached { entry, version: r.version, image: r.image.clone() });
+                self.out.fills += 1;
+                self.out.bytes_written += r.size_bytes;
             }
-            Plan::Skip { .. } => out.uncached += 1,
+            Plan::Skip { .. } => self.out.uncached += 1,
         }
     }
-    latencies.sort_unstable();
-    let pct = |p: usize| {
-        latencies
-            .get((latencies.len() * p / 100).min(latencies.len().saturating_sub(1)))
-            .map_or(0.0, |&ns| ns as f64 / 1e3)
-    };
-    out.decision_p50_us = pct(50);
-    out.decision_p99_us = pct(99);
-    for status in set.status() {
-        out.failures += status.stats.failures;
-        out.fallbacks += status.stats.fallbacks;
+
+    /// The outcome so far (failures as `set` counted them).
+    pub fn outcome(&self, set: &PolicySet) -> Outcome {
+        let mut out = self.out.clone();
+        let mut latencies = self.latencies.clone();
+        latencies.sort_unstable();
+        let pct = |p: usize| {
+            latencies
+                .get((latencies.len() * p / 100).min(latencies.len().saturating_sub(1)))
+                .map_or(0.0, |&ns| ns as f64 / 1e3)
+        };
+        out.decision_p50_us = pct(50);
+        out.decision_p99_us = pct(99);
+        for status in set.status() {
+            out.failures += status.stats.failures;
+            out.fallbacks += status.stats.fallbacks;
+        }
+        out.finish();
+        out
     }
-    out.finish();
-    out
+}
+
+/// Replays `trace` through `set` (whose limits are the simulated cache's capacity).
+pub fn simulate(name: &str, trace: &[Record], set: &PolicySet) -> Outcome {
+    let mut cache = SimCache::new(name, set);
+    for r in trace {
+        cache.apply(set, r);
+    }
+    cache.outcome(set)
 }

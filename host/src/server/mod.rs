@@ -91,6 +91,7 @@ pub fn app(state: AppState) -> Router {
     let admin = Router::new()
         .route("/v1/policies", get(policies::list_policies))
         .route("/v1/policies/{slot}", get(policies::show_policy).put(policies::put_policy))
+        .route("/v1/policies/{slot}/shadow", axum::routing::put(policies::put_shadow).delete(policies::delete_shadow))
         .route("/v1/images", get(cache::list_images).post(cache::create_image))
         .route("/v1/images/{id}", get(cache::show_image).patch(cache::patch_image).delete(cache::delete_image))
         .route("/v1/volumes", get(cache::list_volumes).post(cache::create_volume))

@@ -22,7 +22,63 @@ fn parse_slot(slot: &str) -> Result<Slot, ApiError> {
 }
 
 pub async fn list_policies(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(serde_json::json!(state.policies().status()))
+    let shadows = state.cache.workload().shadows();
+    let slots: Vec<serde_json::Value> = state
+        .policies()
+        .status()
+        .into_iter()
+        .map(|status| {
+            let shadow = shadows.get(status.slot).map(|s| s.status());
+            let mut value = serde_json::json!(status);
+            value["shadow"] = shadow.unwrap_or(serde_json::Value::Null);
+            value
+        })
+        .collect();
+    Json(serde_json::Value::Array(slots))
+}
+
+/// `PUT /v1/policies/{slot}/shadow`: attach a candidate as the slot's shadow (replacing one).
+pub async fn put_shadow(
+    State(state): State<AppState>,
+    UrlPath(slot): UrlPath<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let slot = parse_slot(&slot)?;
+    let spec = spec_from(&state, query, &headers, &body)?;
+    let source = match &spec.source {
+        PolicySource::Builtin(_) => "builtin".to_string(),
+        PolicySource::File(path) => path.display().to_string(),
+        PolicySource::Bytes(_) => "upload".to_string(),
+    };
+    let cache = state.cache.clone();
+    let status = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, ApiError> {
+        let entries = cache.shadow_seed()?;
+        let policies = cache.policies();
+        let shadow =
+            crate::lab::shadow::Shadow::attach(policies.engine(), policies.limits(), slot, spec, source, entries)?;
+        let status = shadow.status();
+        cache.workload().shadows().put(shadow);
+        tracing::info!(%slot, shadow = %status["name"], "shadow policy attached");
+        Ok(status)
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))??;
+    Ok(Json(status))
+}
+
+/// `DELETE /v1/policies/{slot}/shadow`.
+pub async fn delete_shadow(
+    State(state): State<AppState>,
+    UrlPath(slot): UrlPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let slot = parse_slot(&slot)?;
+    if state.cache.workload().shadows().remove(slot) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, "no_shadow", format!("the {slot} slot has no shadow")))
+    }
 }
 
 pub async fn show_policy(
@@ -44,21 +100,19 @@ struct PutPolicy {
     params: BTreeMap<String, String>,
 }
 
-/// Swaps a slot: JSON `{"builtin"|"plugin", "params"}`, or a component uploaded as
-/// `application/wasm` with its parameters in the query string.
-pub async fn put_policy(
-    State(state): State<AppState>,
-    UrlPath(slot): UrlPath<String>,
-    Query(query): Query<BTreeMap<String, String>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let slot = parse_slot(&slot)?;
+/// The policy a `PUT` names: JSON `{builtin|plugin, params}` or an uploaded component (params in
+/// the query).
+fn spec_from(
+    state: &AppState,
+    query: BTreeMap<String, String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<PolicySpec, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let spec = if content_type.starts_with("application/wasm") {
         PolicySpec { source: PolicySource::Bytes(body.to_vec()), params: query.into_iter().collect() }
     } else if content_type.starts_with("application/json") {
-        let put: PutPolicy = serde_json::from_slice(&body)
+        let put: PutPolicy = serde_json::from_slice(body)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))?;
         let source = match (put.builtin, put.plugin) {
             (Some(b), None) => PolicySource::Builtin(b.parse()?),
@@ -89,6 +143,20 @@ pub async fn put_policy(
             "send application/json or application/wasm",
         ));
     };
+    Ok(spec)
+}
+
+/// Swaps a slot: JSON `{"builtin"|"plugin", "params"}`, or a component uploaded as
+/// `application/wasm` with its parameters in the query string.
+pub async fn put_policy(
+    State(state): State<AppState>,
+    UrlPath(slot): UrlPath<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let slot = parse_slot(&slot)?;
+    let spec = spec_from(&state, query, &headers, &body)?;
     let cache = state.cache.clone();
     let plugin_dir = state.plugin_dir.clone();
     let status = tokio::task::spawn_blocking(move || -> Result<SlotStatus, ApiError> {

@@ -26,15 +26,16 @@ pub async fn get_trace(State(state): State<AppState>, Query(q): Query<TraceQuery
             format!("format {format:?}: expected csv, jsonl or libcachesim"),
         ));
     }
-    let Some(recorder) = state.cache.trace().cloned() else {
+    if state.cache.workload().recorder().is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "trace_disabled",
             "this daemon records no workload trace (trace.max_mib = 0 in its configuration)",
         ));
-    };
+    }
+    let cache = state.cache.clone();
     let body = tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, &'static str)> {
-        let records = recorder.export()?;
+        let records = cache.workload().recorder().map(|r| r.export()).transpose()?.unwrap_or_default();
         let mut out = Vec::new();
         let content_type = match format.as_str() {
             "jsonl" => {

@@ -69,14 +69,7 @@ fn bytes(size_gib: u64, allocated: u64) -> u64 {
 
 impl eviction::Guest for Policy {
     fn victims(need: Need, view: View) -> Vec<u64> {
-        let need = cinder::Need {
-            amount: need.amount,
-            basis: match need.basis {
-                SizeBasis::Provisioned => cinder::SizeBasis::Provisioned,
-                SizeBasis::Allocated => cinder::SizeBasis::Allocated,
-            },
-            entries: need.entries,
-        };
+        let need = cinder::need!(need, SizeBasis);
         let sizes: Vec<u64> =
             view.size_gib.iter().zip(&view.allocated_bytes).map(|(&gib, &allocated)| bytes(gib, allocated)).collect();
         let entries = cinder::columns!(view);

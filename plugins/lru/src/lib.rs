@@ -38,14 +38,7 @@ impl plugin::Guest for Lru {
 
 impl eviction::Guest for Lru {
     fn victims(need: Need, view: View) -> Vec<u64> {
-        let need = cinder::Need {
-            amount: need.amount,
-            basis: match need.basis {
-                SizeBasis::Provisioned => cinder::SizeBasis::Provisioned,
-                SizeBasis::Allocated => cinder::SizeBasis::Allocated,
-            },
-            entries: need.entries,
-        };
+        let need = cinder::need!(need, SizeBasis);
         // The policy core reads the view's columns in place: no copy of 10,000 entries.
         let entries = cinder::columns!(view);
         cinder::lru_victims(need, &entries)

@@ -46,14 +46,7 @@ impl plugin::Guest for Policy {
 
 impl eviction::Guest for Policy {
     fn victims(need: Need, view: View) -> Vec<u64> {
-        let need = cinder::Need {
-            amount: need.amount,
-            basis: match need.basis {
-                SizeBasis::Provisioned => cinder::SizeBasis::Provisioned,
-                SizeBasis::Allocated => cinder::SizeBasis::Allocated,
-            },
-            entries: need.entries,
-        };
+        let need = cinder::need!(need, SizeBasis);
         let entries = cinder::columns!(view);
         cinder::ttl_victims(need, &entries, view.now_ms, TTL_MS.load(Ordering::Relaxed))
     }
