@@ -10,8 +10,12 @@
 //!   window; a one-off request (a scan) never displaces anything.
 //! - [`ttl_victims`] (eviction): entries unused for longer than a TTL go first, oldest first;
 //!   then least recently used, as Cinder does.
+//! - [`Sieve`] (eviction): SIEVE. Entries in fill order; a hand sweeps from the oldest towards
+//!   the newest, sparing (and unmarking) entries used since it last passed, evicting the first
+//!   unmarked one. One-off fills are evicted at their first sweep, so a scan does not flush the
+//!   popular entries. Stateful: hits mark entries (events).
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -152,6 +156,70 @@ pub fn ttl_victims<E: Entries + ?Sized>(need: Need, entries: &E, now_ms: u64, tt
     victims
 }
 
+/// SIEVE's state: which entries were used since the hand passed them, and where the hand is.
+#[derive(Clone, Debug, Default)]
+pub struct Sieve {
+    visited: BTreeSet<u64>,
+    /// (created_ms, id) of the last entry the hand passed.
+    hand: Option<(u64, u64)>,
+}
+
+impl Sieve {
+    /// No marks, the hand at the oldest entry (usable in a `static`).
+    pub const EMPTY: Sieve = Sieve { visited: BTreeSet::new(), hand: None };
+
+    pub fn new() -> Sieve {
+        Sieve::EMPTY
+    }
+
+    pub fn on_hit(&mut self, id: u64) {
+        self.visited.insert(id);
+    }
+
+    pub fn on_evict(&mut self, id: u64) {
+        self.visited.remove(&id);
+    }
+
+    /// The entries to evict to cover `need`; `created_ms[row]` orders the entries by fill.
+    pub fn victims<E: Entries + ?Sized>(&mut self, need: Need, entries: &E, created_ms: &[u64]) -> Vec<u64> {
+        if need.is_zero() {
+            return Vec::new();
+        }
+        let mut order: Vec<((u64, u64), usize)> = (0..entries.len())
+            .filter(|&row| !entries.pinned(row))
+            .map(|row| ((created_ms.get(row).copied().unwrap_or(0), entries.id(row)), row))
+            .collect();
+        order.sort_unstable();
+        if order.is_empty() {
+            return Vec::new();
+        }
+        // Start just after the hand, wrapping to the oldest.
+        let mut at = self.hand.map_or(0, |hand| order.partition_point(|(key, _)| *key <= hand)) % order.len();
+        let mut freed = 0u64;
+        let mut victims = Vec::new();
+        let mut taken = alloc::vec![false; order.len()];
+        // Two passes at most: the first may only unmark.
+        for _ in 0..2 * order.len() {
+            if covers(freed, victims.len(), need) || victims.len() == order.len() {
+                break;
+            }
+            let (key, row) = order[at];
+            if !taken[at] {
+                if self.visited.remove(&key.1) {
+                    // Used since the hand last passed: spared this time.
+                } else {
+                    taken[at] = true;
+                    freed = freed.saturating_add(entries.size_in(row, need.basis));
+                    victims.push(key.1);
+                }
+                self.hand = Some(key);
+            }
+            at = (at + 1) % order.len();
+        }
+        victims
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +292,34 @@ mod tests {
         let cache = [entry(1, 1, 9_000), entry(2, 1, 100), entry(3, 1, 8_000), entry(4, 1, 50)];
         assert_eq!(ttl_victims(need(3), &cache[..], 10_000, 5_000), [4, 2, 3]);
         assert_eq!(ttl_victims(need(1), &cache[..], 10_000, 0), [4], "TTL 0 is LRU");
+    }
+
+    #[test]
+    fn sieve_spares_the_used_and_evicts_one_off_fills_first() {
+        let mut s = Sieve::new();
+        let cache = [entry(1, 1, 0), entry(2, 1, 0), entry(3, 1, 0), entry(4, 1, 0)];
+        let created = [10, 20, 30, 40];
+        s.on_hit(1);
+        s.on_hit(3);
+        // The hand starts at the oldest: 1 was used (spared, unmarked), 2 was not (evicted).
+        assert_eq!(s.victims(need(1), &cache[..], &created), [2]);
+        // It goes on from there: 3 spared, 4 evicted.
+        let cache = [entry(1, 1, 0), entry(3, 1, 0), entry(4, 1, 0)];
+        assert_eq!(s.victims(need(1), &cache[..], &[10, 30, 40]), [4]);
+        // Wrapping round: 1 and 3 lost their marks on the way, so 1 goes now.
+        assert_eq!(s.victims(need(1), &cache[..2], &[10, 30]), [1]);
+    }
+
+    #[test]
+    fn sieve_covers_the_need_even_when_everything_was_used() {
+        let mut s = Sieve::new();
+        let mut cache = [entry(1, 2, 0), entry(2, 2, 0), entry(3, 2, 0)];
+        cache[2].pinned = true;
+        for id in 1..=3 {
+            s.on_hit(id);
+        }
+        let victims = s.victims(need(4), &cache[..], &[1, 2, 3]);
+        assert_eq!(victims.len(), 2, "{victims:?}");
+        assert!(!victims.contains(&3), "pinned");
     }
 }

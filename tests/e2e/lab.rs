@@ -235,13 +235,14 @@ fn plugin_test_replays_a_trace_and_fails_a_plugin_that_fails_there() {
 }
 
 #[test]
-fn gdsf_and_second_hit_download_less_than_lru_on_a_trace_with_scans() {
+fn sieve_gdsf_and_second_hit_download_less_than_lru_on_a_trace_with_scans() {
     let dir = tempfile::tempdir().unwrap();
     let trace =
         synth(dir.path(), &["--shape", "scan", "--requests", "20000", "--images", "500", "--scan-every", "4000"]);
     let gdsf = plugin("gdsf").display().to_string();
     let second = format!("admission={},eviction={gdsf}", plugin("second-hit").display());
     let out = dir.path().join("out").display().to_string();
+    let sieve = plugin("sieve").display().to_string();
     volcache(&[
         "simulate",
         "--trace",
@@ -252,6 +253,8 @@ fn gdsf_and_second_hit_download_less_than_lru_on_a_trace_with_scans() {
         &gdsf,
         "--policy",
         &second,
+        "--policy",
+        &sieve,
         "--max-size-gb",
         "150",
         "--out",
@@ -262,12 +265,14 @@ fn gdsf_and_second_hit_download_less_than_lru_on_a_trace_with_scans() {
     let (lru, g, s, best) =
         (miss("cinder"), miss("gdsf.wasm"), miss("admission=second-hit.wasm,eviction=gdsf.wasm"), miss("belady"));
     assert!(g < lru && s < g && best < s, "LRU {lru:.3} > gdsf {g:.3} > second-hit+gdsf {s:.3} > Belady {best:.3}");
+    let v = miss("sieve.wasm");
+    assert!(v < lru && best < v, "LRU {lru:.3} > sieve {v:.3} > Belady {best:.3}");
     let fills = |policy: &str| row(&rows, policy, 150)["fills"].as_u64().unwrap();
     assert!(
         fills("admission=second-hit.wasm,eviction=gdsf.wasm") < fills("gdsf.wasm"),
         "one-off images are not cached"
     );
-    for p in ["gdsf.wasm", "admission=second-hit.wasm,eviction=gdsf.wasm"] {
+    for p in ["gdsf.wasm", "admission=second-hit.wasm,eviction=gdsf.wasm", "sieve.wasm"] {
         assert_eq!(row(&rows, p, 150)["failures"], 0);
     }
 }

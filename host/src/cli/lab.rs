@@ -189,7 +189,11 @@ pub fn simulate(args: SimArgs) -> anyhow::Result<ExitCode> {
     let records = read_trace(&args.trace)?;
     let sets: Vec<(String, Vec<(Slot, PolicySpec)>)> =
         args.policies.iter().map(|p| Ok((label(p), specs(p)?))).collect::<anyhow::Result<_>>()?;
-    let options = EngineOptions { call_deadline: Duration::from_millis(args.deadline_ms), ..args.engine.options() };
+    // Event hooks get the decisions' budget here, not the daemon's short one: a replay has no
+    // request to keep fast, and a hook that times out on a busy machine would reset a stateful
+    // plugin and make the results depend on the machine's load.
+    let deadline = Duration::from_millis(args.deadline_ms);
+    let options = EngineOptions { call_deadline: deadline, event_deadline: deadline, ..args.engine.options() };
     let engine = PolicyEngine::new(options)?;
     let mut outcomes = Vec::new();
     println!(

@@ -235,7 +235,8 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
     let mut params: Vec<(String, String)> =
         cases.iter().flat_map(|c| c.params.iter().map(|(k, v)| (k.clone(), v.clone()))).collect();
     params.extend(args.params.iter().cloned());
-    let options = EngineOptions { call_deadline: Duration::from_millis(args.deadline_ms), ..args.engine.options() };
+    let deadline = Duration::from_millis(args.deadline_ms);
+    let options = EngineOptions { call_deadline: deadline, event_deadline: deadline, ..args.engine.options() };
     let bytes = policy::read_plugin_file(&args.file, options.max_component_bytes)?;
     let engine = PolicyEngine::new(options)?;
     let plugin = testkit::load(&engine, &bytes, args.slot, params.clone())?;
