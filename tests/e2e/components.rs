@@ -167,3 +167,14 @@ fn check_keeps_the_compiled_component_for_the_next_check() {
     // A compile stores a new file (a new inode); a cache hit only reads it.
     assert_eq!(check(), check(), "the second check loaded the first one's artifact");
 }
+
+#[test]
+fn version_names_the_backends_and_the_policy_wit() {
+    let out = volcache(&["--version"]);
+    assert!(out.status.success());
+    let text = text(&out.stdout);
+    assert!(text.contains(volcache::policy::WIT_VERSION) && text.contains("volcache:policy@0.1.x"), "{text}");
+    // The tests build with the rbd feature (`make test`); a build without it says so.
+    let rbd = if cfg!(feature = "rbd") { "rbd (librbd)" } else { "built without rbd" };
+    assert!(text.contains(rbd), "{text}");
+}

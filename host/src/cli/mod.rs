@@ -17,10 +17,28 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
 
+/// `volcache --version`: the build's backends and the policy WIT it speaks.
+#[cfg(feature = "rbd")]
+const BACKENDS: &str = "file (reflink or sparse copy), rbd (librbd)";
+#[cfg(not(feature = "rbd"))]
+const BACKENDS: &str = "file (reflink or sparse copy); built without rbd (cargo feature `rbd`)";
+
+fn long_version() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        format!(
+            "{}\nbackends: {BACKENDS}\npolicy WIT: {} (plugins may import WASI 0.2, linked deny-all)\nwasm runtime: wasmtime 48",
+            env!("CARGO_PKG_VERSION"),
+            crate::policy::host_speaks(),
+        )
+    })
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "volcache",
     version,
+    long_version = long_version(),
     about = "Image-volume cache: thin image conversion, copy-on-write clones, wasm policies"
 )]
 pub struct Cli {
