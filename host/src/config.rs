@@ -354,6 +354,20 @@ impl RawConfig {
                 if let Some((key, _)) = rbd_keys.iter().find(|(_, set)| *set) {
                     return Err(invalid(format!("backend.{key}"), "only applies with kind = \"rbd\""));
                 }
+                // A configured directory must exist: a typo must not silently put volumes on
+                // whatever disk holds the new path. The default, under the state directory, is
+                // created.
+                if let Some(path) = &b.path {
+                    if !path.is_dir() {
+                        return Err(invalid(
+                            "backend.path",
+                            format!(
+                                "{} is not an existing directory: create it on the file system meant for volumes (XFS or btrfs for reflinks), or fix the path",
+                                path.display()
+                            ),
+                        ));
+                    }
+                }
                 let dir = b.path.clone().unwrap_or_else(|| state_dir.join("volumes"));
                 (BackendConfig::File { dir }, b.filesystem_thin_provisioning.unwrap_or(true))
             }
@@ -522,6 +536,7 @@ mod tests {
             ("[policy.slots.eviction]\nbuiltin = \"lfu\"", "policy.slots.eviction.builtin"),
             ("[policy.slots.eviction]\nbuiltin = \"lru\"\nplugin = \"x.wasm\"", "policy.slots.eviction"),
             ("[backend]\nkind = \"nfs\"", "backend.kind"),
+            ("[backend]\npath = \"/nonexistent/volcache-volumes\"", "backend.path"),
             ("[backend]\nrbd_pool = \"rbd\"", "backend.rbd_pool"),
             (
                 "[backend]\nkind = \"rbd\"\npath = \"/x\"",

@@ -128,6 +128,14 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // The port first: a daemon that cannot listen must not have created or touched any state.
+    let listener = std::net::TcpListener::bind(config.listen).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {}: {e}; another program (perhaps another volcache) uses it: choose another with --listen or `listen` in the configuration",
+            config.listen
+        )
+    })?;
+    listener.set_nonblocking(true)?;
     std::fs::create_dir_all(&config.state_dir)?;
     std::fs::create_dir_all(&config.cache.spool_dir)?;
     let token = admin_token(&config)?;
@@ -174,9 +182,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let grace = config.shutdown_grace;
     let runtime = tokio::runtime::Runtime::new()?;
     let served = runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         tracing::info!(listen = %listener.local_addr()?, "volcache serving");
         let stopping = state.stopping();
         let http = state.api.http;

@@ -93,6 +93,7 @@ struct FileVolumes {
 impl Volumes for FileVolumes {
     fn backend_toml(&mut self, root: &Path) -> String {
         self.dir = root.join("volumes");
+        std::fs::create_dir_all(&self.dir).unwrap();
         format!("[backend]\npath = \"{}\"\n", self.dir.display())
     }
     fn names(&self) -> Vec<String> {

@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -593,6 +594,7 @@ fn without_a_configured_token_the_daemon_writes_one_to_a_0600_file() {
 #[test]
 fn a_second_daemon_on_the_same_backend_is_refused() {
     let shared = tempfile::tempdir().unwrap();
+    std::fs::create_dir(shared.path().join("volumes")).unwrap();
     let config = |dir: &tempfile::TempDir| {
         std::fs::write(
             dir.path().join("volcache.toml"),
@@ -625,4 +627,31 @@ fn a_second_daemon_on_the_same_backend_is_refused() {
     let second = Daemon::start_in(second_dir);
     let (status, _) = second.call("GET", "/v1/volumes", Some(TOKEN), None);
     assert_eq!(status, 200);
+}
+
+/// A port in use, or a backend directory that does not exist, stops the daemon with one line
+/// saying so, before it creates any state (a typo must not put volumes on the root disk).
+#[test]
+fn a_busy_port_or_a_missing_backend_path_is_refused_before_any_state_is_created() {
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |dir: &Path, listen: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_volcache"));
+        cmd.args(["serve", "--listen", listen]).current_dir(dir).env("VOLCACHE_ADMIN_TOKEN", TOKEN);
+        if dir.join("volcache.toml").exists() {
+            cmd.args(["--config", "volcache.toml"]);
+        }
+        cmd
+    };
+    let err = crate::fixtures::refused_start(serve(dir.path(), &addr));
+    assert!(err.contains(&format!("cannot listen on {addr}")) && err.contains("--listen"), "{err}");
+    assert!(!dir.path().join("var").exists(), "no state directory was created");
+
+    let missing = dir.path().join("no-such-disk").join("volumes");
+    std::fs::write(dir.path().join("volcache.toml"), format!("[backend]\npath = \"{}\"\n", missing.display())).unwrap();
+    let free = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let err = crate::fixtures::refused_start(serve(dir.path(), &free));
+    assert!(err.contains("backend.path") && err.contains("not an existing directory"), "{err}");
+    assert!(!missing.exists() && !dir.path().join("var").exists(), "nothing was created");
 }
