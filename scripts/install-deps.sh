@@ -13,6 +13,8 @@ command -v ceph-osd >/dev/null || need+=(ceph-osd)
 command -v rbd >/dev/null || need+=(ceph-common)
 [ -e /usr/include/rbd/librbd.h ] || need+=(librbd-dev)
 [ -e /usr/include/rados/librados.h ] || need+=(librados-dev)
+# `promtool check rules` for the alert rules and the dashboard's queries (deploy/).
+command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 [ "$(id -u)" = 0 ] || { echo "install-deps: please install as root: ${need[*]}" >&2; exit 1; }
 echo "install-deps: installing ${need[*]}" >&2

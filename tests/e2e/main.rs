@@ -39,6 +39,7 @@ mod components;
 mod convert;
 mod crash;
 mod daemon;
+mod dashboards;
 mod hostile;
 mod hot_swap;
 mod http_sources;
