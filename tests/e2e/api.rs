@@ -67,6 +67,15 @@ async fn failures_are_classified_and_leak_nothing() {
     assert!(core.memory.list().unwrap().is_empty(), "{:?}", core.memory.list());
     let (status, health) = call(&core, "GET", "/healthz", None).await;
     assert_eq!((status.as_u16(), health["status"].as_str()), (200, Some("ok")), "{health}");
+    // Each failure is counted under its reason in /metrics.
+    let request = Request::builder().uri("/metrics").body(Body::empty()).unwrap();
+    let response = app(state(&core)).oneshot(request).await.unwrap();
+    let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    for reason in ["source", "no_space", "unavailable"] {
+        let line = format!("volcache_cache_fill_failures_total{{reason=\"{reason}\"}} 1");
+        assert!(text.contains(&line), "{line} missing from:\n{text}");
+    }
+    assert!(text.contains("volcache_cache_fill_failures_total{reason=\"image_gone\"} 0"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

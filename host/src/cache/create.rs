@@ -168,6 +168,7 @@ impl CacheService {
             }
             Err(e) => {
                 tracing::warn!(image_id = %image.id, error = %e, "cache fill failed; nothing was evicted");
+                self.fill_failures.record(e.class());
                 leader.publish(Filled::Failed(e.failure()));
                 Err(e)
             }

@@ -238,6 +238,7 @@ pub struct CacheService {
     /// The last use time handed out; see [`CacheService::use_time`].
     last_use: std::sync::atomic::AtomicU64,
     fill_seconds: stats::FillHistogram,
+    fill_failures: stats::FillFailures,
     /// Creates waiting for another request's fill right now.
     waiting: std::sync::atomic::AtomicU64,
     /// The workload: the trace (when the daemon records one) and the shadow policies.
@@ -262,9 +263,15 @@ impl CacheService {
             ledger: Arc::default(),
             last_use: Default::default(),
             fill_seconds: Default::default(),
+            fill_failures: Default::default(),
             waiting: Default::default(),
             workload: Arc::default(),
         }
+    }
+
+    /// Failed fills since start by reason (`source`, `no_space`, `unavailable`, `image_gone`).
+    pub fn fill_failures(&self) -> Vec<(&'static str, u64)> {
+        self.fill_failures.snapshot()
     }
 
     /// Records this cache's workload (requests, image changes, evictions) into `recorder`.

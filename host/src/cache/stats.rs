@@ -52,6 +52,30 @@ impl FillHistogram {
     }
 }
 
+/// Failed fills since start, by class.
+#[derive(Debug, Default)]
+pub(super) struct FillFailures([AtomicU64; 4]);
+
+const CLASSES: [(super::FailureClass, &str); 4] = [
+    (super::FailureClass::Source, "source"),
+    (super::FailureClass::NoSpace, "no_space"),
+    (super::FailureClass::Unavailable, "unavailable"),
+    (super::FailureClass::ImageGone, "image_gone"),
+];
+
+impl FillFailures {
+    pub(super) fn record(&self, class: super::FailureClass) {
+        if let Some(i) = CLASSES.iter().position(|(c, _)| *c == class) {
+            self.0[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (reason label, count) for every class, zeros included.
+    pub(super) fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        CLASSES.iter().zip(&self.0).map(|((_, label), n)| (*label, n.load(Ordering::Relaxed))).collect()
+    }
+}
+
 /// A copy of the fill histogram: (upper bound in seconds, count in that bucket alone).
 #[derive(Clone, Debug, PartialEq)]
 pub struct FillSnapshot {

@@ -162,6 +162,20 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         fills.sum_seconds
     );
 
+    let failures: Vec<(String, f64)> = state
+        .cache
+        .fill_failures()
+        .into_iter()
+        .map(|(reason, n)| (format!("{{reason=\"{reason}\"}}"), n as f64))
+        .collect();
+    metric(
+        &mut out,
+        "volcache_cache_fill_failures_total",
+        "counter",
+        "Cache fills that failed since start, by reason: source (the image), no_space, unavailable (backend or catalog), image_gone.",
+        &failures,
+    );
+
     let slots = state.policies().status();
     let by_slot = |f: &dyn Fn(&crate::policy::SlotStatus) -> f64| -> Vec<(String, f64)> {
         slots
