@@ -655,3 +655,18 @@ fn a_busy_port_or_a_missing_backend_path_is_refused_before_any_state_is_created(
     assert!(err.contains("backend.path") && err.contains("not an existing directory"), "{err}");
     assert!(!missing.exists() && !dir.path().join("var").exists(), "nothing was created");
 }
+
+#[test]
+fn a_second_daemon_on_the_same_state_directory_is_told_so_in_those_words() {
+    let first = Daemon::start();
+    let free = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let mut second = Command::new(env!("CARGO_BIN_EXE_volcache"));
+    second
+        .args(["serve", "--listen", &free, "--config", "volcache.toml"])
+        .current_dir(first._dir.path())
+        .env("VOLCACHE_ADMIN_TOKEN", TOKEN);
+    let err = crate::fixtures::refused_start(second);
+    assert!(err.contains("another volcache owns this state directory"), "{err}");
+    let (status, _) = first.call("GET", "/healthz", None, None);
+    assert_eq!(status, 200, "the first daemon keeps serving");
+}

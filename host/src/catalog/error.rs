@@ -10,6 +10,11 @@ pub enum CatalogError {
     #[error("catalog {path} cannot be opened: {detail}")]
     Open { path: String, detail: String },
     #[error(
+        "another volcache owns this state directory: its catalog {path} is open in another process; stop that \
+         daemon first, or give this one a state_dir of its own"
+    )]
+    InUse { path: String },
+    #[error(
         "catalog {path} is damaged ({detail}); move it aside and restore a backup, or rebuild it from the \
          backend with `volcache catalog rebuild` (README: Recovering the catalog)"
     )]

@@ -85,6 +85,7 @@ impl Catalog {
                 redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => {
                     CatalogError::Damaged { path: shown, detail }
                 }
+                redb::DatabaseError::DatabaseAlreadyOpen => CatalogError::InUse { path: shown },
                 _ if detail.contains("Not a redb database") => CatalogError::Damaged { path: shown, detail },
                 _ => CatalogError::Open { path: shown, detail },
             }
