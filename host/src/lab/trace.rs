@@ -100,6 +100,25 @@ pub fn read(input: impl BufRead) -> Result<Vec<Record>, TraceError> {
     Ok(records)
 }
 
+/// Reads a trace the daemon wrote, skipping lines it cannot parse (a line cut short by a
+/// failed write); answers the records and how many lines were skipped.
+pub fn read_skipping(input: impl BufRead) -> std::io::Result<(Vec<Record>, usize)> {
+    let mut records = Vec::new();
+    let mut skipped = 0;
+    for (i, line) in input.lines().enumerate() {
+        let line = line?;
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || (i == 0 && line.starts_with("time_ms")) {
+            continue;
+        }
+        match parse(line) {
+            Ok(r) => records.push(r),
+            Err(_) => skipped += 1,
+        }
+    }
+    Ok((records, skipped))
+}
+
 fn parse(line: &str) -> Result<Record, String> {
     let fields: Vec<&str> = line.split(',').collect();
     let [time, op, image, version, size] = fields.as_slice() else {
