@@ -111,6 +111,28 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// A daemon whose cache keeps at most `max_count` entries, with a raw image (8 MiB, sparse)
+    /// of each of `images` in its directory, registered under that id.
+    pub fn with_images(max_count: u64, images: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!("image_source_dirs = [\".\"]\n[cache]\nimage_volume_cache_max_count = {max_count}\n");
+        std::fs::write(dir.path().join("volcache.toml"), config).unwrap();
+        for image in images {
+            crate::fixtures::cloud_like_raw(&dir.path().join(format!("{image}.raw")), 8 << 20);
+        }
+        let d = Daemon::start_in(dir);
+        for image in images {
+            let source = d._dir.path().join(format!("{image}.raw"));
+            let body = serde_json::json!({"id": image, "name": image, "source": source, "disk_format": "raw"});
+            let (status, reply) =
+                d.call("POST", "/v1/images", Some(TOKEN), Some(("application/json", body.to_string().as_bytes())));
+            assert_eq!(status, 201, "{reply}");
+        }
+        d
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -123,29 +123,12 @@ fn a_misbehaving_plugin_in_the_simulator_is_contained_and_counted() {
 #[test]
 fn a_daemon_records_its_workload_and_the_simulator_replays_it() {
     use crate::daemon::{Daemon, TOKEN};
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("volcache.toml"),
-        "image_source_dirs = [\".\"]\n[cache]\nimage_volume_cache_max_count = 1\n",
-    )
-    .unwrap();
-    for image in ["a", "b"] {
-        crate::fixtures::cloud_like_raw(&dir.path().join(format!("{image}.raw")), 8 << 20);
-    }
-    let d = Daemon::start_in(dir);
+    let d = Daemon::with_images(1, &["a", "b"]);
     let call = |method: &str, path: &str, body: serde_json::Value| {
         let bytes = body.to_string().into_bytes();
         let (status, reply) = d.call(method, path, Some(TOKEN), Some(("application/json", &bytes)));
         assert!(status < 300, "{method} {path}: {status} {reply}");
     };
-    for image in ["a", "b"] {
-        let source = d._dir.path().join(format!("{image}.raw"));
-        call(
-            "POST",
-            "/v1/images",
-            serde_json::json!({"id": image, "name": image, "source": source, "disk_format": "raw"}),
-        );
-    }
     for image in ["a", "a", "b"] {
         call("POST", "/v1/volumes", serde_json::json!({"image_id": image, "size": 1}));
     }
@@ -280,30 +263,12 @@ fn sieve_gdsf_and_second_hit_download_less_than_lru_on_a_trace_with_scans() {
 #[test]
 fn a_shadow_sees_the_live_requests_compares_them_and_is_detached() {
     use crate::daemon::{Daemon, TOKEN};
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("volcache.toml"),
-        "image_source_dirs = [\".\"]\n[cache]\nimage_volume_cache_max_count = 2\n",
-    )
-    .unwrap();
-    for image in ["a", "b", "c"] {
-        crate::fixtures::cloud_like_raw(&dir.path().join(format!("{image}.raw")), 8 << 20);
-    }
-    let d = Daemon::start_in(dir);
+    let d = Daemon::with_images(2, &["a", "b", "c"]);
     let call = |method: &str, path: &str, body: Option<(&str, Vec<u8>)>| {
         let (status, reply) = d.call(method, path, Some(TOKEN), body.as_ref().map(|(t, b)| (*t, b.as_slice())));
         (status, reply)
     };
     let json = |v: serde_json::Value| Some(("application/json", v.to_string().into_bytes()));
-    for image in ["a", "b", "c"] {
-        let source = d._dir.path().join(format!("{image}.raw"));
-        let (status, _) = call(
-            "POST",
-            "/v1/images",
-            json(serde_json::json!({"id": image, "name": image, "source": source, "disk_format": "raw"})),
-        );
-        assert_eq!(status, 201);
-    }
     let (status, body) = call("DELETE", "/v1/policies/eviction/shadow", None);
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("no_shadow")));
     let gdsf = std::fs::read(plugin("gdsf")).unwrap();

@@ -144,23 +144,8 @@ fn scaffolded_projects_pass_their_own_cases_and_random_checks() {
 #[test]
 fn python_and_javascript_plugins_load_into_a_live_daemon_and_evict_lru() {
     let b = built();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("volcache.toml"),
-        "image_source_dirs = [\".\"]\n[cache]\nimage_volume_cache_max_count = 2\n",
-    )
-    .unwrap();
-    for image in ["a", "b", "c", "d"] {
-        crate::fixtures::cloud_like_raw(&dir.path().join(format!("{image}.raw")), 8 << 20);
-    }
-    let d = Daemon::start_in(dir);
+    let d = Daemon::with_images(2, &["a", "b", "c", "d"]);
     let json = |v: serde_json::Value| v.to_string().into_bytes();
-    for image in ["a", "b", "c", "d"] {
-        let path = d._dir.path().join(format!("{image}.raw"));
-        let body = json(serde_json::json!({"id": image, "name": image, "source": path, "disk_format": "raw"}));
-        let (status, reply) = d.call("POST", "/v1/images", Some(TOKEN), Some(("application/json", &body)));
-        assert_eq!(status, 201, "{reply}");
-    }
     let create = |image: &str| {
         let body = json(serde_json::json!({"image_id": image, "size": 1}));
         let (status, reply) = d.call("POST", "/v1/volumes", Some(TOKEN), Some(("application/json", &body)));
