@@ -106,10 +106,6 @@ impl Shadow {
         }))
     }
 
-    pub fn slot(&self) -> Slot {
-        self.slot
-    }
-
     /// Offers a record, never waiting.
     pub fn feed(&self, record: &Record, outcome: Option<CacheOutcome>) {
         match self.tx.try_send((record.clone(), outcome)) {
