@@ -16,10 +16,23 @@ export VOLCACHE_COMPONENTIZE_JS := $(TOOLS_DIR)/js/node_modules/.bin/componentiz
 POLYGLOT_DIR := $(CURDIR)/target/polyglot
 export VOLCACHE_POLYGLOT_DIR := $(POLYGLOT_DIR)
 
-.PHONY: all run test plugins test-plugins plugin-tools polyglot-plugins deps lint bench fuzz fmt clean api-fuzz
+.PHONY: all run test install deb plugins test-plugins plugin-tools polyglot-plugins deps lint bench fuzz fmt clean api-fuzz
 
 all: plugins
 	$(CARGO) build --release -p volcache
+
+## Installs the release build: PREFIX (/usr/local), DESTDIR, SYSCONFDIR (/etc), STATEDIR
+## (/var/lib/volcache), UNITDIR ($(PREFIX)/lib/systemd/system). See scripts/install.sh.
+PREFIX ?= /usr/local
+SYSCONFDIR ?= /etc
+STATEDIR ?= /var/lib/volcache
+install: all
+	PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) SYSCONFDIR=$(SYSCONFDIR) STATEDIR=$(STATEDIR) scripts/install.sh "$${CARGO_TARGET_DIR:-target}/release/volcache" $(PLUGIN_DIR)
+
+## The Debian package, built with RBD support -> target/deb/volcache_<version>_<arch>.deb.
+deb: plugins
+	$(CARGO) build --release --locked -p volcache --features rbd
+	scripts/build-deb.sh "$${CARGO_TARGET_DIR:-target}/release/volcache" $(PLUGIN_DIR) $(CURDIR)/target/deb
 
 ## Every crate in plugins/ -> target/plugins/<name>.wasm (a component).
 plugins:

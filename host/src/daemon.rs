@@ -183,7 +183,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        tracing::info!(listen = %listener.local_addr()?, "volcache serving");
+        let local = listener.local_addr()?;
+        tracing::info!(listen = %local, "volcache serving");
+        crate::notify::notify(&format!("READY=1\nSTATUS=serving on {local}"));
         let stopping = state.stopping();
         let http = state.api.http;
         let (signalled_tx, mut signalled) = tokio::sync::watch::channel(false);
@@ -191,6 +193,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             shutdown_signal().await;
             // Event streams and idle connections end now; requests in flight get the grace
             // period.
+            crate::notify::notify("STOPPING=1\nSTATUS=finishing requests in flight");
             stopping.send_replace(true);
             signalled_tx.send_replace(true);
         });

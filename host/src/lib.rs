@@ -28,6 +28,7 @@
 //! - [`daemon`]: assembles the parts from a [`config::Config`] and serves.
 //! - [`cli`]: the command line, including the HTTP client commands.
 //! - [`fault`]: crash points for the crash-safety tests.
+//! - [`notify`]: systemd readiness (`Type=notify`).
 #![deny(unsafe_code)]
 
 pub mod backend;
@@ -39,6 +40,7 @@ pub mod daemon;
 pub mod fault;
 pub mod image;
 pub mod lab;
+pub mod notify;
 pub mod policy;
 pub mod server;
 pub mod sparse;

@@ -20,6 +20,7 @@
 //! - `cache_model`: random operation sequences checked against a model.
 //! - `catalog_faults`: a full state directory, a damaged or missing catalog, quarantine.
 //! - `crash`: SIGKILL at every crash point, restart, consistency (file backend on XFS).
+//! - `package`: the Debian package installed with dpkg, its unit verified and started.
 //! - `rbd` (feature `rbd`): the RBD backend and the daemon on a real Ceph cluster, including
 //!   the crash suite.
 
@@ -45,6 +46,7 @@ mod hot_swap;
 mod http_sources;
 mod lab;
 mod overlap_http;
+mod package;
 mod polyglot;
 #[cfg(feature = "rbd")]
 mod rbd;

@@ -2,7 +2,7 @@
 //!
 //! The address comes from `--url` or `VOLCACHE_URL` (default `http://127.0.0.1:8470`), the
 //! token from `VOLCACHE_ADMIN_TOKEN` or the daemon's token file (`--token-file`, default
-//! `./var/admin-token`). Output is a table, or the API's JSON with `--json`.
+//! `./var/admin-token`, else the installed daemon's `/var/lib/volcache/admin-token`). Output is a table, or the API's JSON with `--json`.
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
@@ -20,9 +20,10 @@ pub struct Connection {
     /// The daemon's address.
     #[arg(long, env = "VOLCACHE_URL", default_value = "http://127.0.0.1:8470", global = true)]
     pub url: String,
-    /// Token file written by the daemon (used when VOLCACHE_ADMIN_TOKEN is unset).
-    #[arg(long, default_value = "var/admin-token", global = true)]
-    pub token_file: PathBuf,
+    /// Token file written by the daemon (used when VOLCACHE_ADMIN_TOKEN is unset) [default:
+    /// ./var/admin-token, else the installed daemon's /var/lib/volcache/admin-token].
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -119,6 +120,10 @@ pub enum PolicyCommand {
     Unshadow { slot: String },
 }
 
+/// Where the token is looked for without `--token-file`: a daemon started in this directory,
+/// then the installed service's state directory.
+const DEFAULT_TOKEN_FILES: [&str; 2] = ["var/admin-token", "/var/lib/volcache/admin-token"];
+
 struct Client {
     base: String,
     token: String,
@@ -129,10 +134,25 @@ impl Client {
     fn new(conn: &Connection) -> anyhow::Result<Client> {
         let token = match std::env::var("VOLCACHE_ADMIN_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
             Some(t) => t.trim().to_string(),
-            None => std::fs::read_to_string(&conn.token_file)
-                .with_context(|| format!("no VOLCACHE_ADMIN_TOKEN and no token file {}", conn.token_file.display()))?
-                .trim()
-                .to_string(),
+            None => {
+                let file = match &conn.token_file {
+                    Some(file) => file.clone(),
+                    None => DEFAULT_TOKEN_FILES
+                        .iter()
+                        .map(PathBuf::from)
+                        .find(|p| p.exists())
+                        .unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_FILES[0])),
+                };
+                std::fs::read_to_string(&file)
+                    .with_context(|| {
+                        format!(
+                            "no VOLCACHE_ADMIN_TOKEN and cannot read the token file {} (set --token-file, or run as a user who may read it)",
+                            file.display()
+                        )
+                    })?
+                    .trim()
+                    .to_string()
+            }
         };
         let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5)).build();
         Ok(Client { base: conn.url.trim_end_matches('/').to_string(), token, agent })
