@@ -13,6 +13,9 @@ command -v ceph-osd >/dev/null || need+=(ceph-osd)
 command -v rbd >/dev/null || need+=(ceph-common)
 [ -e /usr/include/rbd/librbd.h ] || need+=(librbd-dev)
 [ -e /usr/include/rados/librados.h ] || need+=(librados-dev)
+# The package test: strace checks the unit's system call filter; systemd-analyze verifies it.
+command -v strace >/dev/null || need+=(strace)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 # `promtool check rules` for the alert rules and the dashboard's queries (deploy/).
 command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi

@@ -134,6 +134,17 @@ fn the_debian_package_installs_and_its_unit_starts_a_serving_daemon() {
     assert!(ready.starts_with("READY=1\n"), "{ready}");
     assert!(ready.contains(&format!("127.0.0.1:{port}")), "{ready}");
 
+    // Trace the serving daemon's system calls, for the unit's SystemCallFilter.
+    let trace = out.path().join("syscalls.txt");
+    let mut strace = Command::new("strace")
+        .args(["-f", "-c", "-o"])
+        .arg(&trace)
+        .args(["-p", &child.id().to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strace (make deps installs it)");
+    std::thread::sleep(Duration::from_millis(500));
+
     // It serves, and root's client finds the installed daemon's token by itself.
     let addr = format!("127.0.0.1:{port}");
     let (status, _) = crate::daemon::request(&addr, "GET", "/healthz", None, None).unwrap();
@@ -147,6 +158,26 @@ fn the_debian_package_installs_and_its_unit_starts_a_serving_daemon() {
         .env_remove("VOLCACHE_ADMIN_TOKEN"));
     let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
     assert!(stats.get("entries").is_some(), "{stats}");
+
+    // A shipped plugin compiles and takes a slot (wasmtime's code generation under the filter).
+    let set = run(Command::new("/usr/bin/volcache")
+        .args(["policy", "set", "eviction", "--plugin", "/usr/lib/volcache/plugins/sieve.wasm", "--json"])
+        .args(["--url", &format!("http://{addr}")])
+        .current_dir(out.path())
+        .env_remove("VOLCACHE_ADMIN_TOKEN"));
+    assert!(set.contains("sieve"), "{set}");
+    let (status, _) = crate::daemon::request(&addr, "GET", "/metrics", None, None).unwrap();
+    assert_eq!(status, 200);
+    run(Command::new("kill").args(["-INT", &strace.id().to_string()]));
+    // strace reports the interrupt in its exit status; the summary is what counts.
+    let _ = strace.wait();
+    let used = syscalls_in(&std::fs::read_to_string(&trace).unwrap());
+    assert!(used.len() > 20 && used.contains("accept4"), "strace saw too little: {used:?}");
+    let allowed = syscall_group("@system-service");
+    let denied: std::collections::BTreeSet<_> =
+        syscall_group("@privileged").union(&syscall_group("@resources")).cloned().collect();
+    let refused: Vec<_> = used.iter().filter(|c| !allowed.contains(*c) || denied.contains(*c)).collect();
+    assert!(refused.is_empty(), "the unit's SystemCallFilter would refuse {refused:?}");
 
     // SIGTERM: systemd hears STOPPING=1 and the daemon exits cleanly.
     run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
@@ -169,6 +200,52 @@ fn the_debian_package_installs_and_its_unit_starts_a_serving_daemon() {
     assert!(!Path::new("/etc/volcache/volcache.toml").exists());
     assert!(!Path::new("/usr/bin/volcache").exists());
     assert!(Path::new("/var/lib/volcache/catalog.redb").exists(), "a purge must keep the catalog");
+}
+
+/// The system calls in `strace -c` output.
+fn syscalls_in(summary: &str) -> std::collections::BTreeSet<String> {
+    summary
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .filter(|name| name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+        .filter(|name| *name != "total" && *name != "syscall")
+        .map(String::from)
+        .collect()
+}
+
+/// The system calls in a systemd syscall group, nested groups expanded.
+fn syscall_group(group: &str) -> std::collections::BTreeSet<String> {
+    let listing = run(Command::new("systemd-analyze").arg("syscall-filter"));
+    let mut groups = std::collections::BTreeMap::<String, Vec<String>>::new();
+    let mut current = None;
+    for line in listing.lines() {
+        if line.starts_with('@') {
+            current = Some(line.trim().to_string());
+            groups.entry(line.trim().to_string()).or_default();
+        } else if let Some(g) = &current {
+            let item = line.trim();
+            if !item.is_empty() && !item.starts_with('#') {
+                groups.get_mut(g).unwrap().push(item.to_string());
+            }
+        }
+    }
+    fn expand(
+        g: &str,
+        groups: &std::collections::BTreeMap<String, Vec<String>>,
+        into: &mut std::collections::BTreeSet<String>,
+    ) {
+        for item in groups.get(g).into_iter().flatten() {
+            if item.starts_with('@') {
+                expand(item, groups, into);
+            } else {
+                into.insert(item.clone());
+            }
+        }
+    }
+    let mut set = std::collections::BTreeSet::new();
+    expand(group, &groups, &mut set);
+    assert!(!set.is_empty(), "systemd-analyze knows no group {group}");
+    set
 }
 
 fn nix_is_root() -> bool {
