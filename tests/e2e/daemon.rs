@@ -272,18 +272,34 @@ fn daemon_exits_cleanly_on_sigterm() {
 
 /// Reads server-sent events from `/v1/events` on a thread until `want` event names arrived.
 fn sse_collector(addr: &str, want: usize) -> std::thread::JoinHandle<Vec<(String, serde_json::Value)>> {
+    let mut seen = 0;
+    sse_until(addr, move |_, _| {
+        seen += 1;
+        seen >= want
+    })
+}
+
+/// Subscribes to `/v1/events` (the daemon has subscribed when this returns) and collects
+/// `(event, data)` on a thread until `stop` says so, the stream ends, or 60 s pass.
+pub fn sse_until(
+    addr: &str,
+    mut stop: impl FnMut(&str, &serde_json::Value) -> bool + Send + 'static,
+) -> std::thread::JoinHandle<Vec<(String, serde_json::Value)>> {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let req = format!("GET /v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
     stream.write_all(req.as_bytes()).unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let mut status = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut status).unwrap();
+    assert!(status.contains(" 200 "), "GET /v1/events: {status}");
     std::thread::spawn(move || {
-        let mut reader = std::io::BufReader::new(stream);
         let mut events = Vec::new();
         let mut name = String::new();
         // Keep-alive comments arrive every 15 s, so also stop at a deadline: a missing event
         // then fails the assertions instead of hanging the test.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while events.len() < want && Instant::now() < deadline {
+        while Instant::now() < deadline {
             let mut line = String::new();
             if std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) == 0 {
                 break;
@@ -292,7 +308,12 @@ fn sse_collector(addr: &str, want: usize) -> std::thread::JoinHandle<Vec<(String
             if let Some(n) = line.strip_prefix("event: ").or_else(|| line.strip_prefix("event:")) {
                 name = n.trim().to_string();
             } else if let Some(data) = line.strip_prefix("data: ").or_else(|| line.strip_prefix("data:")) {
-                events.push((name.clone(), serde_json::from_str(data.trim()).unwrap_or(serde_json::Value::Null)));
+                let data = serde_json::from_str(data.trim()).unwrap_or(serde_json::Value::Null);
+                let done = stop(&name, &data);
+                events.push((name.clone(), data));
+                if done {
+                    break;
+                }
             }
         }
         events

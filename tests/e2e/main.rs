@@ -21,6 +21,7 @@
 //! - `catalog_faults`: a full state directory, a damaged or missing catalog, quarantine.
 //! - `crash`: SIGKILL at every crash point, restart, consistency (file backend on XFS).
 //! - `package`: the Debian package installed with dpkg, its unit verified and started.
+//! - `warm`: warm-ups (`POST /v1/cache/warm`, `cache warm`) with progress on the event stream.
 //! - `rbd` (feature `rbd`): the RBD backend and the daemon on a real Ceph cluster, including
 //!   the crash suite.
 
@@ -50,3 +51,4 @@ mod package;
 mod polyglot;
 #[cfg(feature = "rbd")]
 mod rbd;
+mod warm;

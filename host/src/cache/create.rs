@@ -304,9 +304,22 @@ impl CacheService {
             .and_then(|l| self.confine(l))
             .map_err(|source| CacheError::Image { image_id: image.id.clone(), source })?;
         let options = crate::image::convert::ConvertOptions { length, ..self.options(image) };
-        let report = write_image(&location, &*device, Target::Fresh, &self.config.spool_dir, &options, &mut |_, _| {})
-            .map_err(|source| CacheError::Image { image_id: image.id.clone(), source })?;
+        // Progress on the event stream, for `cache warm` and a create that misses.
+        let mut ticker = events::ProgressTicker::new(backend_name);
+        let mut total_seen = 0;
+        let mut report_progress = |done: u64, total: u64| {
+            total_seen = total;
+            if let Some(p) = ticker.tick(done, total, false) {
+                self.publish_progress(image, p);
+            }
+        };
+        let report =
+            write_image(&location, &*device, Target::Fresh, &self.config.spool_dir, &options, &mut report_progress)
+                .map_err(|source| CacheError::Image { image_id: image.id.clone(), source })?;
         device.sync_all().map_err(|e| BackendError::Io { op: "sync", name: backend_name.into(), source: e })?;
+        if let Some(p) = ticker.tick(report.virtual_size, report.virtual_size.max(total_seen), true) {
+            self.publish_progress(image, p);
+        }
         Ok(report.bytes_read)
     }
 }

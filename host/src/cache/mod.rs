@@ -31,6 +31,7 @@ pub mod ledger;
 pub mod reconcile;
 pub mod recover;
 pub mod stats;
+pub mod warm;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -182,7 +183,7 @@ impl CacheError {
 
     /// What waiting requests are told of a leader's failure: the image's own problem in full,
     /// a storage problem without internals.
-    fn failure(&self) -> Failure {
+    pub(crate) fn failure(&self) -> Failure {
         let class = self.class();
         let message = match class {
             FailureClass::Source | FailureClass::ImageGone => self.to_string(),
@@ -241,6 +242,8 @@ pub struct CacheService {
     fill_failures: stats::FillFailures,
     /// Creates waiting for another request's fill right now.
     waiting: std::sync::atomic::AtomicU64,
+    /// Warm-ups by how they ended.
+    warm_counts: warm::WarmCounts,
     /// The workload: the trace (when the daemon records one) and the shadow policies.
     workload: Arc<crate::lab::record::Workload>,
 }
@@ -265,6 +268,7 @@ impl CacheService {
             fill_seconds: Default::default(),
             fill_failures: Default::default(),
             waiting: Default::default(),
+            warm_counts: Default::default(),
             workload: Arc::default(),
         }
     }
@@ -272,6 +276,11 @@ impl CacheService {
     /// Failed fills since start by reason (`source`, `no_space`, `unavailable`, `image_gone`).
     pub fn fill_failures(&self) -> Vec<(&'static str, u64)> {
         self.fill_failures.snapshot()
+    }
+
+    /// Warm-ups since start by how they ended.
+    pub fn warm_counts(&self) -> Vec<(&'static str, u64)> {
+        self.warm_counts.snapshot()
     }
 
     /// Records this cache's workload (requests, image changes, evictions) into `recorder`.
@@ -358,6 +367,23 @@ impl CacheService {
             volume_id: volume_id.to_string(),
             size,
             reason,
+            progress: None,
+            warm: None,
+        });
+    }
+
+    /// Publishes a write's progress (`image_volume_cache.progress`).
+    fn publish_progress(&self, image: &ImageRecord, progress: events::Progress) {
+        let _ = self.events.send(CacheEvent {
+            event_type: events::PROGRESS,
+            image_id: image.id.clone(),
+            host: self.config.host.clone(),
+            serving_host: self.config.host.clone(),
+            volume_id: String::new(),
+            size: image.virtual_size.div_ceil(GIB),
+            reason: None,
+            progress: Some(progress),
+            warm: None,
         });
     }
 

@@ -5,14 +5,15 @@
 //! `./var/admin-token`, else the installed daemon's `/var/lib/volcache/admin-token`). Output is a table, or the API's JSON with `--json`.
 #![forbid(unsafe_code)]
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
+
+use super::progress;
 
 /// Where the daemon is and how to talk to it.
 #[derive(Debug, Args)]
@@ -95,6 +96,15 @@ pub enum CacheCommand {
     Unpin { id: u64 },
     /// Hits, misses, evictions and sizes.
     Stats,
+    /// Fill an image's cache entry now, without creating a volume, under the policies: shows
+    /// the write's progress and how it ended (exit 1 when refused or failed).
+    Warm {
+        /// The image's id.
+        image: String,
+        /// Start it and return at once; follow it on `GET /v1/events`.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,6 +166,11 @@ impl Client {
         };
         let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5)).build();
         Ok(Client { base: conn.url.trim_end_matches('/').to_string(), token, agent })
+    }
+
+    /// The daemon's event stream, from now on.
+    fn events(&self) -> anyhow::Result<progress::Events> {
+        progress::Events::open(&self.agent, &self.base, &self.token)
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
@@ -288,20 +303,28 @@ pub fn volume(conn: &Connection, cmd: VolumeCommand) -> anyhow::Result<ExitCode>
         VolumeCommand::Show { id } => c.call("GET", &format!("/v1/volumes/{id}"), None)?,
         VolumeCommand::Create { image, size } => {
             let body = json!({"image_id": image, "size": size});
-            // A miss may take minutes: show that something is happening.
-            let spinner = (!conn.json && std::io::stderr().is_terminal()).then(|| {
-                let started = Instant::now();
+            // A miss may take minutes: show the write's progress, from the event stream opened
+            // before the request (a hit shows nothing).
+            let watcher = if conn.json { None } else { c.events().ok() }.map(|events| {
                 let (tx, rx) = std::sync::mpsc::channel::<()>();
+                let label = format!("writing image {image}");
                 let handle = std::thread::spawn(move || {
-                    while rx.recv_timeout(Duration::from_millis(250)).is_err() {
-                        eprint!("\r  creating a volume from {image}... {:.0} s", started.elapsed().as_secs_f64());
+                    let mut bar = progress::Bar::new(label);
+                    while rx.try_recv().is_err() {
+                        match events.next(Duration::from_millis(100)) {
+                            Ok(e) if e.kind == "image_volume_cache.progress" && e.data["image_id"] == image => {
+                                bar.show(&e.data["progress"])
+                            }
+                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                            _ => {}
+                        }
                     }
-                    eprint!("\r{:60}\r", "");
+                    bar.finish();
                 });
                 (tx, handle)
             });
             let result = c.call("POST", "/v1/volumes", Some(body));
-            if let Some((tx, handle)) = spinner {
+            if let Some((tx, handle)) = watcher {
                 let _ = tx.send(());
                 let _ = handle.join();
             }
@@ -325,6 +348,7 @@ pub fn cache(conn: &Connection, cmd: CacheCommand) -> anyhow::Result<ExitCode> {
         CacheCommand::Unpin { id } => {
             show(conn, &c.call("DELETE", &format!("/v1/cache/entries/{id}/pin"), None)?, ENTRY_FIELDS)
         }
+        CacheCommand::Warm { image, no_wait } => warm(conn, &c, &image, no_wait),
         CacheCommand::Stats => {
             let stats = c.call("GET", "/v1/cache/stats", None)?;
             if conn.json {
@@ -336,6 +360,47 @@ pub fn cache(conn: &Connection, cmd: CacheCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `cache warm`: start the warm-up with the event stream already open, then follow it.
+fn warm(conn: &Connection, c: &Client, image: &str, no_wait: bool) -> anyhow::Result<ExitCode> {
+    let events = if no_wait { None } else { Some(c.events()?) };
+    let started = c.call("POST", "/v1/cache/warm", Some(json!({"image_id": image})))?;
+    let Some(events) = events else {
+        return show(conn, &started, &["warm_id", "image_id", "status"]);
+    };
+    let warm_id = started["warm_id"].as_u64().context("the daemon answered no warm_id")?;
+    let mut bar = progress::Bar::new(format!("warming {image}"));
+    let end = loop {
+        let event = events.next(Duration::from_secs(3600)).map_err(|_| {
+            anyhow::anyhow!(
+                "lost the daemon's event stream; the warm-up {warm_id} goes on: see `volcache cache entries`"
+            )
+        })?;
+        match event.kind.as_str() {
+            "image_volume_cache.progress" if event.data["image_id"] == image => bar.show(&event.data["progress"]),
+            "image_volume_cache.warm" if event.data["warm"]["warm_id"] == warm_id => break event.data,
+            _ => {}
+        }
+    };
+    bar.finish();
+    let warm = &end["warm"];
+    if conn.json {
+        println!("{}", serde_json::to_string_pretty(warm)?);
+    }
+    let status = warm["status"].as_str().unwrap_or("?");
+    let detail = warm["detail"].as_str().unwrap_or("");
+    match status {
+        "filled" | "already-cached" => {
+            if !conn.json {
+                let how = if status == "filled" { "cached" } else { "was already cached" };
+                println!("image {image} {how}: entry {}", warm["entry_id"]);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        "refused" => bail!("image {image} was not cached: {detail}"),
+        _ => bail!("warming image {image} failed: {detail}"),
     }
 }
 

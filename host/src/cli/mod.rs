@@ -4,6 +4,7 @@
 mod client;
 mod lab;
 mod plugin;
+mod progress;
 mod scaffold;
 
 pub use plugin::{CheckArgs, PluginCommand};

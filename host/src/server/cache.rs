@@ -194,6 +194,36 @@ pub async fn stats(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
     Ok(Json(json!(stats)))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WarmRequest {
+    image_id: String,
+}
+
+/// `POST /v1/cache/warm`: fills the image's cache entry in the background, under the policies,
+/// without creating a volume. 202 with a `warm_id`; progress and the end are events
+/// (`image_volume_cache.progress`, `image_volume_cache.warm` with that `warm_id`). The warm-up
+/// goes on if the client goes away.
+pub async fn warm(
+    State(state): State<AppState>,
+    raw: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let req: WarmRequest = body(&raw)?;
+    let cache = state.cache.clone();
+    let image_id = req.image_id.clone();
+    let warm_id = blocking(move || cache.begin_warm(&image_id)).await?;
+    let cache = state.cache.clone();
+    let image_id = req.image_id.clone();
+    tokio::task::spawn_blocking(move || {
+        // The outcome is logged and published as an event by `warm` itself.
+        let _ = cache.warm(&image_id, warm_id);
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"warm_id": warm_id, "image_id": req.image_id, "status": "started", "events": "/v1/events"})),
+    ))
+}
+
 fn entry_id(id: &str) -> Result<u64, ApiError> {
     id.parse()
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "entry_not_found", format!("cache entry {id} not found")))

@@ -100,6 +100,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/cache/entries/{id}", axum::routing::delete(cache::evict_entry))
         .route("/v1/cache/entries/{id}/pin", axum::routing::post(cache::pin_entry).delete(cache::unpin_entry))
         .route("/v1/cache/stats", get(cache::stats))
+        .route("/v1/cache/warm", axum::routing::post(cache::warm))
         .route("/v1/events", get(observe::events))
         .route("/v1/trace", get(trace::get_trace))
         .layer(DefaultBodyLimit::max(max_body))

@@ -38,8 +38,8 @@ pub async fn health(State(state): State<HealthState>) -> impl IntoResponse {
 }
 use super::AppState;
 
-/// `GET /v1/events`: `event:` is `image_volume_cache.hit|miss|evict` or `policy.changed`, `data:`
-/// the JSON payload. A client too slow to keep up is told how many events it missed.
+/// `GET /v1/events`: `event:` is `image_volume_cache.hit|miss|evict|progress|warm` or
+/// `policy.changed`, `data:` the JSON payload. A client too slow to keep up is told how many events it missed.
 pub async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let cache = BroadcastStream::new(state.cache.subscribe()).map(|item| match item {
         Ok(e) => Event::default().event(e.event_type).json_data(&e).unwrap_or_default(),
@@ -174,6 +174,20 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         "counter",
         "Cache fills that failed since start, by reason: source (the image), no_space, unavailable (backend or catalog), image_gone.",
         &failures,
+    );
+
+    let warms: Vec<(String, f64)> = state
+        .cache
+        .warm_counts()
+        .into_iter()
+        .map(|(result, n)| (format!("{{result=\"{result}\"}}"), n as f64))
+        .collect();
+    metric(
+        &mut out,
+        "volcache_cache_warmups_total",
+        "counter",
+        "Warm-ups (POST /v1/cache/warm) since start, by result: filled, already_cached, refused, failed.",
+        &warms,
     );
 
     let slots = state.policies().status();
