@@ -270,12 +270,16 @@ fn daemon_exits_cleanly_on_sigterm() {
     }
 }
 
-/// Reads server-sent events from `/v1/events` on a thread until `want` event names arrived.
+/// Reads server-sent events from `/v1/events` on a thread until `want` events other than
+/// progress reports arrived; progress reports are left out.
 fn sse_collector(addr: &str, want: usize) -> std::thread::JoinHandle<Vec<(String, serde_json::Value)>> {
     let mut seen = 0;
-    sse_until(addr, move |_, _| {
-        seen += 1;
+    let events = sse_until(addr, move |name, _| {
+        seen += usize::from(name != "image_volume_cache.progress");
         seen >= want
+    });
+    std::thread::spawn(move || {
+        events.join().unwrap().into_iter().filter(|(name, _)| name != "image_volume_cache.progress").collect()
     })
 }
 

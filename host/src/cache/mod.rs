@@ -234,6 +234,9 @@ pub struct CacheService {
     policies: Arc<PolicySet>,
     config: CacheConfig,
     events: broadcast::Sender<CacheEvent>,
+    /// Progress reports and warm-up ends: apart from Cinder's events, so a flood of reports
+    /// never makes a subscriber miss a hit, miss or evict.
+    work_events: broadcast::Sender<CacheEvent>,
     flights: Flights,
     ledger: Arc<Ledger>,
     /// The last use time handed out; see [`CacheService::use_time`].
@@ -256,12 +259,14 @@ impl CacheService {
         config: CacheConfig,
     ) -> Self {
         let (events, _) = broadcast::channel(1024);
+        let (work_events, _) = broadcast::channel(1024);
         CacheService {
             catalog,
             backend,
             policies,
             config,
             events,
+            work_events,
             flights: Flights::default(),
             ledger: Arc::default(),
             last_use: Default::default(),
@@ -347,6 +352,11 @@ impl CacheService {
         self.events.subscribe()
     }
 
+    /// Work in progress: `image_volume_cache.progress` and `image_volume_cache.warm`, in order.
+    pub fn subscribe_work(&self) -> broadcast::Receiver<CacheEvent> {
+        self.work_events.subscribe()
+    }
+
     /// Publishes one notification. `entry_host` is the host that filled the entry (Cinder's
     /// `host`); the serving host is this one.
     fn emit(
@@ -374,7 +384,7 @@ impl CacheService {
 
     /// Publishes a write's progress (`image_volume_cache.progress`).
     fn publish_progress(&self, image: &ImageRecord, progress: events::Progress) {
-        let _ = self.events.send(CacheEvent {
+        let _ = self.work_events.send(CacheEvent {
             event_type: events::PROGRESS,
             image_id: image.id.clone(),
             host: self.config.host.clone(),

@@ -82,7 +82,7 @@ impl CacheService {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         tracing::info!(image_id, status, ?entry_id, ?detail, "warm-up done");
-        let _ = self.events.send(CacheEvent {
+        let _ = self.work_events.send(CacheEvent {
             event_type: events::WARM,
             image_id: image_id.to_string(),
             host: self.config.host.clone(),

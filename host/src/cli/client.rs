@@ -305,28 +305,12 @@ pub fn volume(conn: &Connection, cmd: VolumeCommand) -> anyhow::Result<ExitCode>
             let body = json!({"image_id": image, "size": size});
             // A miss may take minutes: show the write's progress, from the event stream opened
             // before the request (a hit shows nothing).
-            let watcher = if conn.json { None } else { c.events().ok() }.map(|events| {
-                let (tx, rx) = std::sync::mpsc::channel::<()>();
-                let label = format!("writing image {image}");
-                let handle = std::thread::spawn(move || {
-                    let mut bar = progress::Bar::new(label);
-                    while rx.try_recv().is_err() {
-                        match events.next(Duration::from_millis(100)) {
-                            Ok(e) if e.kind == "image_volume_cache.progress" && e.data["image_id"] == image => {
-                                bar.show(&e.data["progress"])
-                            }
-                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                            _ => {}
-                        }
-                    }
-                    bar.finish();
-                });
-                (tx, handle)
-            });
+            let watcher =
+                if conn.json { None } else { c.events().ok() }.map(|e| progress::WriteWatcher::start(e, image));
             let result = c.call("POST", "/v1/volumes", Some(body));
-            if let Some((tx, handle)) = watcher {
-                let _ = tx.send(());
-                let _ = handle.join();
+            if let Some(watcher) = watcher {
+                // A miss or an uncached create wrote the image: its last report may be on the way.
+                watcher.end(result.as_ref().is_ok_and(|v| v["cache"] != "hit"));
             }
             result?
         }

@@ -136,6 +136,56 @@ impl Bar {
     }
 }
 
+/// Shows the progress of writes of one image while a request runs (`volume create`).
+pub struct WriteWatcher {
+    tx: std::sync::mpsc::Sender<bool>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl WriteWatcher {
+    pub fn start(events: Events, image: String) -> WriteWatcher {
+        let (tx, rx) = std::sync::mpsc::channel::<bool>();
+        let handle = std::thread::spawn(move || {
+            let mut bar = Bar::new(format!("writing image {image}"));
+            let mut until: Option<Instant> = None;
+            let mut saw_done = false;
+            loop {
+                if until.is_none() {
+                    match rx.try_recv() {
+                        Ok(true) if saw_done => break,
+                        Ok(true) => until = Some(Instant::now() + Duration::from_secs(2)),
+                        Ok(false) | Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+                        Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                    }
+                }
+                if until.is_some_and(|t| Instant::now() >= t) {
+                    break;
+                }
+                match events.next(Duration::from_millis(50)) {
+                    Ok(e) if e.kind == "image_volume_cache.progress" && e.data["image_id"] == image => {
+                        bar.show(&e.data["progress"]);
+                        saw_done = e.data["progress"]["done"] == true;
+                        if saw_done && until.is_some() {
+                            break;
+                        }
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                    _ => {}
+                }
+            }
+            bar.finish();
+        });
+        WriteWatcher { tx, handle }
+    }
+
+    /// The request ended; `written` when it wrote the image (then its last report, which may
+    /// still be on the way, is waited for up to 2 s).
+    pub fn end(self, written: bool) {
+        let _ = self.tx.send(written);
+        let _ = self.handle.join();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::human;

@@ -45,6 +45,10 @@ pub async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Res
         Ok(e) => Event::default().event(e.event_type).json_data(&e).unwrap_or_default(),
         Err(lagged) => Event::default().event("lagged").data(lagged.to_string()),
     });
+    let work = BroadcastStream::new(state.cache.subscribe_work()).map(|item| match item {
+        Ok(e) => Event::default().event(e.event_type).json_data(&e).unwrap_or_default(),
+        Err(lagged) => Event::default().event("lagged").data(lagged.to_string()),
+    });
     let policies = BroadcastStream::new(state.policy_events.subscribe()).map(|item| match item {
         Ok(status) => Event::default().event("policy.changed").json_data(&status).unwrap_or_default(),
         Err(lagged) => Event::default().event("lagged").data(lagged.to_string()),
@@ -52,8 +56,13 @@ pub async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Res
     // The daemon stopping ends the stream, so a connected client does not hold up the shutdown.
     let stopping =
         tokio_stream::wrappers::WatchStream::new(state.stopping().subscribe()).filter(|stop| *stop).map(|_| None);
-    let events =
-        cache.merge(policies).map(Some).merge(stopping).take_while(Option::is_some).map(|e| Ok(e.unwrap_or_default()));
+    let events = cache
+        .merge(work)
+        .merge(policies)
+        .map(Some)
+        .merge(stopping)
+        .take_while(Option::is_some)
+        .map(|e| Ok(e.unwrap_or_default()));
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
