@@ -16,6 +16,9 @@ command -v rbd >/dev/null || need+=(ceph-common)
 # The package test: strace checks the unit's system call filter; systemd-analyze verifies it.
 command -v strace >/dev/null || need+=(strace)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# The web console's test drives Debian's chromium through chromedriver.
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 # `promtool check rules` for the alert rules and the dashboard's queries (deploy/).
 command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi

@@ -3,6 +3,7 @@
 //! binary, and real HTTP on 127.0.0.1.
 //!
 //! - `api`: the HTTP layer through `app()` with `oneshot`: error classes, racing image records.
+//! - `console`: the web console (`/ui`) driven in headless chromium through chromedriver.
 //! - `components`: the built plugins are components; `plugin inspect` and `plugin check`.
 //! - `cinder`: the wasm plugins decide exactly as the built-in (Cinder) policies.
 //! - `adversarial`: misbehaving plugins are contained and answered with Cinder's decision.
@@ -38,6 +39,7 @@ mod cache_service;
 mod catalog_faults;
 mod cinder;
 mod components;
+mod console;
 mod convert;
 mod crash;
 mod daemon;

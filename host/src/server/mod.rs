@@ -12,6 +12,7 @@ mod listen;
 mod observe;
 pub(crate) mod policies;
 mod trace;
+mod ui;
 
 use std::sync::Arc;
 
@@ -119,6 +120,7 @@ pub fn app(state: AppState) -> Router {
         .merge(guarded(state.api.public_health, health))
         .merge(guarded(state.api.public_metrics, metrics))
         .route("/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .merge(ui::routes())
         .merge(admin)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         // Rejections made by axum itself (body limit, method, path decoding) become JSON too.
