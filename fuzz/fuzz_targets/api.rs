@@ -63,6 +63,7 @@ fn world() -> &'static World {
                 source: images.join("img.raw").display().to_string(),
                 disk_format: DiskFormat::Raw,
                 checksum: None,
+                refresh_interval_seconds: None,
             })
             .unwrap();
         let state = AppState::new(cache, TOKEN, dir.path().join("plugins"), ApiOptions::default());

@@ -214,6 +214,7 @@ fn step(core: &Core, log: &Mutex<Log>, versions: &Versions, limits: &(u64, u64),
                         source: path.display().to_string(),
                         disk_format: DiskFormat::Raw,
                         checksum: None,
+                        refresh_interval_seconds: None,
                     };
                     core.cache.register_image(new).is_ok()
                 });

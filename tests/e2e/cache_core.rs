@@ -101,6 +101,7 @@ impl Core {
                 source: path.display().to_string(),
                 disk_format: DiskFormat::Raw,
                 checksum: None,
+                refresh_interval_seconds: None,
             })
             .unwrap();
     }
@@ -313,6 +314,7 @@ fn image_records_do_not_race() {
         source: path.clone(),
         disk_format: DiskFormat::Raw,
         checksum: None,
+        refresh_interval_seconds: None,
     };
     let results: Vec<_> = (0..4)
         .map(|_| {

@@ -83,6 +83,8 @@ impl Harness {
             virtual_size,
             updated_at: stamp.clone(),
             created_at: stamp,
+            refresh_interval_seconds: None,
+            source_version: None,
         };
         self.cache.catalog().write(|w| w.put_image(&image)).unwrap();
         image

@@ -423,6 +423,55 @@ fn cli(d: &Daemon, token: &str, args: &[&str]) -> std::process::Output {
 }
 
 #[test]
+fn cli_shows_units_and_where_a_volume_came_from_and_refuses_a_misspelled_param() {
+    let d = Daemon::with_images(1, &["img", "other"]);
+    // A miss names the entry it was cloned from and how; sizes read in units.
+    let out = cli(&d, TOKEN, &["volume", "create", "--image", "img", "--size", "2"]);
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = |field: &str| shown.lines().find(|l| l.starts_with(field)).map(|l| l[field.len()..].trim().to_string());
+    assert_eq!(line("cache").as_deref(), Some("miss"), "{shown}");
+    assert_eq!(line("cloned_from").as_deref(), Some("1"), "{shown}");
+    assert!(matches!(line("clone_mode").as_deref(), Some("reflink" | "sparse-copy")), "{shown}");
+    assert_eq!(line("size").as_deref(), Some("2 GiB"), "{shown}");
+    let id = line("id").unwrap();
+    let out = cli(&d, TOKEN, &["volume", "show", &id, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["size"].as_u64(), v["cloned_from"].as_u64()), (Some(2), Some(1)), "--json keeps numbers: {v}");
+    let out = cli(&d, TOKEN, &["cache", "entries"]);
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(table.contains("1 GiB") && table.contains(" MiB"), "{table}");
+
+    // Not cached (the only slot is pinned): the volume says why.
+    let out = cli(&d, TOKEN, &["cache", "pin", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&d, TOKEN, &["volume", "create", "--image", "other", "--size", "1"]);
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = |field: &str| shown.lines().find(|l| l.starts_with(field)).map(|l| l[field.len()..].trim().to_string());
+    assert_eq!(line("cache").as_deref(), Some("uncached"), "{shown}");
+    assert!(line("uncached_reason").is_some_and(|r| r.contains("policy")), "{shown}");
+    assert_eq!(line("cloned_from"), None, "{shown}");
+
+    // A misspelled parameter of a built-in is refused, with the right name suggested.
+    let out = cli(
+        &d,
+        TOKEN,
+        &["policy", "set", "capacity", "--builtin", "quota", "--param", "image_volume_cache_max_cont=3"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success());
+    assert!(
+        err.contains("unknown parameter \"image_volume_cache_max_cont\": did you mean image_volume_cache_max_count?"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    // Slots and built-ins are listed by the CLI itself.
+    let out = cli(&d, TOKEN, &["policy", "set", "evction", "--builtin", "lru"]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("[possible values: admission, capacity, eviction]"), "{err}");
+}
+
+#[test]
 fn cli_client_drives_the_daemon() {
     let d = Daemon::start();
     let image = d._dir.path().join("img.raw");

@@ -23,6 +23,7 @@
 //! - `crash`: SIGKILL at every crash point, restart, consistency (file backend on XFS).
 //! - `package`: the Debian package installed with dpkg, its unit verified and started.
 //! - `warm`: warm-ups (`POST /v1/cache/warm`, `cache warm`) with progress on the event stream.
+//! - `refresh`: images refreshed from a changing HTTP source, swapped in without a miss window.
 //! - `rbd` (feature `rbd`): the RBD backend and the daemon on a real Ceph cluster, including
 //!   the crash suite.
 
@@ -53,4 +54,5 @@ mod package;
 mod polyglot;
 #[cfg(feature = "rbd")]
 mod rbd;
+mod refresh;
 mod warm;

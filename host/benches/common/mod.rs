@@ -54,6 +54,8 @@ pub fn register_image(catalog: &Catalog, id: &str, path: &Path, size: u64) -> Cr
         virtual_size: size,
         updated_at: stamp.clone(),
         created_at: stamp,
+        refresh_interval_seconds: None,
+        source_version: None,
     };
     catalog.write(|w| w.put_image(&record)).unwrap();
     CreateVolume { image_id: id.to_string(), size: size.div_ceil(GIB) + 1, project_id: "p".into(), user_id: "u".into() }

@@ -225,6 +225,9 @@ impl CacheService {
             cache: Some(outcome),
             cache_entry: None,
             created_at: timestamp(),
+            cloned_from: None,
+            clone_mode: None,
+            uncached_reason: None,
         }
     }
 
@@ -238,7 +241,7 @@ impl CacheService {
         outcome: CacheOutcome,
         also: impl FnOnce(&mut Writer<'_>) -> Result<(), CatalogError>,
     ) -> Result<Created, CacheError> {
-        let volume = self.user_volume(req, outcome);
+        let mut volume = self.user_volume(req, outcome);
         let source = self
             .catalog
             .read(|r| r.volume(&entry.volume_id))?
@@ -249,6 +252,8 @@ impl CacheService {
         fault::point("clone:after-intent");
         let mode = self.backend.clone_volume(&source, &volume.backend_name)?;
         fault::point("clone:after-clone");
+        volume.cloned_from = Some(entry.id);
+        volume.clone_mode = serde_json::to_value(mode).ok().and_then(|v| v.as_str().map(String::from));
         self.backend.resize(&volume.backend_name, volume.size * GIB)?;
         fault::point("clone:after-resize");
         guard.commit(|w| {
@@ -268,7 +273,8 @@ impl CacheService {
         reason: String,
         count: Count,
     ) -> Result<Created, CacheError> {
-        let volume = self.user_volume(req, CacheOutcome::Uncached);
+        let mut volume = self.user_volume(req, CacheOutcome::Uncached);
+        volume.uncached_reason = Some(reason.clone());
         let intent = Intent::Create { volume_id: volume.id.clone(), backend_name: volume.backend_name.clone() };
         let guard = IntentGuard::begin(self, intent, &volume.backend_name)?;
         self.backend.create(&volume.backend_name, volume.size * GIB)?;

@@ -18,6 +18,8 @@ pub enum EvictReason {
     Operator,
     /// Its backend volume was gone at start-up.
     Lost,
+    /// Its image's source changed and a refresh filled the new version in its place.
+    Refreshed,
 }
 
 /// One notification, with Cinder's payload (`image_id`, `host`, `volume_id`, `size`).

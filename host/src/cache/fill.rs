@@ -31,6 +31,14 @@ pub(super) enum FillOutcome {
     Skipped(String),
 }
 
+/// A refresh's fill: the new entry replaces `old_entry` and the image record becomes `image`,
+/// in the transaction that commits the entry, if the image is still at `updated_before`.
+#[derive(Debug)]
+pub(super) struct Replace {
+    pub old_entry: u64,
+    pub updated_before: String,
+}
+
 /// Ends a reservation however the fill ends.
 struct Reserved<'a> {
     service: &'a CacheService,
@@ -56,12 +64,24 @@ impl CacheService {
     /// Fills a cache entry for `image`, unless the policies or the internal tenant's quota
     /// say no.
     pub(super) fn fill(&self, image: &ImageRecord) -> Result<FillOutcome, CacheError> {
+        self.fill_replacing(image, None)
+    }
+
+    /// [`CacheService::fill`], or a refresh's fill when `replace` is given: the replaced entry
+    /// is left out of the policies' view (it goes in the commit that brings the new one).
+    pub(super) fn fill_replacing(
+        &self,
+        image: &ImageRecord,
+        replace: Option<&Replace>,
+    ) -> Result<FillOutcome, CacheError> {
         let started = Instant::now();
         let candidate = Self::candidate(image);
         let entry_id = self.catalog.write(|w| w.next_id("entry"))?;
         let victims = {
             let mut ledger = self.ledger.lock();
-            let mut entries: Vec<Entry> = self.scope_entries()?.iter().map(policy_entry).collect();
+            let replaced = replace.map(|r| r.old_entry);
+            let mut entries: Vec<Entry> =
+                self.scope_entries()?.iter().filter(|e| Some(e.id) != replaced).map(policy_entry).collect();
             for e in &mut entries {
                 // Chosen by a fill in progress: counted until it goes, never chosen twice.
                 e.pinned |= ledger.is_doomed(e.id);
@@ -100,7 +120,7 @@ impl CacheService {
         };
         let _reserved = Reserved { service: self, entry_id };
         let lease = self.ledger.lease(entry_id).expect("a new entry id is never closing");
-        let entry = self.fill_entry(image, &candidate, entry_id, &victims, started)?;
+        let entry = self.fill_entry(image, &candidate, entry_id, &victims, replace, started)?;
         Ok(FillOutcome::Filled(entry, lease))
     }
 
@@ -127,6 +147,7 @@ impl CacheService {
         candidate: &Candidate,
         entry_id: u64,
         victims: &[u64],
+        replace: Option<&Replace>,
         started: Instant,
     ) -> Result<EntryRecord, CacheError> {
         let volume_id = super::new_uuid();
@@ -154,6 +175,9 @@ impl CacheService {
             cache: None,
             cache_entry: Some(entry_id),
             created_at: stamp.clone(),
+            cloned_from: None,
+            clone_mode: None,
+            uncached_reason: None,
         };
         let entry = EntryRecord {
             id: entry_id,
@@ -175,12 +199,18 @@ impl CacheService {
         let ms = started.elapsed().as_millis() as u64;
         let evicted = guard.commit(|w| {
             // Deleted while it was filled: keep nothing (the guard removes the volume).
-            if w.image(&image.id)?.is_none() {
-                return Ok(None);
-            }
+            let Some(current) = w.image(&image.id)? else { return Ok(None) };
             let mut evicted = Vec::new();
+            if let Some(r) = replace {
+                // Changed by someone else during the refresh: theirs wins, this fill is dropped.
+                if current.updated_at != r.updated_before {
+                    return Ok(None);
+                }
+                w.put_image(image)?;
+                evicted.extend(evict_rows(w, &scope, r.old_entry)?.map(|e| (e, EvictReason::Refreshed)));
+            }
             for id in victims {
-                evicted.extend(evict_rows(w, &scope, *id)?);
+                evicted.extend(evict_rows(w, &scope, *id)?.map(|e| (e, EvictReason::Capacity)));
             }
             w.put_volume(&volume)?;
             w.put_entry(&scope, &entry)?;
@@ -190,8 +220,8 @@ impl CacheService {
         })?;
         let Some(evicted) = evicted else { return Err(CacheError::ImageGone { image_id: image.id.clone() }) };
         self.fill_seconds.observe(ms);
-        for (victim, removal) in evicted {
-            self.after_eviction(&victim, removal, EvictReason::Capacity);
+        for ((victim, removal), reason) in evicted {
+            self.after_eviction(&victim, removal, reason);
         }
         self.policies.notify(&PolicyEvent::Insert(policy_entry(&entry)));
         tracing::info!(image_id = %image.id, entry = entry_id, allocated, "cache entry filled");

@@ -20,6 +20,8 @@ pub struct NewImage {
     pub source: String,
     pub disk_format: DiskFormat,
     pub checksum: Option<String>,
+    /// Check the source this often and refill the entry when it changed.
+    pub refresh_interval_seconds: Option<u64>,
 }
 
 /// A change (`PATCH /v1/images/{id}`); absent fields stay.
@@ -28,6 +30,9 @@ pub struct ImagePatch {
     pub name: Option<String>,
     pub source: Option<String>,
     pub checksum: Option<String>,
+    /// A new refresh interval; `Some(0)` turns refresh off. Changing only this keeps the
+    /// image's `updated_at` (its entry stays fresh).
+    pub refresh_interval_seconds: Option<u64>,
 }
 
 fn invalid(message: impl Into<String>) -> CacheError {
@@ -41,6 +46,16 @@ fn checksum(sum: Option<String>) -> Result<Option<String>, CacheError> {
             Err(invalid("checksum: expected 32 hex digits (md5)"))
         }
         sum => Ok(sum.map(|s| s.to_ascii_lowercase())),
+    }
+}
+
+/// The longest refresh interval accepted (a year); longer is a typo.
+const MAX_REFRESH_S: u64 = 366 * 24 * 3600;
+
+fn refresh_interval(seconds: Option<u64>) -> Result<Option<u64>, CacheError> {
+    match seconds {
+        Some(s) if s > MAX_REFRESH_S => Err(invalid(format!("refresh_interval_seconds: at most {MAX_REFRESH_S}"))),
+        other => Ok(other),
     }
 }
 
@@ -70,6 +85,12 @@ impl CacheService {
         }
         let (_, virtual_size) = probe(&location, Some(new.disk_format), None, &self.config.source_limits)
             .map_err(|source| CacheError::Image { image_id: id.clone(), source })?;
+        let refresh = refresh_interval(new.refresh_interval_seconds)?.filter(|s| *s > 0);
+        // A watched image needs a version to compare with; a source that has none is refused.
+        let source_version = match refresh {
+            Some(_) => Some(self.source_version(&id, &new.source)?),
+            None => None,
+        };
         let stamp = timestamp();
         let image = ImageRecord {
             id,
@@ -80,6 +101,8 @@ impl CacheService {
             virtual_size,
             updated_at: stamp.clone(),
             created_at: stamp,
+            refresh_interval_seconds: refresh,
+            source_version,
         };
         let put = self.catalog.write(|w| {
             if w.image(&image.id)?.is_some() {
@@ -97,7 +120,21 @@ impl CacheService {
     /// Changes an image's metadata and its `updated_at`: its cache entries are then stale.
     pub fn patch_image(&self, id: &str, patch: ImagePatch) -> Result<ImageRecord, CacheError> {
         let checksum = checksum(patch.checksum)?;
+        let refresh = refresh_interval(patch.refresh_interval_seconds)?;
+        let changes_image = patch.name.is_some() || patch.source.is_some() || checksum.is_some();
         let current = self.catalog.read(|r| r.image(id))?.ok_or_else(|| CacheError::ImageNotFound(id.into()))?;
+        // The version to watch from now on: read when refresh starts or the source changes.
+        let watched = match refresh {
+            Some(0) => false,
+            Some(_) => true,
+            None => current.refresh_interval_seconds.is_some(),
+        };
+        // (A version already recorded is kept, so a change not yet refreshed is still seen.)
+        let version = if watched && (patch.source.is_some() || current.source_version.is_none()) {
+            Some(self.source_version(id, patch.source.as_deref().unwrap_or(&current.source))?)
+        } else {
+            None
+        };
         let probed = match &patch.source {
             Some(source) => {
                 let location = Location::parse(source).map_err(|e| invalid(format!("source: {e}")))?;
@@ -122,19 +159,34 @@ impl CacheService {
             if checksum.is_some() {
                 image.checksum = checksum.clone();
             }
-            image.updated_at = later_than(&image.updated_at);
+            match refresh {
+                Some(0) => {
+                    image.refresh_interval_seconds = None;
+                    image.source_version = None;
+                }
+                Some(s) => image.refresh_interval_seconds = Some(s),
+                None => {}
+            }
+            if version.is_some() {
+                image.source_version = version.clone();
+            }
+            if changes_image {
+                image.updated_at = later_than(&image.updated_at);
+            }
             w.put_image(&image)?;
             Ok(Some(image))
         })?;
         let image = updated.ok_or_else(|| CacheError::ImageNotFound(id.into()))?;
-        self.record(TraceOp::Update, &image.id, &image.updated_at, image.virtual_size);
+        if changes_image {
+            self.record(TraceOp::Update, &image.id, &image.updated_at, image.virtual_size);
+        }
         Ok(image)
     }
 }
 
 /// A timestamp that differs from `previous` even within one millisecond, so that every change
 /// makes the image's entries stale.
-fn later_than(previous: &str) -> String {
+pub(super) fn later_than(previous: &str) -> String {
     let now = timestamp();
     if now.as_str() > previous {
         return now;

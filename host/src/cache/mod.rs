@@ -30,6 +30,7 @@ pub mod intent;
 pub mod ledger;
 pub mod reconcile;
 pub mod recover;
+pub mod refresh;
 pub mod stats;
 pub mod warm;
 
@@ -247,6 +248,8 @@ pub struct CacheService {
     waiting: std::sync::atomic::AtomicU64,
     /// Warm-ups by how they ended.
     warm_counts: warm::WarmCounts,
+    /// Refresh checks: when each image was last checked, and results.
+    refresh: refresh::RefreshState,
     /// The workload: the trace (when the daemon records one) and the shadow policies.
     workload: Arc<crate::lab::record::Workload>,
 }
@@ -274,6 +277,7 @@ impl CacheService {
             fill_failures: Default::default(),
             waiting: Default::default(),
             warm_counts: Default::default(),
+            refresh: Default::default(),
             workload: Arc::default(),
         }
     }

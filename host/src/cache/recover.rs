@@ -75,6 +75,9 @@ pub fn adopted_record(backend: &dyn Backend, volume_id: &str, backend_name: &str
         cache: None,
         cache_entry: None,
         created_at: timestamp(),
+        cloned_from: None,
+        clone_mode: None,
+        uncached_reason: None,
     })
 }
 

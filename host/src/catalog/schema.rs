@@ -67,6 +67,12 @@ pub struct ImageRecord {
     /// RFC 3339, milliseconds; changing it invalidates cache entries of the image.
     pub updated_at: String,
     pub created_at: String,
+    /// Check the source this often and refill the entry when it changed (`None`: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_interval_seconds: Option<u64>,
+    /// The source's version when it was last read (see `image::version`), for refresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_version: Option<String>,
 }
 
 /// How a volume got its data.
@@ -97,6 +103,15 @@ pub struct VolumeRecord {
     /// The cache entry this volume is (cache volumes only).
     pub cache_entry: Option<u64>,
     pub created_at: String,
+    /// The cache entry this user volume was cloned from (hit or miss).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloned_from: Option<u64>,
+    /// How it was cloned: `reflink`, `sparse-copy` or `snapshot-clone` (RBD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone_mode: Option<String>,
+    /// Why it was written without the cache (uncached only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncached_reason: Option<String>,
 }
 
 /// A row of `image_volume_cache_entries`, Cinder's fields first.

@@ -35,51 +35,78 @@ pub enum ImageCommand {
     /// List images.
     List,
     /// Show one image.
-    Show { id: String },
+    Show {
+        /// The image's id.
+        id: String,
+    },
     /// Register an image: a path, http(s):// URL or glance+http(s)://.../v2/images/ID.
     Create {
+        /// Where the image is: a file under image_source_dirs, or a URL under image_source_urls.
         source: String,
+        /// A name to show [default: the source's last path component].
         #[arg(long)]
         name: Option<String>,
+        /// The image's id (Glance's) [default: a new UUID].
         #[arg(long)]
         id: Option<String>,
-        #[arg(long, default_value = "raw")]
+        /// The declared format; the image's header must agree.
+        #[arg(long, default_value = "raw", value_parser = ["raw", "qcow2"])]
         disk_format: String,
         /// Expected md5.
         #[arg(long)]
         checksum: Option<String>,
+        /// Check the source this often (e.g. 1h, 30m, 3600) and refill the cache entry when
+        /// it changed (ETag / Last-Modified, Glance's updated_at and checksum).
+        #[arg(long, value_parser = parse_interval)]
+        refresh_interval: Option<u64>,
     },
     /// Change an image (its updated_at changes, so its cache entry becomes stale).
     Update {
+        /// The image's id.
         id: String,
+        /// A new name.
         #[arg(long)]
         name: Option<String>,
+        /// A new source (probed again).
         #[arg(long)]
         source: Option<String>,
+        /// A new refresh interval (e.g. 1h); 0 turns refresh off. Changing only this keeps the
+        /// cache entry.
+        #[arg(long, value_parser = parse_interval)]
+        refresh_interval: Option<u64>,
     },
     /// Delete an image and evict its cache entries.
-    Delete { id: String },
+    Delete {
+        /// The image's id.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
     /// List volumes (with --all-tenants, the cache's own too).
     List {
+        /// Also the cache's own volumes (the internal tenant's).
         #[arg(long)]
         all_tenants: bool,
     },
+    /// Show one volume: where its data came from (cache entry and clone mode, or why not).
     Show {
+        /// The volume's id.
         id: String,
     },
     /// Create a volume from an image; says whether the cache served it.
     Create {
+        /// The image's id.
         #[arg(long)]
         image: String,
         /// Size in GiB.
         #[arg(long)]
         size: u64,
     },
+    /// Delete a volume (a user's; a cache volume is evicted with `cache evict`).
     Delete {
+        /// The volume's id.
         id: String,
     },
 }
@@ -89,11 +116,20 @@ pub enum CacheCommand {
     /// List cache entries.
     Entries,
     /// Evict one entry.
-    Evict { id: u64 },
+    Evict {
+        /// The entry's id (`cache entries`).
+        id: u64,
+    },
     /// Pin an entry: it is never evicted to make room.
-    Pin { id: u64 },
+    Pin {
+        /// The entry's id (`cache entries`).
+        id: u64,
+    },
     /// Unpin an entry.
-    Unpin { id: u64 },
+    Unpin {
+        /// The entry's id (`cache entries`).
+        id: u64,
+    },
     /// Hits, misses, evictions and sizes.
     Stats,
     /// Fill an image's cache entry now, without creating a volume, under the policies: shows
@@ -113,12 +149,17 @@ pub enum PolicyCommand {
     List,
     /// Fill a slot with a built-in (`--builtin lru`) or a component (`--plugin FILE`, uploaded).
     Set {
+        /// The slot to fill.
+        #[arg(value_parser = ["admission", "capacity", "eviction"])]
         slot: String,
-        #[arg(long, conflicts_with = "plugin")]
+        /// A built-in policy: max-size (admission), quota (capacity), lru (eviction).
+        #[arg(long, conflicts_with = "plugin", value_parser = ["max-size", "quota", "lru"])]
         builtin: Option<String>,
+        /// A policy component (.wasm), uploaded to the daemon.
         #[arg(long)]
         plugin: Option<PathBuf>,
-        /// KEY=VALUE, repeatable.
+        /// KEY=VALUE, repeatable. Built-ins take image_volume_cache_max_size_gb,
+        /// image_volume_cache_max_count and size_basis; a plugin its own (`plugin inspect`).
         #[arg(long = "param")]
         params: Vec<String>,
         /// Attach it as the slot's shadow instead: it sees the same requests on a simulated
@@ -127,7 +168,21 @@ pub enum PolicyCommand {
         shadow: bool,
     },
     /// Detach a slot's shadow.
-    Unshadow { slot: String },
+    Unshadow {
+        /// The slot whose shadow goes.
+        #[arg(value_parser = ["admission", "capacity", "eviction"])]
+        slot: String,
+    },
+}
+
+/// `3600`, `90s`, `30m`, `1h`, `1d` -> seconds.
+fn parse_interval(text: &str) -> Result<u64, String> {
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(seconds);
+    }
+    humantime::parse_duration(text)
+        .map(|d| d.as_secs())
+        .map_err(|e| format!("{text:?}: {e} (give seconds, or e.g. 90s, 30m, 1h, 1d)"))
 }
 
 /// Where the token is looked for without `--token-file`: a daemon started in this directory,
@@ -220,24 +275,40 @@ pub(super) fn get_text(conn: &Connection, path: &str) -> anyhow::Result<String> 
     }
 }
 
+/// One value as a person reads it: sizes in GiB (`size`) or in binary units (`*_bytes`,
+/// `virtual_size`); `--json` keeps the numbers.
+fn cell(field: &str, value: &Value) -> String {
+    match value {
+        Value::Number(n) if field == "size" || field.ends_with("_gigabytes") => format!("{n} GiB"),
+        Value::Number(n) if field.ends_with("_bytes") || field == "virtual_size" => {
+            n.as_u64().map_or_else(|| n.to_string(), progress::human)
+        }
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// One object as `field  value` lines, fields without a value left out.
+fn details(conn: &Connection, value: &Value, fields: &[&str]) -> anyhow::Result<ExitCode> {
+    if conn.json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = fields.iter().map(|f| f.len()).max().unwrap_or(0);
+    for field in fields {
+        if !value[*field].is_null() {
+            println!("{field:<width$}  {}", cell(field, &value[*field]));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Prints rows of `fields` from a JSON array as an aligned table.
 fn table(items: &Value, fields: &[&str]) {
     let rows: Vec<Vec<String>> = items
         .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|item| {
-                    fields
-                        .iter()
-                        .map(|f| match &item[*f] {
-                            Value::String(s) => s.clone(),
-                            Value::Null => "-".into(),
-                            other => other.to_string(),
-                        })
-                        .collect()
-                })
-                .collect()
-        })
+        .map(|a| a.iter().map(|item| fields.iter().map(|f| cell(f, &item[*f])).collect()).collect())
         .unwrap_or_default();
     let widths: Vec<usize> = fields
         .iter()
@@ -267,6 +338,20 @@ fn show(conn: &Connection, value: &Value, fields: &[&str]) -> anyhow::Result<Exi
 
 const IMAGE_FIELDS: &[&str] = &["id", "name", "disk_format", "virtual_size", "updated_at", "source"];
 const VOLUME_FIELDS: &[&str] = &["id", "size", "image_id", "cache", "project_id", "created_at"];
+/// `volume show` and `volume create`: where the data came from, and how.
+const VOLUME_DETAILS: &[&str] = &[
+    "id",
+    "size",
+    "image_id",
+    "cache",
+    "cloned_from",
+    "clone_mode",
+    "uncached_reason",
+    "project_id",
+    "user_id",
+    "backend_name",
+    "created_at",
+];
 const ENTRY_FIELDS: &[&str] =
     &["id", "image_id", "size", "allocated_bytes", "hit_count", "last_used", "pinned", "host"];
 const POLICY_FIELDS: &[&str] = &["slot", "kind", "name", "version", "source"];
@@ -276,19 +361,22 @@ pub fn image(conn: &Connection, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
     let value = match cmd {
         ImageCommand::List => c.call("GET", "/v1/images", None)?,
         ImageCommand::Show { id } => c.call("GET", &format!("/v1/images/{id}"), None)?,
-        ImageCommand::Create { source, name, id, disk_format, checksum } => {
+        ImageCommand::Create { source, name, id, disk_format, checksum, refresh_interval } => {
             let name = name.unwrap_or_else(|| source.rsplit('/').next().unwrap_or(&source).to_string());
             c.call(
                 "POST",
                 "/v1/images",
                 Some(
-                    json!({"id": id, "name": name, "source": source, "disk_format": disk_format, "checksum": checksum}),
+                    json!({"id": id, "name": name, "source": source, "disk_format": disk_format, "checksum": checksum,
+                           "refresh_interval_seconds": refresh_interval}),
                 ),
             )?
         }
-        ImageCommand::Update { id, name, source } => {
-            c.call("PATCH", &format!("/v1/images/{id}"), Some(json!({"name": name, "source": source})))?
-        }
+        ImageCommand::Update { id, name, source, refresh_interval } => c.call(
+            "PATCH",
+            &format!("/v1/images/{id}"),
+            Some(json!({"name": name, "source": source, "refresh_interval_seconds": refresh_interval})),
+        )?,
         ImageCommand::Delete { id } => c.call("DELETE", &format!("/v1/images/{id}"), None)?,
     };
     show(conn, &value, IMAGE_FIELDS)
@@ -300,7 +388,9 @@ pub fn volume(conn: &Connection, cmd: VolumeCommand) -> anyhow::Result<ExitCode>
         VolumeCommand::List { all_tenants } => {
             c.call("GET", if all_tenants { "/v1/volumes?all_tenants=1" } else { "/v1/volumes" }, None)?
         }
-        VolumeCommand::Show { id } => c.call("GET", &format!("/v1/volumes/{id}"), None)?,
+        VolumeCommand::Show { id } => {
+            return details(conn, &c.call("GET", &format!("/v1/volumes/{id}"), None)?, VOLUME_DETAILS)
+        }
         VolumeCommand::Create { image, size } => {
             let body = json!({"image_id": image, "size": size});
             // A miss may take minutes: show the write's progress, from the event stream opened
@@ -312,7 +402,7 @@ pub fn volume(conn: &Connection, cmd: VolumeCommand) -> anyhow::Result<ExitCode>
                 // A miss or an uncached create wrote the image: its last report may be on the way.
                 watcher.end(result.as_ref().is_ok_and(|v| v["cache"] != "hit"));
             }
-            result?
+            return details(conn, &result?, VOLUME_DETAILS);
         }
         VolumeCommand::Delete { id } => c.call("DELETE", &format!("/v1/volumes/{id}"), None)?,
     };

@@ -38,8 +38,10 @@ pub enum TraceCommand {
     Convert {
         /// The trace (CSV: time_ms,op,image,version,size_bytes).
         input: PathBuf,
+        /// Where to write the converted trace.
         #[arg(short, long)]
         out: PathBuf,
+        /// The output: JSON lines, or libCacheSim's CSV.
         #[arg(long, value_enum)]
         format: Format,
     },

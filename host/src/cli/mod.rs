@@ -116,7 +116,9 @@ pub enum CatalogCommand {
 
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
+    /// The image: a path, http(s):// URL or glance+http(s)://.../v2/images/ID.
     pub src: String,
+    /// The raw output: a new file (written beside it, then renamed), or a block device.
     pub dst: PathBuf,
     /// The source's format; `auto` detects it (a declared format must match the detected one).
     #[arg(long, default_value = "auto")]
@@ -269,5 +271,36 @@ fn human(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{value:.2} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand and every argument says what it is in `--help`.
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} <{id}>"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(name.clone());
+                }
+                walk(sub, &name, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "volcache", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:#?}");
     }
 }

@@ -18,6 +18,7 @@ pub enum PluginCommand {
     /// Show a component's WIT package, exports, imports and the slots it can fill; exit 1 when
     /// it reports a problem.
     Inspect {
+        /// The component (.wasm).
         file: PathBuf,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -52,6 +53,7 @@ pub enum PluginCommand {
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
+    /// The component (.wasm).
     pub file: PathBuf,
     /// The slot to test: admission, capacity or eviction.
     #[arg(long)]
@@ -118,6 +120,7 @@ fn default_cache_dir() -> Option<PathBuf> {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
+    /// The component (.wasm).
     pub file: PathBuf,
     /// The slot to fill: admission, capacity or eviction.
     #[arg(long)]

@@ -255,7 +255,7 @@ impl<R: Read> Read for Paced<R> {
     }
 }
 
-fn agent(limits: &SourceLimits) -> ureq::Agent {
+pub(super) fn agent(limits: &SourceLimits) -> ureq::Agent {
     let redirects = match limits.redirects {
         Redirects::Follow => 5,
         Redirects::Refuse => 0,
@@ -268,7 +268,7 @@ fn agent(limits: &SourceLimits) -> ureq::Agent {
 }
 
 /// A response that is a redirect the agent did not follow.
-fn refuse_redirect(url: &str, response: &ureq::Response) -> Result<(), ImageError> {
+pub(super) fn refuse_redirect(url: &str, response: &ureq::Response) -> Result<(), ImageError> {
     if (300..400).contains(&response.status()) {
         let to = response.header("Location").unwrap_or("?");
         return Err(ImageError::Forbidden(format!(
@@ -320,7 +320,7 @@ impl UrlSources {
     }
 }
 
-fn http_error(url: &str, e: ureq::Error) -> ImageError {
+pub(super) fn http_error(url: &str, e: ureq::Error) -> ImageError {
     match e {
         ureq::Error::Status(code, _) => ImageError::Download(format!("{url}: HTTP {code}")),
         ureq::Error::Transport(t) => {

@@ -119,6 +119,36 @@ impl std::fmt::Debug for Filled {
     }
 }
 
+/// The parameters the built-ins read; any other key is a typo, refused with the list.
+const BUILTIN_KEYS: [&str; 3] = [cinder::KEY_MAX_SIZE_GB, cinder::KEY_MAX_COUNT, cinder::KEY_SIZE_BASIS];
+
+fn check_builtin_keys(params: &[(String, String)]) -> Result<(), String> {
+    for (key, _) in params {
+        if !BUILTIN_KEYS.contains(&key.as_str()) {
+            let near = BUILTIN_KEYS.iter().min_by_key(|k| edit_distance(k, key)).filter(|k| edit_distance(k, key) <= 3);
+            let hint = near.map(|k| format!("did you mean {k}? ")).unwrap_or_default();
+            return Err(format!("unknown parameter {key:?}: {hint}built-in policies take {}", BUILTIN_KEYS.join(", ")));
+        }
+    }
+    Ok(())
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(row[j + 1] + 1);
+            prev = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
 /// The Cinder options as plugin parameters.
 fn limit_params(limits: &CinderLimits) -> Vec<(String, String)> {
     let basis = match limits.basis {
@@ -175,6 +205,7 @@ impl PolicySet {
         let (filler, source) = match spec.source {
             PolicySource::Builtin(b) => {
                 b.check_slot(slot)?;
+                check_builtin_keys(&spec.params).map_err(LoadError::BuiltinParams)?;
                 merged().map_err(|e| LoadError::BuiltinParams(e.to_string()))?;
                 (Filler::Builtin(b), "builtin".to_string())
             }

@@ -40,6 +40,7 @@ struct NewImage {
     source: String,
     disk_format: String,
     checksum: Option<String>,
+    refresh_interval_seconds: Option<u64>,
 }
 
 pub async fn create_image(
@@ -48,7 +49,14 @@ pub async fn create_image(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: NewImage = body(&raw)?;
     let disk_format: DiskFormat = req.disk_format.parse().map_err(bad_request)?;
-    let new = images::NewImage { id: req.id, name: req.name, source: req.source, disk_format, checksum: req.checksum };
+    let new = images::NewImage {
+        id: req.id,
+        name: req.name,
+        source: req.source,
+        disk_format,
+        checksum: req.checksum,
+        refresh_interval_seconds: req.refresh_interval_seconds,
+    };
     let cache = state.cache.clone();
     let image = blocking(move || cache.register_image(new)).await?;
     Ok((StatusCode::CREATED, Json(json!(image))))
@@ -72,6 +80,7 @@ struct ImagePatch {
     name: Option<String>,
     source: Option<String>,
     checksum: Option<String>,
+    refresh_interval_seconds: Option<u64>,
 }
 
 /// Changes an image's metadata and its `updated_at`: its cache entries are then stale.
@@ -81,7 +90,12 @@ pub async fn patch_image(
     raw: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let patch: ImagePatch = body(&raw)?;
-    let patch = images::ImagePatch { name: patch.name, source: patch.source, checksum: patch.checksum };
+    let patch = images::ImagePatch {
+        name: patch.name,
+        source: patch.source,
+        checksum: patch.checksum,
+        refresh_interval_seconds: patch.refresh_interval_seconds,
+    };
     let cache = state.cache.clone();
     let image = blocking(move || cache.patch_image(&id, patch)).await?;
     Ok(Json(json!(image)))
@@ -103,12 +117,8 @@ struct NewVolume {
     user_id: Option<String>,
 }
 
-fn volume_json(v: &VolumeRecord, uncached_reason: Option<String>) -> Value {
-    let mut value = json!(v);
-    if let Some(reason) = uncached_reason {
-        value["uncached_reason"] = json!(reason);
-    }
-    value
+fn volume_json(v: &VolumeRecord) -> Value {
+    json!(v)
 }
 
 pub async fn create_volume(
@@ -136,7 +146,7 @@ pub async fn create_volume(
     .await;
     on_disconnect.disarm();
     let created = created?;
-    Ok((StatusCode::CREATED, Json(volume_json(&created.volume, created.uncached_reason))))
+    Ok((StatusCode::CREATED, Json(volume_json(&created.volume))))
 }
 
 /// Lists volumes; the internal tenant's cache volumes only with `all_tenants=1`.
@@ -152,8 +162,7 @@ pub async fn list_volumes(
     let cache = state.cache.clone();
     let internal = cache.config().internal.project_id.clone();
     let volumes = blocking(move || Ok(cache.catalog().read(|r| r.volumes())?)).await?;
-    let shown: Vec<Value> =
-        volumes.iter().filter(|v| all || v.project_id != internal).map(|v| volume_json(v, None)).collect();
+    let shown: Vec<Value> = volumes.iter().filter(|v| all || v.project_id != internal).map(volume_json).collect();
     Ok(Json(json!(shown)))
 }
 
@@ -161,7 +170,7 @@ pub async fn show_volume(State(state): State<AppState>, UrlPath(id): UrlPath<Str
     let cache = state.cache.clone();
     let volume =
         blocking(move || cache.catalog().read(|r| r.volume(&id))?.ok_or(CacheError::VolumeNotFound(id))).await?;
-    Ok(Json(volume_json(&volume, None)))
+    Ok(Json(volume_json(&volume)))
 }
 
 pub async fn delete_volume(

@@ -199,6 +199,20 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         &warms,
     );
 
+    let refreshes: Vec<(String, f64)> = state
+        .cache
+        .refresh_counts()
+        .into_iter()
+        .map(|(result, n)| (format!("{{result=\"{result}\"}}"), n as f64))
+        .collect();
+    metric(
+        &mut out,
+        "volcache_image_refreshes_total",
+        "counter",
+        "Checks of images with a refresh interval since start, by result: unchanged, updated (no entry to refill), refilled, deferred, failed.",
+        &refreshes,
+    );
+
     let slots = state.policies().status();
     let by_slot = |f: &dyn Fn(&crate::policy::SlotStatus) -> f64| -> Vec<(String, f64)> {
         slots
