@@ -74,6 +74,9 @@ fn a_warm_up_fills_an_entry_without_a_volume_and_reports_progress() {
     let text = String::from_utf8(text).unwrap();
     assert!(text.contains("volcache_cache_warmups_total{result=\"filled\"} 1"), "{text}");
     assert!(text.contains("volcache_cache_warmups_total{result=\"already_cached\"} 1"), "{text}");
+    // The hit's clone is counted under the mode the volume records.
+    let mode = volume["clone_mode"].as_str().unwrap();
+    assert!(text.contains(&format!("volcache_clones_total{{mode=\"{mode}\"}} 1")), "{mode}: {text}");
 }
 
 #[test]

@@ -261,6 +261,7 @@ impl CacheService {
             also(w)?;
             Ok(Some(()))
         })?;
+        self.clone_modes.record(mode);
         tracing::info!(volume_id = %volume.id, entry = entry.id, ?mode, "volume cloned from the cache");
         Ok(Created { volume, uncached_reason: None })
     }

@@ -248,6 +248,8 @@ pub struct CacheService {
     waiting: std::sync::atomic::AtomicU64,
     /// Warm-ups by how they ended.
     warm_counts: warm::WarmCounts,
+    /// Clones of entries by mode.
+    clone_modes: stats::CloneModes,
     /// Refresh checks: when each image was last checked, and results.
     refresh: refresh::RefreshState,
     /// The workload: the trace (when the daemon records one) and the shadow policies.
@@ -277,6 +279,7 @@ impl CacheService {
             fill_failures: Default::default(),
             waiting: Default::default(),
             warm_counts: Default::default(),
+            clone_modes: Default::default(),
             refresh: Default::default(),
             workload: Arc::default(),
         }
@@ -285,6 +288,12 @@ impl CacheService {
     /// Failed fills since start by reason (`source`, `no_space`, `unavailable`, `image_gone`).
     pub fn fill_failures(&self) -> Vec<(&'static str, u64)> {
         self.fill_failures.snapshot()
+    }
+
+    /// Volumes cloned from entries since start, by mode (`reflink`, `sparse-copy`,
+    /// `snapshot-clone`).
+    pub fn clone_modes(&self) -> Vec<(&'static str, u64)> {
+        self.clone_modes.snapshot()
     }
 
     /// Warm-ups since start by how they ended.

@@ -76,6 +76,29 @@ impl FillFailures {
     }
 }
 
+/// Clones of cache entries since start, by how the backend made them.
+#[derive(Debug, Default)]
+pub(super) struct CloneModes([AtomicU64; 3]);
+
+const MODES: [(crate::backend::CloneMode, &str); 3] = [
+    (crate::backend::CloneMode::Reflink, "reflink"),
+    (crate::backend::CloneMode::SparseCopy, "sparse-copy"),
+    (crate::backend::CloneMode::SnapshotClone, "snapshot-clone"),
+];
+
+impl CloneModes {
+    pub(super) fn record(&self, mode: crate::backend::CloneMode) {
+        if let Some(i) = MODES.iter().position(|(m, _)| *m == mode) {
+            self.0[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (mode label, count) for every mode, zeros included.
+    pub(super) fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        MODES.iter().zip(&self.0).map(|((_, label), n)| (*label, n.load(Ordering::Relaxed))).collect()
+    }
+}
+
 /// A copy of the fill histogram: (upper bound in seconds, count in that bucket alone).
 #[derive(Clone, Debug, PartialEq)]
 pub struct FillSnapshot {

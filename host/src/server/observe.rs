@@ -199,6 +199,16 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         &warms,
     );
 
+    let modes: Vec<(String, f64)> =
+        state.cache.clone_modes().into_iter().map(|(mode, n)| (format!("{{mode=\"{mode}\"}}"), n as f64)).collect();
+    metric(
+        &mut out,
+        "volcache_clones_total",
+        "counter",
+        "Volumes cloned from cache entries since start, by clone mode: reflink, sparse-copy (no reflink on this file system), snapshot-clone (RBD).",
+        &modes,
+    );
+
     let refreshes: Vec<(String, f64)> = state
         .cache
         .refresh_counts()
