@@ -49,6 +49,9 @@ fn a_warm_up_fills_an_entry_without_a_volume_and_reports_progress() {
     assert_eq!(final_report["percent"], 100);
     assert_eq!(final_report["total_bytes"], 8 << 20);
     assert_eq!(final_report["done_bytes"], 8 << 20);
+    // Thin: some bytes were written, fewer than the virtual size (the image has holes).
+    let written = final_report["written_bytes"].as_u64().unwrap();
+    assert!(written > 0 && written < 8 << 20, "written {written}");
     assert_eq!(final_report["target"], format!("cache-{entry_id}"));
 
     // An entry, no volume, a fill and no miss; the next create is a hit.

@@ -305,7 +305,7 @@ impl CacheService {
         backend_name: &str,
         length: Option<u64>,
     ) -> Result<u64, CacheError> {
-        let device = self.backend.open(backend_name)?;
+        let device = crate::sparse::CountingDevice::new(self.backend.open(backend_name)?);
         // Confined again at every fill: the file may have become a symlink since registration.
         let location = Location::parse(&image.source)
             .and_then(|l| self.confine(l))
@@ -316,15 +316,16 @@ impl CacheService {
         let mut total_seen = 0;
         let mut report_progress = |done: u64, total: u64| {
             total_seen = total;
-            if let Some(p) = ticker.tick(done, total, false) {
+            if let Some(p) = ticker.tick(done, total, device.written(), false) {
                 self.publish_progress(image, p);
             }
         };
         let report =
-            write_image(&location, &*device, Target::Fresh, &self.config.spool_dir, &options, &mut report_progress)
+            write_image(&location, &device, Target::Fresh, &self.config.spool_dir, &options, &mut report_progress)
                 .map_err(|source| CacheError::Image { image_id: image.id.clone(), source })?;
         device.sync_all().map_err(|e| BackendError::Io { op: "sync", name: backend_name.into(), source: e })?;
-        if let Some(p) = ticker.tick(report.virtual_size, report.virtual_size.max(total_seen), true) {
+        let written = device.written();
+        if let Some(p) = ticker.tick(report.virtual_size, report.virtual_size.max(total_seen), written, true) {
             self.publish_progress(image, p);
         }
         Ok(report.bytes_read)

@@ -56,6 +56,8 @@ pub struct Progress {
     pub done_bytes: u64,
     /// The image's virtual size (0 while unknown, e.g. a stream without a length).
     pub total_bytes: u64,
+    /// Bytes actually written into the volume so far (zero runs and holes are not written).
+    pub written_bytes: u64,
     /// `done_bytes` of `total_bytes`, 0 to 100 (0 while the total is unknown).
     pub percent: u32,
     /// Virtual bytes per second since the write began.
@@ -80,8 +82,9 @@ impl ProgressTicker {
         ProgressTicker { target: target.to_string(), started: std::time::Instant::now(), last: None }
     }
 
-    /// A report for `done` of `total` bytes, if one is due (always when `last`).
-    pub fn tick(&mut self, done: u64, total: u64, last: bool) -> Option<Progress> {
+    /// A report for `done` of `total` bytes, `written` of them written, if one is due (always
+    /// when `last`).
+    pub fn tick(&mut self, done: u64, total: u64, written: u64, last: bool) -> Option<Progress> {
         let now = std::time::Instant::now();
         if !last && self.last.is_some_and(|t| now.duration_since(t) < Self::INTERVAL) {
             return None;
@@ -93,6 +96,7 @@ impl ProgressTicker {
             target: self.target.clone(),
             done_bytes: done,
             total_bytes: total,
+            written_bytes: written,
             percent: if last { 100 } else { percent },
             bytes_per_second: (done as f64 / elapsed.as_secs_f64().max(1e-3)) as u64,
             elapsed_ms: elapsed.as_millis() as u64,

@@ -108,7 +108,9 @@ impl Bar {
         let percent = progress["percent"].as_u64().unwrap_or(0);
         let rate = progress["bytes_per_second"].as_u64().unwrap_or(0);
         let last = progress["done"].as_bool().unwrap_or(false);
+        let written = progress["written_bytes"].as_u64().unwrap_or(0);
         let amount = if total > 0 { format!("{} of {}", human(done), human(total)) } else { human(done) };
+        let amount = format!("{amount} ({} written)", human(written));
         let text = format!("{}  {percent:>3}%  {amount}  {}/s", self.label, human(rate));
         let mut err = std::io::stderr();
         if self.terminal {
