@@ -13,6 +13,7 @@
 //! - `daemon`: the real daemon over HTTP: health, auth, policy listing and swapping, SIGTERM.
 //! - `convert`: `volcache convert` against `qemu-img convert`, byte for byte and by allocation.
 //! - `overlap_http`: overlapping requests through the real daemon (clients that leave a wait).
+//! - `http_stream`: qcow2 over HTTP converted as it downloads (Range refetches, no spool file).
 //! - `http_sources`: HTTP and Glance v2 sources, checksums, short downloads.
 //! - `backend`: the backend conformance suite on XFS (reflink), ext4 and tmpfs.
 //! - `cache_service`: Cinder's cache semantics through the service, on real parts.
@@ -48,6 +49,7 @@ mod dashboards;
 mod hostile;
 mod hot_swap;
 mod http_sources;
+mod http_stream;
 mod lab;
 mod overlap_http;
 mod package;

@@ -62,6 +62,9 @@ pub struct ConvertReport {
     pub elapsed_seconds: f64,
     /// Virtual bytes converted per second, in MiB/s.
     pub throughput_mib_s: f64,
+    /// A qcow2 download: `streamed` (converted as it arrived, no spool file) or `spooled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub download: Option<&'static str>,
 }
 
 /// How a conversion found the source's holes.
@@ -164,10 +167,13 @@ pub fn write_image(
         expected.hash = opts.expected.hash.clone();
     }
     let mut writer = ThinWriter::new(out, opts.mode, target, opts.min_sparse);
-    let (format, virtual_size, bytes_read, holes_from) = match opened {
-        Opened::File(file) => from_file(file, declared, Checker::new(expected), &mut writer, progress)?,
-        Opened::Stream { mut reader, len } => {
-            from_stream(&mut *reader, len, declared, Checker::new(expected), spool_dir, &mut writer, progress)?
+    let (format, virtual_size, bytes_read, holes_from, download) = match opened {
+        Opened::File(file) => {
+            let (format, size, read, holes) = from_file(file, declared, Checker::new(expected), &mut writer, progress)?;
+            (format, size, read, holes, None)
+        }
+        Opened::Stream { reader, len, ranged } => {
+            from_stream(reader, len, ranged, declared, Checker::new(expected), spool_dir, &mut writer, progress)?
         }
     };
     if let Some(length) = opts.length.filter(|&l| l < virtual_size) {
@@ -185,6 +191,7 @@ pub fn write_image(
         holes_from,
         elapsed_seconds: elapsed,
         throughput_mib_s: virtual_size as f64 / (1 << 20) as f64 / elapsed.max(1e-9),
+        download,
     })
 }
 
@@ -262,28 +269,53 @@ fn hash_file(file: &File, size: u64, checker: &mut Checker) -> Result<u64, Image
     Ok(read)
 }
 
+#[expect(clippy::too_many_arguments, reason = "one download's state, passed through once")]
 fn from_stream(
-    reader: &mut dyn Read,
+    mut reader: Box<dyn Read + Send>,
     len: Option<u64>,
+    ranged: Option<super::source::Ranged>,
     declared: Option<DiskFormat>,
     mut checker: Checker,
     spool_dir: &Path,
     writer: &mut ThinWriter<'_>,
     progress: Progress<'_>,
-) -> Result<(DiskFormat, u64, u64, HolesFrom), ImageError> {
+) -> Result<(DiskFormat, u64, u64, HolesFrom, Option<&'static str>), ImageError> {
     let mut head = vec![0u8; 4096];
-    let n = raw::read_full(reader, &mut head).map_err(|e| raw::stream_error(e, 0, len))?;
+    let n = raw::read_full(&mut *reader, &mut head).map_err(|e| raw::stream_error(e, 0, len))?;
     head.truncate(n);
     let format = detect(&head)?;
     check_declared(declared, format)?;
-    match format {
-        DiskFormat::Raw => {
-            let total = len.unwrap_or(0);
-            let size = raw::copy_stream(&head, reader, len, writer, &mut checker, &mut |done| progress(done, total))?;
-            checker.finish()?;
-            Ok((format, raw_virtual_size(size), size, HolesFrom::None))
+    match (format, len, ranged) {
+        (DiskFormat::Qcow2, Some(len), Some(ranged)) => {
+            // Converted while it downloads: no spool file (module `stream_at`).
+            let header = qcow2::Header::parse(&head, len)?;
+            let size = header.virtual_size;
+            let src = super::stream_at::StreamAt::start(head, reader, len, checker, ranged);
+            pipelined(writer, |sink| qcow2::copy(&src, &header, sink), ImageError::Write, &mut |done| {
+                progress(done, size)
+            })?;
+            let refetched = src.finish()?;
+            tracing::info!(bytes = len, refetched, "qcow2 download converted as it arrived (no spool file)");
+            Ok((format, size, len + refetched, HolesFrom::Qcow2Tables, Some("streamed")))
         }
-        DiskFormat::Qcow2 => {
+        (DiskFormat::Raw, ..) => {
+            let total = len.unwrap_or(0);
+            let size =
+                raw::copy_stream(&head, &mut *reader, len, writer, &mut checker, &mut |done| progress(done, total))?;
+            checker.finish()?;
+            Ok((format, raw_virtual_size(size), size, HolesFrom::None, None))
+        }
+        (DiskFormat::Qcow2, len, ranged) => {
+            tracing::info!(
+                why = if len.is_none() {
+                    "no Content-Length"
+                } else if ranged.is_none() {
+                    "the server does not accept Range requests"
+                } else {
+                    ""
+                },
+                "qcow2 download spooled to a file before conversion"
+            );
             static SPOOLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             let n = SPOOLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let spool_path = spool_dir.join(format!(".volcache-download.{}.{n}.qcow2", std::process::id()));
@@ -299,7 +331,7 @@ fn from_stream(
             let mut total = head.len() as u64;
             let mut buf = vec![0u8; 8 << 20];
             loop {
-                let n = raw::read_full(reader, &mut buf).map_err(|e| raw::stream_error(e, total, len))?;
+                let n = raw::read_full(&mut *reader, &mut buf).map_err(|e| raw::stream_error(e, total, len))?;
                 if n == 0 {
                     break;
                 }
@@ -320,7 +352,7 @@ fn from_stream(
             pipelined(writer, |sink| qcow2::copy(&src, &header, sink), ImageError::Write, &mut |done| {
                 progress(done, size)
             })?;
-            Ok((format, size, total, HolesFrom::Qcow2Tables))
+            Ok((format, size, total, HolesFrom::Qcow2Tables, Some("spooled")))
         }
     }
 }
@@ -340,7 +372,7 @@ pub fn probe(
             let len = file.metadata().map_err(|e| ImageError::io("reading the image size", e))?.len();
             (read_head(&file)?, Some(len))
         }
-        Opened::Stream { mut reader, len } => {
+        Opened::Stream { mut reader, len, .. } => {
             let mut head = vec![0u8; 4096];
             let n = raw::read_full(&mut *reader, &mut head).map_err(|e| raw::stream_error(e, 0, len))?;
             head.truncate(n);

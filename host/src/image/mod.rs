@@ -12,6 +12,7 @@ pub mod destination;
 pub mod qcow2;
 pub mod raw;
 pub mod source;
+pub mod stream_at;
 pub mod version;
 
 use std::fmt;

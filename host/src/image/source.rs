@@ -158,14 +158,29 @@ impl Checker {
 /// An opened source: a seekable file, or a stream with its announced length.
 pub enum Opened {
     File(File),
-    Stream { reader: Box<dyn Read + Send>, len: Option<u64> },
+    /// A download; `ranged` when the server accepts Range requests for it.
+    Stream {
+        reader: Box<dyn Read + Send>,
+        len: Option<u64>,
+        ranged: Option<Ranged>,
+    },
+}
+
+/// How to fetch parts of a download again (its server said `Accept-Ranges: bytes`).
+#[derive(Clone, Debug)]
+pub struct Ranged {
+    pub url: String,
+    pub token: Option<String>,
+    pub limits: SourceLimits,
 }
 
 impl std::fmt::Debug for Opened {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Opened::File(file) => f.debug_tuple("File").field(file).finish(),
-            Opened::Stream { len, .. } => f.debug_struct("Stream").field("len", len).finish_non_exhaustive(),
+            Opened::Stream { len, ranged, .. } => {
+                f.debug_struct("Stream").field("len", len).field("ranged", &ranged.is_some()).finish_non_exhaustive()
+            }
         }
     }
 }
@@ -355,6 +370,9 @@ fn stream(url: &str, token: Option<&str>, limits: &SourceLimits) -> Result<Opene
     let response = request.call().map_err(|e| http_error(url, e))?;
     refuse_redirect(url, &response)?;
     let len = response.header("Content-Length").and_then(|v| v.trim().parse().ok());
+    let accepts_ranges = response.header("Accept-Ranges").is_some_and(|v| v.trim().eq_ignore_ascii_case("bytes"));
+    let ranged =
+        accepts_ranges.then(|| Ranged { url: url.to_string(), token: token.map(str::to_string), limits: *limits });
     let reader = Paced {
         inner: response.into_reader(),
         url: url.to_string(),
@@ -363,7 +381,7 @@ fn stream(url: &str, token: Option<&str>, limits: &SourceLimits) -> Result<Opene
         window_start: std::time::Instant::now(),
         window_bytes: 0,
     };
-    Ok(Opened::Stream { reader: Box::new(reader), len })
+    Ok(Opened::Stream { reader: Box::new(reader), len, ranged })
 }
 
 /// Opens a file that must be a regular file. It is opened without blocking (a FIFO would
