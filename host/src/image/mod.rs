@@ -9,6 +9,7 @@
 
 pub mod convert;
 pub mod destination;
+mod inflate;
 pub mod qcow2;
 pub mod raw;
 pub mod source;

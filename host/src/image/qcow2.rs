@@ -8,7 +8,7 @@
 //! Backing files, external data files and encryption are refused.
 #![forbid(unsafe_code)]
 
-use std::io::{self, Read};
+use std::io;
 
 use super::{ImageError, ReadAt};
 use crate::sparse::ImageSink;
@@ -186,7 +186,7 @@ pub fn copy<R: ReadAt + ?Sized>(src: &R, header: &Header, out: &mut dyn ImageSin
     let l1 = read_vec(src, header.l1_offset, l1_needed * 8, "L1 table", &mut stats)?;
     let mut l2 = vec![0u8; (per_l2 * header.l2_entry_bytes()) as usize];
     let mut run = Run::default();
-    let mut cluster_buf = Vec::new();
+    let mut batch = super::inflate::Batch::default();
     let mut prefetch = Prefetch::default();
     for (l1_index, l1_entry) in l1.chunks_exact(8).enumerate() {
         let l1_entry = u64::from_be_bytes(l1_entry.try_into().unwrap_or_default());
@@ -194,6 +194,7 @@ pub fn copy<R: ReadAt + ?Sized>(src: &R, header: &Header, out: &mut dyn ImageSin
         let span = (per_l2 * cs).min(header.virtual_size - guest_base);
         let l2_offset = l1_entry & L1_OFFSET_MASK;
         if l2_offset == 0 {
+            batch.flush(src, header, out, &mut stats)?;
             run.flush(src, out, &mut stats)?;
             out.hole(guest_base, span).map_err(ImageError::Write)?;
             continue;
@@ -216,10 +217,14 @@ pub fn copy<R: ReadAt + ?Sized>(src: &R, header: &Header, out: &mut dyn ImageSin
             prefetch.advance(src, header, entry);
             if entry & L2_COMPRESSED != 0 {
                 run.flush(src, out, &mut stats)?;
-                decompress(src, header, entry, &mut cluster_buf, &mut stats)?;
-                out.write_at(guest, &cluster_buf[..len as usize]).map_err(ImageError::Write)?;
+                batch.push(header, guest, len, entry);
+                if batch.is_full() {
+                    batch.flush(src, header, out, &mut stats)?;
+                }
                 continue;
             }
+            // Compressed clusters before this one go out first: the writer takes guest order.
+            batch.flush(src, header, out, &mut stats)?;
             let host = entry & L2_OFFSET_MASK;
             if header.extended_l2 {
                 let bitmap = u64::from_be_bytes(l2[at + 8..at + 16].try_into().unwrap_or_default());
@@ -246,6 +251,7 @@ pub fn copy<R: ReadAt + ?Sized>(src: &R, header: &Header, out: &mut dyn ImageSin
             }
         }
     }
+    batch.flush(src, header, out, &mut stats)?;
     run.flush(src, out, &mut stats)?;
     Ok(stats)
 }
@@ -355,7 +361,7 @@ const PREFETCH_STEP: u64 = 4 << 20;
 /// Where a cluster's stored bytes are in the file (data or compressed), if anywhere.
 fn stored_range(header: &Header, entry: u64) -> Option<(u64, u64)> {
     if entry & L2_COMPRESSED != 0 {
-        return Some(compressed_range(header, entry));
+        return Some(super::inflate::compressed_range(header, entry));
     }
     let host = entry & L2_OFFSET_MASK;
     let zero = entry & L2_ZERO != 0 && header.version == 3 && !header.extended_l2;
@@ -421,7 +427,7 @@ fn check_range(offset: u64, len: u64, file_len: u64, what: &str) -> Result<(), I
     Ok(())
 }
 
-fn read_vec<R: ReadAt + ?Sized>(
+pub(super) fn read_vec<R: ReadAt + ?Sized>(
     src: &R,
     offset: u64,
     len: u64,
@@ -433,72 +439,4 @@ fn read_vec<R: ReadAt + ?Sized>(
     src.read_exact_at(&mut buf, offset).map_err(|e| ImageError::io(&format!("reading the {what}"), e))?;
     stats.bytes_read += len;
     Ok(buf)
-}
-
-/// Inflates one compressed cluster into `out` (resized to the cluster size).
-/// Where a compressed cluster's bytes are: its descriptor holds the host offset in the low x
-/// bits and the number of additional 512-byte sectors above them. The length may run past the
-/// end of the file for the last cluster; readers clip it.
-fn compressed_range(header: &Header, entry: u64) -> (u64, u64) {
-    let x = 62 - (header.cluster_bits - 8);
-    let offset = entry & ((1u64 << x) - 1);
-    let sectors = (entry & ((1u64 << 62) - 1)) >> x;
-    (offset, (sectors + 1) * 512 - (offset & 511))
-}
-
-fn decompress<R: ReadAt + ?Sized>(
-    src: &R,
-    header: &Header,
-    entry: u64,
-    out: &mut Vec<u8>,
-    stats: &mut ReadStats,
-) -> Result<(), ImageError> {
-    let cs = header.cluster_size();
-    let (offset, len) = compressed_range(header, entry);
-    // The last compressed cluster may end before its last sector does.
-    let len = len.min(src.len().saturating_sub(offset));
-    if len == 0 {
-        return Err(ImageError::Truncated {
-            what: format!("compressed cluster at offset {offset}"),
-            need: offset + 1,
-            have: src.len(),
-        });
-    }
-    let input = read_vec(src, offset, len, "compressed cluster", stats)?;
-    out.clear();
-    out.resize(cs as usize, 0);
-    let bad = |why: String| ImageError::Corrupt(format!("compressed cluster at host offset {offset}: {why}"));
-    match header.compression {
-        Compression::Deflate => {
-            let mut inflate = flate2::Decompress::new(false);
-            inflate.decompress(&input, out, flate2::FlushDecompress::Finish).map_err(|e| bad(e.to_string()))?;
-            if inflate.total_out() != cs {
-                return Err(bad(format!("inflates to {} bytes, not {cs}", inflate.total_out())));
-            }
-        }
-        Compression::Zstd => {
-            let mut filled = 0usize;
-            let mut rest: &[u8] = &input;
-            while filled < out.len() {
-                let mut frame = ruzstd::decoding::StreamingDecoder::new(&mut rest).map_err(|e| bad(e.to_string()))?;
-                let n = read_up_to(&mut frame, &mut out[filled..]).map_err(|e| bad(e.to_string()))?;
-                if n == 0 {
-                    return Err(bad(format!("decompresses to {filled} bytes, not {cs}")));
-                }
-                filled += n;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
