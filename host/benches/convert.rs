@@ -208,6 +208,24 @@ fn read_whole(path: &Path) -> u64 {
     }
 }
 
+/// The real Debian images (scripts/real-image.sh) in `VOLCACHE_REAL_IMAGES` or
+/// ~/.cache/volcache-bench, built when missing; `None` (said on stderr) when they cannot be.
+fn real_images(full: bool) -> Option<PathBuf> {
+    if !full {
+        return None;
+    }
+    let dir = std::env::var_os("VOLCACHE_REAL_IMAGES").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/volcache-bench")
+    });
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/real-image.sh");
+    let built = Command::new(&script).arg(&dir).status().is_ok_and(|s| s.success());
+    if !built {
+        eprintln!("no real Debian image ({} failed): the real-disk rows are left out", script.display());
+        return None;
+    }
+    Some(dir)
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (size, data, huge) = if full { (8 * GIB, GIB, 100 * GIB) } else { (64 * MIB, 8 * MIB, GIB) };
@@ -232,6 +250,20 @@ fn main() {
     let mut rows = compare(dir.path(), "raw", &raw, &raw, true, full);
     rows.extend(compare(dir.path(), "qcow2", &qcow2, &raw, false, full));
     rows.extend(compare(dir.path(), "qcow2 -c", &compressed, &raw, false, full));
+    // A real disk: Debian 12 on ext4 in a 4 GiB GPT disk (scripts/real-image.sh, built once and
+    // cached outside the clone). Full runs only: building it takes a minute and a mirror.
+    let real = real_images(full);
+    if let Some(real_dir) = &real {
+        let disk = real_dir.join("debian.raw");
+        rows.extend(compare(dir.path(), "debian raw", &disk, &disk, true, full));
+        for (label, file) in [
+            ("debian qcow2", "debian.qcow2"),
+            ("debian qcow2 -c", "debian-c.qcow2"),
+            ("debian qcow2 zstd", "debian-zstd.qcow2"),
+        ] {
+            rows.extend(compare(dir.path(), label, &real_dir.join(file), &disk, false, full));
+        }
+    }
 
     // A 100 GiB disk with 1 GiB of data: extents vs everything.
     let sparse = dir.path().join("huge.raw");
@@ -269,17 +301,15 @@ fn main() {
         data / GIB
     );
     println!(
-        "{:<32} | {:>9} | {:>9} | {:>14} | {:>20} | {:>12}",
+        "{:<36} | {:>9} | {:>9} | {:>14} | {:>20} | {:>12}",
         "", "median", "best", "allocated", "time vs qemu", "alloc vs qemu"
     );
     for row in &rows {
-        let qemu = rows
-            .iter()
-            .find(|r| r.name.starts_with(row.name.split(':').next().unwrap()) && r.name.contains("qemu-img"))
-            .unwrap();
+        let label = |name: &str| name.split(':').next().unwrap_or("").to_string();
+        let qemu = rows.iter().find(|r| label(&r.name) == label(&row.name) && r.name.contains("qemu-img")).unwrap();
         let ratio = |ours: Duration, theirs: Duration| ours.as_secs_f64() / theirs.as_secs_f64();
         println!(
-            "{:<32} | {:>7.2} s | {:>7.2} s | {:>10.1} MiB | {:>9.2}x  ({:>5.2}x) | {:>11.4}x",
+            "{:<36} | {:>7.2} s | {:>7.2} s | {:>10.1} MiB | {:>9.2}x  ({:>5.2}x) | {:>11.4}x",
             row.name,
             row.time.median.as_secs_f64(),
             row.time.min.as_secs_f64(),
