@@ -84,6 +84,7 @@ bench: plugins polyglot-plugins
 	$(CARGO) bench -p volcache --bench policy
 	$(CARGO) bench -p volcache --bench lab
 	$(CARGO) bench -p volcache --bench convert
+	$(CARGO) bench -p volcache --bench miss
 	$(CARGO) bench -p volcache --bench cache
 	$(CARGO) bench -p volcache --bench storm
 	$(CARGO) bench -p volcache --bench api

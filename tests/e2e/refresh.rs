@@ -25,6 +25,8 @@ struct Current {
     /// Whether HEAD answers carry ETag and Content-Length (GET always has its length).
     head_headers: bool,
     status: u16,
+    /// Glance's `updated_at` for the image, served at `/v2/images/img`.
+    glance_updated_at: String,
 }
 
 /// An HTTP image source whose body and ETag a test can change; answers GET and HEAD.
@@ -38,7 +40,13 @@ impl Source {
     fn start(body: Vec<u8>, etag: &str) -> Source {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let current = Arc::new(Mutex::new(Current { body, etag: Some(etag.into()), head_headers: true, status: 200 }));
+        let current = Arc::new(Mutex::new(Current {
+            body,
+            etag: Some(etag.into()),
+            head_headers: true,
+            status: 200,
+            glance_updated_at: "2026-01-01T00:00:00Z".into(),
+        }));
         let gets = Arc::new(AtomicUsize::new(0));
         let (state, counter) = (current.clone(), gets.clone());
         std::thread::spawn(move || {
@@ -58,6 +66,19 @@ impl Source {
                         }
                     }
                     let head_only = line.starts_with("HEAD ");
+                    // Glance v2: the image's metadata, then its data at /file.
+                    if line.split_whitespace().nth(1) == Some("/v2/images/img") {
+                        let updated = state.lock().unwrap().glance_updated_at.clone();
+                        let meta =
+                            json!({"id": "img", "status": "active", "disk_format": "raw", "updated_at": updated})
+                                .to_string();
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{meta}",
+                            meta.len()
+                        );
+                        let _ = stream.write_all(reply.as_bytes());
+                        return;
+                    }
                     if !head_only {
                         counter.fetch_add(1, Ordering::SeqCst);
                     }
@@ -274,4 +295,34 @@ fn the_daemon_refreshes_an_image_by_itself() {
     assert!(metrics.contains("volcache_image_refreshes_total{result=\"refilled\"} 1"), "{metrics}");
     let (status, volume) = call("POST", "/v1/volumes", json!({"image_id": "img", "size": 1}));
     assert_eq!((status, volume["cache"].as_str()), (201, Some("hit")));
+}
+
+#[test]
+fn a_glance_image_is_refreshed_when_its_updated_at_changes() {
+    let source = Source::start(body(1, 8), "v1");
+    let mut core = Core::new(limits(0, 0));
+    let glance = format!("glance+http://{}/v2/images/img", source.addr);
+    core.cache
+        .register_image(NewImage {
+            id: Some("img".into()),
+            name: "img".into(),
+            source: glance,
+            disk_format: DiskFormat::Raw,
+            checksum: None,
+            refresh_interval_seconds: Some(3600),
+        })
+        .unwrap();
+    core.cache.create_volume(&request("img", 1)).unwrap();
+    // The data changes but Glance's metadata does not: nothing to do (Glance's word counts).
+    source.serve(body(2, 8), "v2");
+    assert_eq!(core.cache.refresh_image("img").unwrap(), Refreshed::Unchanged);
+    source.current.lock().unwrap().glance_updated_at = "2026-02-02T00:00:00Z".into();
+    let Refreshed::Refilled(_) = core.cache.refresh_image("img").unwrap() else { panic!("not refilled") };
+    let image = core.cache.catalog().read(|r| r.image("img")).unwrap().unwrap();
+    assert!(image.source_version.unwrap().contains("updated_at=2026-02-02T00:00:00Z"));
+    let after = core.cache.create_volume(&request("img", 1)).unwrap();
+    assert_eq!(after.volume.cache, Some(CacheOutcome::Hit));
+    let bytes = core.memory.read_all(&after.volume.backend_name).unwrap();
+    assert_eq!(&bytes[..64 << 10], &body(2, 8)[..64 << 10]);
+    assert!(core.drain().iter().any(|e| e.reason == Some(EvictReason::Refreshed)));
 }

@@ -43,6 +43,7 @@ pub fn cache_service(catalog: Arc<Catalog>, backend: Arc<dyn Backend>, spool_dir
 
 /// Records the raw image at `path` as `id` and returns a create request for a volume 1 GiB
 /// larger than it.
+#[allow(dead_code, reason = "not every bench uses it")]
 pub fn register_image(catalog: &Catalog, id: &str, path: &Path, size: u64) -> CreateVolume {
     let stamp = timestamp();
     let record = ImageRecord {
@@ -61,12 +62,14 @@ pub fn register_image(catalog: &Catalog, id: &str, path: &Path, size: u64) -> Cr
     CreateVolume { image_id: id.to_string(), size: size.div_ceil(GIB) + 1, project_id: "p".into(), user_id: "u".into() }
 }
 
+#[allow(dead_code, reason = "not every bench uses it")]
 pub fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
 
 /// Prints a create-from-image latency table: (image size, data extents, miss, hit) per row.
+#[allow(dead_code, reason = "not every bench uses it")]
 pub fn print_latency_table(title: &str, rows: &[(u64, u64, Duration, Duration)]) {
     println!("{title}");
     println!("{:>8} | {:>8} | {:>10} | {:>10} | {:>9}", "image", "extents", "miss", "hit", "miss/hit");

@@ -131,15 +131,12 @@ fn inflate(header: &Header, offset: u64, input: &[u8], out: &mut Vec<u8>) -> Res
             }
         }
         Compression::Zstd => {
-            let mut filled = 0usize;
-            let mut rest: &[u8] = input;
-            while filled < out.len() {
-                let mut frame = ruzstd::decoding::StreamingDecoder::new(&mut rest).map_err(|e| bad(e.to_string()))?;
-                let n = read_up_to(&mut frame, &mut out[filled..]).map_err(|e| bad(e.to_string()))?;
-                if n == 0 {
-                    return Err(bad(format!("decompresses to {filled} bytes, not {cs}")));
-                }
-                filled += n;
+            // libzstd; frames one after another, and the sector padding after the last one is
+            // never parsed: reading stops once the cluster is full.
+            let mut decoder = zstd::stream::read::Decoder::with_buffer(input).map_err(|e| bad(e.to_string()))?;
+            let filled = read_up_to(&mut decoder, out).map_err(|e| bad(e.to_string()))?;
+            if filled != out.len() {
+                return Err(bad(format!("decompresses to {filled} bytes, not {cs}")));
             }
         }
     }
