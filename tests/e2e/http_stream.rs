@@ -20,6 +20,12 @@ struct RangeServer {
 
 impl RangeServer {
     fn start(body: Vec<u8>, accept_ranges: bool) -> RangeServer {
+        Self::start_cut(body, accept_ranges, None)
+    }
+
+    /// Like `start`, but a whole-body GET announces the full length and stops after `cut`
+    /// bytes (a server or network that fails halfway).
+    fn start_cut(body: Vec<u8>, accept_ranges: bool, cut: Option<usize>) -> RangeServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let body = Arc::new(body);
@@ -55,10 +61,11 @@ impl RangeServer {
                         }
                         _ => (200, &body[..]),
                     };
+                    let announced = part.len();
+                    let part = if status == 200 { &part[..cut.unwrap_or(part.len()).min(part.len())] } else { part };
                     let accept = if accept_ranges { "Accept-Ranges: bytes\r\n" } else { "" };
                     let head = format!(
-                        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n{accept}Connection: close\r\n\r\n",
-                        part.len()
+                        "HTTP/1.1 {status} X\r\nContent-Length: {announced}\r\n{accept}Connection: close\r\n\r\n"
                     );
                     if stream.write_all(head.as_bytes()).is_ok() {
                         // In pieces, as a network delivers it.
@@ -200,4 +207,24 @@ fn reads_behind_the_window_are_fetched_again_with_range_requests() {
     assert!(src.read_exact_at(&mut past, len - 5).is_err(), "past the end is an error");
     let refetched = src.finish().unwrap();
     assert_eq!(refetched, 100_000);
+}
+
+#[test]
+fn a_streamed_download_cut_halfway_fails_with_one_line_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("image.raw");
+    cloud_like_raw(&raw, 24 * MIB);
+    let qcow2 = dir.path().join("image.qcow2");
+    qcow2_of(&raw, &qcow2, false);
+    let body = std::fs::read(&qcow2).unwrap();
+    let half = body.len() / 2;
+    let server = RangeServer::start_cut(body, true, Some(half));
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("volume.raw");
+    let res = volcache(&["convert", &server.url(), out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&res.stderr).to_string();
+    assert!(!res.status.success());
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("download") || err.contains("short") || err.contains("bytes"), "{err}");
+    assert!(std::fs::read_dir(out_dir.path()).unwrap().next().is_none(), "nothing stays");
 }

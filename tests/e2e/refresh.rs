@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -147,27 +147,22 @@ fn a_changed_source_is_refilled_and_swapped_in_without_a_miss_window() {
     let old = core.cache.scope_entries().unwrap()[0].clone();
     assert_eq!(core.cache.refresh_image("img").unwrap(), Refreshed::Unchanged);
 
-    // A new version, bigger; creates keep running while it is refilled.
+    // A new version, bigger. Its refill is sealed slowly; creates meanwhile are served at once
+    // by the old entry (they neither miss nor wait for the refill).
     source.serve(body(2, 12), "v2");
-    let stop = Arc::new(AtomicBool::new(false));
-    let creating = {
-        let (cache, stop) = (core.cache.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut outcomes = Vec::new();
-            while !stop.load(Ordering::SeqCst) {
-                outcomes.push(cache.create_volume(&request("img", 1)).unwrap().volume.cache);
-            }
-            outcomes
-        })
+    core.faulty.slow(volcache::backend::faulty::Op::Seal, Duration::from_millis(500));
+    let refreshing = {
+        let cache = core.cache.clone();
+        std::thread::spawn(move || cache.refresh_image("img"))
     };
-    std::thread::sleep(Duration::from_millis(20));
-    let refreshed = core.cache.refresh_image("img").unwrap();
-    std::thread::sleep(Duration::from_millis(20));
-    stop.store(true, Ordering::SeqCst);
-    let outcomes = creating.join().unwrap();
-    assert!(!outcomes.is_empty());
-    assert!(outcomes.iter().all(|o| *o == Some(CacheOutcome::Hit)), "a create missed during the refresh: {outcomes:?}");
-
+    std::thread::sleep(Duration::from_millis(100));
+    for _ in 0..5 {
+        let during = core.cache.create_volume(&request("img", 1)).unwrap().volume;
+        assert_eq!((during.cache, during.cloned_from), (Some(CacheOutcome::Hit), Some(old.id)));
+    }
+    assert!(!refreshing.is_finished(), "the creates above waited for the refill");
+    let refreshed = refreshing.join().unwrap().unwrap();
+    core.faulty.heal();
     let Refreshed::Refilled(new_id) = refreshed else { panic!("not refilled: {refreshed:?}") };
     let entries = core.cache.scope_entries().unwrap();
     assert_eq!(
@@ -325,4 +320,61 @@ fn a_glance_image_is_refreshed_when_its_updated_at_changes() {
     let bytes = core.memory.read_all(&after.volume.backend_name).unwrap();
     assert_eq!(&bytes[..64 << 10], &body(2, 8)[..64 << 10]);
     assert!(core.drain().iter().any(|e| e.reason == Some(EvictReason::Refreshed)));
+}
+
+#[test]
+fn a_change_made_during_the_refill_wins_and_the_refill_leaves_nothing() {
+    use volcache::backend::faulty::Op;
+    use volcache::backend::Backend;
+
+    let source = Source::start(body(1, 8), "v1");
+    let core = Core::new(limits(0, 0));
+    register(&core, &source, Some(3600)).unwrap();
+    core.cache.create_volume(&request("img", 1)).unwrap();
+    let old = core.cache.scope_entries().unwrap()[0].id;
+    source.serve(body(2, 8), "v2");
+    // The refill's volume is sealed slowly: an operator's PATCH lands in between.
+    core.faulty.slow(Op::Seal, Duration::from_millis(400));
+    let refresh = {
+        let cache = core.cache.clone();
+        std::thread::spawn(move || cache.refresh_image("img"))
+    };
+    std::thread::sleep(Duration::from_millis(150));
+    let patched =
+        core.cache.patch_image("img", ImagePatch { name: Some("renamed".into()), ..Default::default() }).unwrap();
+    let result = refresh.join().unwrap().unwrap();
+    core.faulty.heal();
+    assert!(matches!(&result, Refreshed::Deferred(why) if why.contains("changed")), "{result:?}");
+    let image = core.cache.catalog().read(|r| r.image("img")).unwrap().unwrap();
+    assert_eq!((image.name.as_str(), image.updated_at.as_str()), ("renamed", patched.updated_at.as_str()));
+    assert_eq!(core.cache.scope_entries().unwrap().iter().map(|e| e.id).collect::<Vec<_>>(), vec![old]);
+    let cache_volumes: Vec<String> =
+        core.memory.list().unwrap().into_iter().filter(|n| n.starts_with("cache-")).collect();
+    assert_eq!(cache_volumes, vec![format!("cache-{old}")], "the dropped refill's volume is gone");
+    // The next create sees the PATCH: the old entry is stale, a miss fills the current bytes.
+    let next = core.cache.create_volume(&request("img", 1)).unwrap();
+    assert_eq!(next.volume.cache, Some(CacheOutcome::Miss));
+}
+
+#[test]
+fn a_warm_up_racing_the_images_delete_keeps_nothing() {
+    use volcache::backend::faulty::Op;
+    use volcache::backend::Backend;
+
+    let source = Source::start(body(1, 8), "v1");
+    let core = Core::new(limits(0, 0));
+    register(&core, &source, None).unwrap();
+    core.faulty.slow(Op::Seal, Duration::from_millis(400));
+    let warm = {
+        let cache = core.cache.clone();
+        std::thread::spawn(move || cache.warm("img", 1))
+    };
+    std::thread::sleep(Duration::from_millis(150));
+    core.cache.delete_image("img").unwrap();
+    let result = warm.join().unwrap();
+    core.faulty.heal();
+    assert!(matches!(result, Err(CacheError::ImageGone { .. })), "{result:?}");
+    assert!(core.cache.scope_entries().unwrap().is_empty());
+    assert!(core.memory.list().unwrap().is_empty(), "nothing left on the backend");
+    assert_eq!(core.cache.warm_counts().into_iter().find(|(k, _)| *k == "failed").unwrap().1, 1);
 }
