@@ -153,6 +153,65 @@ fn main() {
             created.push(v.id);
         }
     }
+    // 4. The miss end to end on RBD: a qcow2 over HTTP (Range support) -> a volume, volcache's
+    // fill vs Cinder's RBD pipeline (download to a file, `qemu-img convert -O raw` to a file,
+    // `rbd import`). The real Debian image when scripts/real-image.sh has built it.
+    let real = PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+        .join(".cache/volcache-bench/debian.qcow2");
+    let (qcow2, what) = if full && real.is_file() {
+        (real, "Debian 12 disk")
+    } else {
+        let raw = work.path().join(format!("img-{}m-{first_extents}.raw", first_size / MIB));
+        let q = work.path().join("miss.qcow2");
+        common::run("qemu-img", &["convert", "-f", "raw", "-O", "qcow2", raw.to_str().unwrap(), q.to_str().unwrap()]);
+        (q, "synthetic")
+    };
+    let server = common::RangeServer::start(Arc::new(std::fs::read(&qcow2).unwrap()), None);
+    let image = cache
+        .register_image(volcache::cache::images::NewImage {
+            id: Some("http".into()),
+            name: "http".into(),
+            source: server.url(),
+            disk_format: volcache::image::DiskFormat::Qcow2,
+            checksum: None,
+            refresh_interval_seconds: None,
+        })
+        .unwrap();
+    let http_req = volcache::cache::CreateVolume {
+        image_id: "http".into(),
+        size: image.virtual_size.div_ceil(GIB),
+        project_id: "bench".into(),
+        user_id: "bench".into(),
+    };
+    let (mut miss_ours, mut miss_cinder) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        drop_caches();
+        let t = Instant::now();
+        let miss = cache.create_volume(&http_req).unwrap();
+        miss_ours.push(t.elapsed());
+        assert_eq!(miss.volume.cache, Some(CacheOutcome::Miss));
+        cache.delete_volume(&miss.volume.id).unwrap();
+        for entry in catalog.read(|r| r.entries()).unwrap().into_iter().filter(|e| e.image_id == "http") {
+            cache.evict_entry(entry.id).unwrap();
+        }
+        drop_caches();
+        let (download, converted) = (work.path().join("download.qcow2"), work.path().join("converted.raw"));
+        let t = Instant::now();
+        let mut file = std::fs::File::create(&download).unwrap();
+        std::io::copy(&mut ureq::get(&server.url()).call().unwrap().into_reader(), &mut file).unwrap();
+        file.sync_all().unwrap();
+        common::run(
+            "qemu-img",
+            &["convert", "-f", "qcow2", "-O", "raw", download.to_str().unwrap(), converted.to_str().unwrap()],
+        );
+        let name = format!("{prefix}cinder-{round}");
+        rbd(&["import", "--no-progress", converted.to_str().unwrap(), &format!("rbd/{name}")]);
+        miss_cinder.push(t.elapsed());
+        rbd(&["rm", "--no-progress", &format!("rbd/{name}")]);
+        let _ = std::fs::remove_file(&download);
+        let _ = std::fs::remove_file(&converted);
+    }
+    let (miss_ours, miss_cinder) = (median(miss_ours), median(miss_cinder));
     for id in &created {
         cache.delete_volume(id).unwrap();
     }
@@ -184,6 +243,13 @@ fn main() {
         hit_median.as_secs_f64() * 1e3,
         bare_median.as_secs_f64() * 1e3,
         hit_median.as_secs_f64() / bare_median.as_secs_f64()
+    );
+    println!(
+        "the miss end to end on RBD ({what}, {:.0} MiB qcow2 over HTTP, median of {rounds}): volcache {:.2} s vs Cinder's download + convert + rbd import {:.2} s = {:.2}x",
+        std::fs::metadata(&qcow2).map(|m| m.len()).unwrap_or(0) as f64 / MIB as f64,
+        miss_ours.as_secs_f64(),
+        miss_cinder.as_secs_f64(),
+        miss_ours.as_secs_f64() / miss_cinder.as_secs_f64()
     );
     let one_miss = rows[0].2;
     println!(

@@ -2,6 +2,8 @@
 //! over a given backend, image records and medians.
 
 use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -142,5 +144,73 @@ impl Drop for Xfs {
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
+}
+
+#[allow(dead_code, reason = "not every bench uses it")]
+/// Serves one file, with Range requests, optionally paced to `rate` bytes per second.
+pub struct RangeServer {
+    addr: String,
+}
+
+#[allow(dead_code, reason = "not every bench uses it")]
+impl RangeServer {
+    pub fn start(body: Arc<Vec<u8>>, rate: Option<u64>) -> RangeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let body = body.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut line = String::new();
+                    let _ = reader.read_line(&mut line);
+                    let mut range = None;
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) <= 2 {
+                            break;
+                        }
+                        if let Some(spec) =
+                            header.strip_prefix("Range: bytes=").or(header.strip_prefix("range: bytes="))
+                        {
+                            let (a, b) = spec.trim().split_once('-').unwrap();
+                            range = Some((a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()));
+                        }
+                    }
+                    let (status, part) = match range {
+                        Some((a, b)) => ("206 Partial Content", &body[a..=b]),
+                        None => ("200 OK", &body[..]),
+                    };
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n",
+                        part.len()
+                    );
+                    if stream.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    let started = Instant::now();
+                    let mut sent = 0u64;
+                    for piece in part.chunks(256 << 10) {
+                        if stream.write_all(piece).is_err() {
+                            return;
+                        }
+                        sent += piece.len() as u64;
+                        if let Some(rate) = rate {
+                            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                                std::thread::sleep(wait);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        RangeServer { addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/image.qcow2", self.addr)
     }
 }
