@@ -461,6 +461,26 @@ impl FileSources {
     }
 }
 
+/// A Glance v2 image's metadata (`GET {endpoint}/v2/images/{id}`), and that URL.
+pub(super) fn glance_metadata(
+    endpoint: &str,
+    image_id: &str,
+    token: Option<&str>,
+    limits: &SourceLimits,
+) -> Result<(String, serde_json::Value), ImageError> {
+    let url = format!("{endpoint}/v2/images/{image_id}");
+    let mut request = agent(limits).get(&url);
+    if let Some(token) = token {
+        request = request.set("X-Auth-Token", token);
+    }
+    let response = request.call().map_err(|e| http_error(&url, e))?;
+    refuse_redirect(&url, &response)?;
+    // Metadata is small; a bound keeps a hostile endpoint from feeding us gigabytes.
+    let meta = serde_json::from_reader(response.into_reader().take(1 << 20))
+        .map_err(|e| ImageError::Download(format!("{url}: invalid image metadata: {e}")))?;
+    Ok((url, meta))
+}
+
 /// Opens `location`; for Glance, also returns the image's metadata. `token` is sent to Glance
 /// as `X-Auth-Token`.
 pub fn open(location: &Location, token: Option<&str>, limits: &SourceLimits) -> Result<(Opened, Metadata), ImageError> {
@@ -468,16 +488,7 @@ pub fn open(location: &Location, token: Option<&str>, limits: &SourceLimits) -> 
         Location::File(path) => Ok((Opened::File(open_regular(path)?), Metadata::default())),
         Location::Url(url) => Ok((stream(url, None, limits)?, Metadata::default())),
         Location::Glance { endpoint, image_id } => {
-            let url = format!("{endpoint}/v2/images/{image_id}");
-            let mut request = agent(limits).get(&url);
-            if let Some(token) = token {
-                request = request.set("X-Auth-Token", token);
-            }
-            let response = request.call().map_err(|e| http_error(&url, e))?;
-            refuse_redirect(&url, &response)?;
-            // Metadata is small; a bound keeps a hostile endpoint from feeding us gigabytes.
-            let meta: serde_json::Value = serde_json::from_reader(response.into_reader().take(1 << 20))
-                .map_err(|e| ImageError::Download(format!("{url}: invalid image metadata: {e}")))?;
+            let (url, meta) = glance_metadata(endpoint, image_id, token, limits)?;
             let field = |name: &str| meta.get(name).and_then(|v| v.as_str()).filter(|s| !s.is_empty());
             match field("status") {
                 Some("active") | None => {}

@@ -8,9 +8,7 @@
 //! Two versions are only compared for equality; their text is for logs.
 #![forbid(unsafe_code)]
 
-use std::io::Read;
-
-use super::source::{agent, http_error, open_regular, refuse_redirect, Location, SourceLimits};
+use super::source::{agent, glance_metadata, http_error, open_regular, refuse_redirect, Location, SourceLimits};
 use super::ImageError;
 
 /// The version the source holds now.
@@ -47,15 +45,7 @@ pub fn version(location: &Location, token: Option<&str>, limits: &SourceLimits) 
             )))
         }
         Location::Glance { endpoint, image_id } => {
-            let url = format!("{endpoint}/v2/images/{image_id}");
-            let mut request = agent(limits).get(&url);
-            if let Some(token) = token {
-                request = request.set("X-Auth-Token", token);
-            }
-            let response = request.call().map_err(|e| http_error(&url, e))?;
-            refuse_redirect(&url, &response)?;
-            let meta: serde_json::Value = serde_json::from_reader(response.into_reader().take(1 << 20))
-                .map_err(|e| ImageError::Download(format!("{url}: invalid image metadata: {e}")))?;
+            let (url, meta) = glance_metadata(endpoint, image_id, token, limits)?;
             let field = |name: &str| meta.get(name).and_then(|v| v.as_str()).unwrap_or("").to_string();
             if field("updated_at").is_empty() && field("checksum").is_empty() && field("os_hash_value").is_empty() {
                 return Err(ImageError::Download(format!("{url}: the metadata has no updated_at or checksum")));

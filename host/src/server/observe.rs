@@ -171,57 +171,34 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         fills.sum_seconds
     );
 
-    let failures: Vec<(String, f64)> = state
-        .cache
-        .fill_failures()
-        .into_iter()
-        .map(|(reason, n)| (format!("{{reason=\"{reason}\"}}"), n as f64))
-        .collect();
-    metric(
-        &mut out,
-        "volcache_cache_fill_failures_total",
-        "counter",
-        "Cache fills that failed since start, by reason: source (the image), no_space, unavailable (backend or catalog), image_gone.",
-        &failures,
-    );
-
-    let warms: Vec<(String, f64)> = state
-        .cache
-        .warm_counts()
-        .into_iter()
-        .map(|(result, n)| (format!("{{result=\"{result}\"}}"), n as f64))
-        .collect();
-    metric(
-        &mut out,
-        "volcache_cache_warmups_total",
-        "counter",
-        "Warm-ups (POST /v1/cache/warm) since start, by result: filled, already_cached, refused, failed.",
-        &warms,
-    );
-
-    let modes: Vec<(String, f64)> =
-        state.cache.clone_modes().into_iter().map(|(mode, n)| (format!("{{mode=\"{mode}\"}}"), n as f64)).collect();
-    metric(
-        &mut out,
-        "volcache_clones_total",
-        "counter",
-        "Volumes cloned from cache entries since start, by clone mode: reflink, sparse-copy (no reflink on this file system), snapshot-clone (RBD).",
-        &modes,
-    );
-
-    let refreshes: Vec<(String, f64)> = state
-        .cache
-        .refresh_counts()
-        .into_iter()
-        .map(|(result, n)| (format!("{{result=\"{result}\"}}"), n as f64))
-        .collect();
-    metric(
-        &mut out,
-        "volcache_image_refreshes_total",
-        "counter",
-        "Checks of images with a refresh interval since start, by result: unchanged, updated (no entry to refill), refilled, deferred, failed.",
-        &refreshes,
-    );
+    // Counters since start by one label, every value present (zeros included).
+    let by = |label: &str, counts: Vec<(&'static str, u64)>| -> Vec<(String, f64)> {
+        counts.into_iter().map(|(value, n)| (format!("{{{label}=\"{value}\"}}"), n as f64)).collect()
+    };
+    for (name, help, samples) in [
+        (
+            "volcache_cache_fill_failures_total",
+            "Cache fills that failed since start, by reason: source (the image), no_space, unavailable (backend or catalog), image_gone.",
+            by("reason", state.cache.fill_failures()),
+        ),
+        (
+            "volcache_cache_warmups_total",
+            "Warm-ups (POST /v1/cache/warm) since start, by result: filled, already_cached, refused, failed.",
+            by("result", state.cache.warm_counts()),
+        ),
+        (
+            "volcache_clones_total",
+            "Volumes cloned from cache entries since start, by clone mode: reflink, sparse-copy (no reflink on this file system), snapshot-clone (RBD).",
+            by("mode", state.cache.clone_modes()),
+        ),
+        (
+            "volcache_image_refreshes_total",
+            "Checks of images with a refresh interval since start, by result: unchanged, updated (no entry to refill), refilled, deferred, failed.",
+            by("result", state.cache.refresh_counts()),
+        ),
+    ] {
+        metric(&mut out, name, "counter", help, &samples);
+    }
 
     let slots = state.policies().status();
     let by_slot = |f: &dyn Fn(&crate::policy::SlotStatus) -> f64| -> Vec<(String, f64)> {
