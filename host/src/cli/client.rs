@@ -14,6 +14,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use super::progress;
+use super::table::{details, show};
 
 /// Where the daemon is and how to talk to it.
 #[derive(Debug, Args)]
@@ -273,67 +274,6 @@ pub(super) fn get_text(conn: &Connection, path: &str) -> anyhow::Result<String> 
         Ok(r) => r.into_string().with_context(|| format!("reading the answer of {url}")),
         Err(e) => Client::answer(&url, Err(e)).map(|_| String::new()),
     }
-}
-
-/// One value as a person reads it: sizes in GiB (`size`) or in binary units (`*_bytes`,
-/// `virtual_size`); `--json` keeps the numbers.
-fn cell(field: &str, value: &Value) -> String {
-    match value {
-        Value::Number(n) if field == "size" || field.ends_with("_gigabytes") => format!("{n} GiB"),
-        Value::Number(n) if field.ends_with("_bytes") || field == "virtual_size" => {
-            n.as_u64().map_or_else(|| n.to_string(), progress::human)
-        }
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
-}
-
-/// One object as `field  value` lines, fields without a value left out.
-fn details(conn: &Connection, value: &Value, fields: &[&str]) -> anyhow::Result<ExitCode> {
-    if conn.json {
-        println!("{}", serde_json::to_string_pretty(value)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let width = fields.iter().map(|f| f.len()).max().unwrap_or(0);
-    for field in fields {
-        if !value[*field].is_null() {
-            println!("{field:<width$}  {}", cell(field, &value[*field]));
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Prints rows of `fields` from a JSON array as an aligned table.
-fn table(items: &Value, fields: &[&str]) {
-    let rows: Vec<Vec<String>> = items
-        .as_array()
-        .map(|a| a.iter().map(|item| fields.iter().map(|f| cell(f, &item[*f])).collect()).collect())
-        .unwrap_or_default();
-    let widths: Vec<usize> = fields
-        .iter()
-        .enumerate()
-        .map(|(i, f)| rows.iter().map(|r| r[i].len()).chain([f.len()]).max().unwrap_or(0))
-        .collect();
-    let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(fields.iter().map(|f| f.to_uppercase()).collect());
-    for row in rows {
-        line(row);
-    }
-}
-
-fn show(conn: &Connection, value: &Value, fields: &[&str]) -> anyhow::Result<ExitCode> {
-    if conn.json {
-        println!("{}", serde_json::to_string_pretty(value)?);
-    } else if value.is_array() {
-        table(value, fields);
-    } else if !value.is_null() {
-        table(&json!([value]), fields);
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 const IMAGE_FIELDS: &[&str] = &["id", "name", "disk_format", "virtual_size", "updated_at", "source"];

@@ -6,6 +6,7 @@ mod lab;
 mod plugin;
 mod progress;
 mod scaffold;
+mod table;
 
 pub use plugin::{CheckArgs, PluginCommand};
 
