@@ -199,7 +199,35 @@ fn a_full_state_directory_is_not_sticky() {
     }
     let err = failed.expect("a create fails once the state directory is full");
     assert_eq!(err.class(), FailureClass::NoSpace, "{err}");
+    // Health tells the truth over HTTP: 503 with the reason while full, 200 after.
+    let cache = Arc::new(cache);
+    let (status, body) = health(&cache, &fs.mnt);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "unhealthy");
+    assert!(body["catalog"].as_str().is_some_and(|c| c.contains("free")), "{body}");
     std::fs::remove_file(&filler).unwrap();
     assert_eq!(cache.catalog().health(), None, "healthy again once the catalog can write");
+    let (status, body) = health(&cache, &fs.mnt);
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")), "{body}");
     cache.create_volume(&request("img", 1)).expect("creates work again without a restart");
+}
+
+/// `GET /healthz` through the HTTP layer (no socket).
+fn health(cache: &Arc<CacheService>, dir: &Path) -> (u16, serde_json::Value) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let state = volcache::server::AppState::new(
+        cache.clone(),
+        TOKEN,
+        dir.join("plugins"),
+        volcache::config::ApiOptions::default(),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let request = axum::http::Request::builder().uri("/healthz").body(axum::body::Body::empty()).unwrap();
+        let response = volcache::server::app(state).oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    })
 }
