@@ -228,3 +228,35 @@ fn a_streamed_download_cut_halfway_fails_with_one_line_and_leaves_nothing() {
     assert!(err.contains("download") || err.contains("short") || err.contains("bytes"), "{err}");
     assert!(std::fs::read_dir(out_dir.path()).unwrap().next().is_none(), "nothing stays");
 }
+
+#[test]
+fn a_failed_conversion_does_not_wait_for_a_stalled_download() {
+    use volcache::image::source::{Checker, Expected, Ranged};
+    use volcache::image::stream_at::StreamAt;
+
+    // A server that answers the headers and then sends nothing, ever.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _holder = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n");
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    });
+    let response = ureq::get(&format!("http://{addr}/")).call().unwrap();
+    let ranged = Ranged { url: format!("http://{addr}/"), token: None, limits: Default::default() };
+    let src = StreamAt::start(
+        vec![1u8; 4096],
+        Box::new(response.into_reader()),
+        1_000_000,
+        Checker::new(Expected::default()),
+        ranged,
+    );
+    // The converter gives up (as on a corrupt table): dropping the reader must return, not
+    // wait for the stalled body.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(src);
+        let _ = tx.send(());
+    });
+    assert!(rx.recv_timeout(std::time::Duration::from_secs(30)).is_ok(), "dropping the reader hung on the download");
+}

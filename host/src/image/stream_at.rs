@@ -158,11 +158,12 @@ impl std::fmt::Debug for StreamAt {
 
 impl Drop for StreamAt {
     fn drop(&mut self) {
-        // A conversion that failed stops the download; one that finished has joined it.
-        if let Some(handle) = self.download.take() {
+        // A conversion that failed stops the download. It is not waited for: a stalled source
+        // would hold the failed fill until its idle timeout; the thread ends by itself after
+        // its current read (`closed` is checked before each chunk is kept).
+        if self.download.take().is_some() {
             self.shared.lock().closed = true;
             self.shared.changed.notify_all();
-            let _ = handle.join();
         }
     }
 }
