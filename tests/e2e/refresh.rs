@@ -378,3 +378,25 @@ fn a_warm_up_racing_the_images_delete_keeps_nothing() {
     assert!(core.memory.list().unwrap().is_empty(), "nothing left on the backend");
     assert_eq!(core.cache.warm_counts().into_iter().find(|(k, _)| *k == "failed").unwrap().1, 1);
 }
+
+#[test]
+fn a_warm_up_during_another_fill_of_the_image_ends_at_once_as_joined() {
+    use volcache::backend::faulty::Op;
+    use volcache::cache::warm::Warmed;
+
+    let source = Source::start(body(1, 8), "v1");
+    let core = Core::new(limits(0, 0));
+    register(&core, &source, None).unwrap();
+    core.faulty.slow(Op::Seal, Duration::from_millis(500));
+    let creating = {
+        let cache = core.cache.clone();
+        std::thread::spawn(move || cache.create_volume(&request("img", 1)))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(core.cache.warm("img", 7).unwrap(), Warmed::Joined);
+    assert!(!creating.is_finished(), "the warm-up waited for the create's fill");
+    assert_eq!(creating.join().unwrap().unwrap().volume.cache, Some(CacheOutcome::Miss));
+    core.faulty.heal();
+    assert_eq!(core.cache.stats().unwrap().fills, 1);
+    assert_eq!(core.cache.warm_counts().into_iter().find(|(k, _)| *k == "joined").unwrap().1, 1);
+}

@@ -1,18 +1,18 @@
 //! Warm-up: fill an image's cache entry ahead of the first create, without a user volume.
 //!
 //! A warm-up is a fill like a miss's, in the same single flight (a create of the same image
-//! at the same time waits for it, or it waits for the create's fill), under the same policies:
+//! at the same time waits for it; a warm-up that finds a fill of the image running ends at
+//! once as `joined`, holding no thread while it runs), under the same policies:
 //! admission, capacity and eviction decide, and a refusal says why. It counts as a fill, not
 //! as a miss (no one asked for a volume). Its progress and its end are events
 //! (`image_volume_cache.progress`, `image_volume_cache.warm`).
 #![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use super::events::{self, WarmResult};
 use super::fill::FillOutcome;
-use super::flight::{Cancel, Filled, Role, WaitError};
+use super::flight::{Filled, Role};
 use super::{CacheError, CacheEvent, CacheService, EvictReason};
 
 /// How a warm-up ended.
@@ -24,6 +24,9 @@ pub enum Warmed {
     AlreadyCached(u64),
     /// The policies or the internal tenant's quota said no, and why.
     Refused(String),
+    /// Another request (a create that missed, another warm-up, a refresh) is filling the image
+    /// right now; this warm-up adds nothing and does not wait for it.
+    Joined,
 }
 
 /// Warm-ups since start, by how they ended.
@@ -33,6 +36,7 @@ pub struct WarmCounts {
     pub last_id: AtomicU64,
     pub filled: AtomicU64,
     pub already_cached: AtomicU64,
+    pub joined: AtomicU64,
     pub refused: AtomicU64,
     pub failed: AtomicU64,
 }
@@ -43,6 +47,7 @@ impl WarmCounts {
         [
             ("filled", &self.filled),
             ("already_cached", &self.already_cached),
+            ("joined", &self.joined),
             ("refused", &self.refused),
             ("failed", &self.failed),
         ]
@@ -78,6 +83,12 @@ impl CacheService {
             Ok(Warmed::Filled(id)) => (&counts.filled, "filled", Some(*id), None),
             Ok(Warmed::AlreadyCached(id)) => (&counts.already_cached, "already-cached", Some(*id), None),
             Ok(Warmed::Refused(why)) => (&counts.refused, "refused", None, Some(why.clone())),
+            Ok(Warmed::Joined) => (
+                &counts.joined,
+                "joined",
+                None,
+                Some("another request is filling this image now; its entry appears when that fill ends".into()),
+            ),
             Err(e) => (&counts.failed, "failed", None, Some(e.failure().message)),
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -101,64 +112,43 @@ impl CacheService {
         self.finish_deferred_removals();
         let scope = self.config.scope().to_string();
         let key = format!("{scope}\0{image_id}");
-        // A lost race (the flight's leader vanished, its entry evicted at once) is tried again.
-        for _ in 0..4 {
-            let image = self
-                .catalog
-                .read(|r| r.image(image_id))?
-                .ok_or_else(|| CacheError::ImageNotFound(image_id.to_string()))?;
-            let fresh = |entry: &crate::catalog::EntryRecord| entry.image_updated_at == image.updated_at;
-            if let Some(entry) = self.catalog.read(|r| r.entry_for(&scope, image_id))?.filter(fresh) {
+        let image =
+            self.catalog.read(|r| r.image(image_id))?.ok_or_else(|| CacheError::ImageNotFound(image_id.to_string()))?;
+        let fresh = |entry: &crate::catalog::EntryRecord| entry.image_updated_at == image.updated_at;
+        if let Some(entry) = self.catalog.read(|r| r.entry_for(&scope, image_id))?.filter(fresh) {
+            return Ok(Warmed::AlreadyCached(entry.id));
+        }
+        let leader = match self.flights.join(&key) {
+            Role::Leader(leader) => leader,
+            // Someone is filling it already: nothing to add, and nothing to wait for (a warm-up
+            // holds no thread while another request's fill runs; its progress is on the stream).
+            Role::Follower(_) => return Ok(Warmed::Joined),
+        };
+        // Inside the flight: another fill may have just finished, or the entry is stale.
+        if let Some(entry) = self.catalog.read(|r| r.entry_for(&scope, image_id))? {
+            if fresh(&entry) {
+                leader.publish(Filled::Entry(entry.id));
                 return Ok(Warmed::AlreadyCached(entry.id));
             }
-            match self.flights.join(&key) {
-                Role::Leader(leader) => {
-                    // Inside the flight: another fill may have just finished, or the entry is stale.
-                    if let Some(entry) = self.catalog.read(|r| r.entry_for(&scope, image_id))? {
-                        if fresh(&entry) {
-                            leader.publish(Filled::Entry(entry.id));
-                            return Ok(Warmed::AlreadyCached(entry.id));
-                        }
-                        self.evict(&entry, EvictReason::Stale)?;
-                    }
-                    return match self.fill(&image) {
-                        Ok(FillOutcome::Filled(entry, lease)) => {
-                            leader.publish(Filled::Entry(entry.id));
-                            drop(lease);
-                            self.finish_deferred_removals();
-                            Ok(Warmed::Filled(entry.id))
-                        }
-                        Ok(FillOutcome::Skipped(reason)) => {
-                            leader.publish(Filled::NotCached(reason.clone()));
-                            Ok(Warmed::Refused(reason))
-                        }
-                        Err(e) => {
-                            tracing::warn!(image_id, error = %e, "warm-up fill failed; nothing was evicted");
-                            self.fill_failures.record(e.class());
-                            leader.publish(Filled::Failed(e.failure()));
-                            Err(e)
-                        }
-                    };
-                }
-                Role::Follower(flight) => {
-                    let deadline = Instant::now() + self.config.fill_wait;
-                    match flight.wait(deadline, &Cancel::new()) {
-                        Ok(Filled::Entry(id)) => return Ok(Warmed::AlreadyCached(id)),
-                        Ok(Filled::NotCached(reason)) => return Ok(Warmed::Refused(reason)),
-                        Ok(Filled::Failed(failure)) => {
-                            return Err(CacheError::FillFailed { image_id: image_id.to_string(), failure })
-                        }
-                        Ok(Filled::Abandoned) => {}
-                        Err(WaitError::Cancelled | WaitError::TimedOut) => {
-                            return Err(CacheError::WaitTimedOut {
-                                image_id: image_id.to_string(),
-                                waited_s: self.config.fill_wait.as_secs(),
-                            })
-                        }
-                    }
-                }
+            self.evict(&entry, EvictReason::Stale)?;
+        }
+        match self.fill(&image) {
+            Ok(FillOutcome::Filled(entry, lease)) => {
+                leader.publish(Filled::Entry(entry.id));
+                drop(lease);
+                self.finish_deferred_removals();
+                Ok(Warmed::Filled(entry.id))
+            }
+            Ok(FillOutcome::Skipped(reason)) => {
+                leader.publish(Filled::NotCached(reason.clone()));
+                Ok(Warmed::Refused(reason))
+            }
+            Err(e) => {
+                tracing::warn!(image_id, error = %e, "warm-up fill failed; nothing was evicted");
+                self.fill_failures.record(e.class());
+                leader.publish(Filled::Failed(e.failure()));
+                Err(e)
             }
         }
-        Err(CacheError::Conflict("the image's cache entry kept going away during the warm-up; retry".into()))
     }
 }

@@ -413,6 +413,12 @@ fn warm(conn: &Connection, c: &Client, image: &str, no_wait: bool) -> anyhow::Re
             }
             Ok(ExitCode::SUCCESS)
         }
+        "joined" => {
+            if !conn.json {
+                println!("image {image} is being filled by another request: {detail}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         "refused" => bail!("image {image} was not cached: {detail}"),
         _ => bail!("warming image {image} failed: {detail}"),
     }

@@ -183,7 +183,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         ),
         (
             "volcache_cache_warmups_total",
-            "Warm-ups (POST /v1/cache/warm) since start, by result: filled, already_cached, refused, failed.",
+            "Warm-ups (POST /v1/cache/warm) since start, by result: filled, already_cached, joined (a fill of the image was running), refused, failed.",
             by("result", state.cache.warm_counts()),
         ),
         (
