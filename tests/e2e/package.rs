@@ -251,3 +251,38 @@ fn syscall_group(group: &str) -> std::collections::BTreeSet<String> {
 fn nix_is_root() -> bool {
     run(Command::new("id").arg("-u")).trim() == "0"
 }
+
+#[test]
+fn make_install_fills_in_the_paths_and_keeps_an_edited_configuration() {
+    let dest = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let plugins = std::env::var("VOLCACHE_PLUGIN_DIR").expect("VOLCACHE_PLUGIN_DIR (make test sets it)");
+    let install = || {
+        run(Command::new(repo.join("scripts/install.sh"))
+            .arg(env!("CARGO_BIN_EXE_volcache"))
+            .arg(&plugins)
+            .env("DESTDIR", dest.path())
+            .env("PREFIX", "/opt/vc")
+            .env("STATEDIR", "/srv/vc-state"))
+    };
+    install();
+    let root = dest.path();
+    assert!(root.join("opt/vc/bin/volcache").is_file());
+    assert!(root.join("opt/vc/lib/volcache/plugins/lru.wasm").is_file());
+    let unit = std::fs::read_to_string(root.join("opt/vc/lib/systemd/system/volcache.service")).unwrap();
+    assert_eq!(unit_value(&unit, "ExecStart"), "/opt/vc/bin/volcache serve --config /etc/volcache/volcache.toml");
+    assert_eq!(unit_value(&unit, "ReadWritePaths"), "/srv/vc-state");
+    let conf_path = root.join("etc/volcache/volcache.toml");
+    let conf = std::fs::read_to_string(&conf_path).unwrap();
+    assert!(!conf.contains('@'), "a placeholder was left: {conf}");
+    assert!(conf.contains("plugin_dirs = [\"/opt/vc/lib/volcache/plugins\"]") && conf.contains("/srv/vc-state"));
+    // The configuration parses (paths that do not exist here aside).
+    let parsed: toml::Value = toml::from_str(&conf).unwrap();
+    assert_eq!(parsed["backend"]["kind"].as_str(), Some("file"));
+
+    // An operator's edit survives a reinstall; the new default goes beside it.
+    std::fs::write(&conf_path, format!("{conf}\n# edited\n")).unwrap();
+    install();
+    assert!(std::fs::read_to_string(&conf_path).unwrap().ends_with("# edited\n"));
+    assert_eq!(std::fs::read_to_string(root.join("etc/volcache/volcache.toml.new")).unwrap(), conf);
+}

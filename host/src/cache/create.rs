@@ -21,7 +21,7 @@ use crate::fault;
 use crate::image::convert::write_image;
 use crate::image::source::Location;
 use crate::policy::PolicyEvent;
-use crate::sparse::Target;
+use crate::sparse::{BlockDevice, Target};
 
 /// Lookups a request makes before it gives up on the cache and writes directly.
 const ATTEMPTS: usize = 4;

@@ -23,13 +23,6 @@ impl<D: std::ops::Deref<Target = dyn BlockDevice>> CountingDevice<D> {
     }
 }
 
-impl<D: std::ops::Deref<Target = dyn BlockDevice>> CountingDevice<D> {
-    /// Makes everything written so far durable.
-    pub fn sync_all(&self) -> io::Result<()> {
-        self.inner.sync_all()
-    }
-}
-
 impl<D: std::ops::Deref<Target = dyn BlockDevice> + Send + Sync + std::fmt::Debug> BlockDevice for CountingDevice<D> {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.inner.write_all_at(buf, offset)?;
