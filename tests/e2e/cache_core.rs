@@ -371,6 +371,60 @@ fn a_delete_during_the_fill_leaves_no_entry() {
     assert!(c.memory.list().unwrap().is_empty(), "its cache volume was removed");
 }
 
+/// Seen by `concurrent_model` (seed 521456468): an image deleted and registered again within
+/// one millisecond got the old version's `updated_at`, so a fill of the old version committed
+/// after the registration was served as a hit of the new one.
+#[test]
+fn an_image_registered_again_never_gets_its_old_versions_stamp() {
+    let c = Arc::new(Core::new(limits(0, 0)));
+    let mut seen = std::collections::HashSet::new();
+    for v in 0..200 {
+        let path = c.image_file("again", v, 1).display().to_string();
+        let image = c
+            .cache
+            .register_image(NewImage {
+                id: Some("again".into()),
+                name: "again".into(),
+                source: path,
+                disk_format: DiskFormat::Raw,
+                checksum: None,
+                refresh_interval_seconds: None,
+            })
+            .unwrap();
+        assert!(seen.insert(image.updated_at.clone()), "version {v} reused the stamp {}", image.updated_at);
+        let changed = c.cache.patch_image("again", ImagePatch { name: Some("x".into()), ..Default::default() });
+        assert!(seen.insert(changed.unwrap().updated_at), "a change reused a stamp");
+        c.cache.delete_image("again").unwrap();
+    }
+
+    // The whole story: a fill of v0 outlives the image, which comes back as v1 meanwhile.
+    c.register("story", 1);
+    c.faulty.slow(Op::Seal, Duration::from_millis(300));
+    let create = {
+        let c = c.clone();
+        std::thread::spawn(move || c.create("story", 1))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    c.cache.delete_image("story").unwrap();
+    let path = c.image_file("story", 1, 1).display().to_string();
+    let new = NewImage {
+        id: Some("story".into()),
+        name: "story".into(),
+        source: path,
+        disk_format: DiskFormat::Raw,
+        checksum: None,
+        refresh_interval_seconds: None,
+    };
+    c.cache.register_image(new).unwrap();
+    // The old create holds v0 (current when it began) or failed; the next one holds v1.
+    if let Ok(old) = create.join().unwrap() {
+        assert_eq!(c.head(&old.volume.backend_name), crate::cache_core::pattern("story", 0));
+    }
+    c.faulty.heal();
+    let next = c.create("story", 1).unwrap();
+    assert_eq!(c.head(&next.volume.backend_name), crate::cache_core::pattern("story", 1), "served the old version");
+}
+
 #[test]
 fn followers_get_the_class_of_the_leaders_failure_without_its_internals() {
     let c = Arc::new(Core::new(limits(0, 0)));

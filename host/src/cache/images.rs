@@ -4,7 +4,7 @@
 //! and a change racing a delete cannot bring the image back.
 #![forbid(unsafe_code)]
 
-use super::{timestamp, CacheError, CacheService};
+use super::{CacheError, CacheService};
 use crate::catalog::ImageRecord;
 use crate::image::convert::probe;
 use crate::image::source::Location;
@@ -91,7 +91,7 @@ impl CacheService {
             Some(_) => Some(self.source_version(&id, &new.source)?),
             None => None,
         };
-        let stamp = timestamp();
+        let stamp = version_stamp(None);
         let image = ImageRecord {
             id,
             name: new.name,
@@ -171,7 +171,7 @@ impl CacheService {
                 image.source_version = version.clone();
             }
             if changes_image {
-                image.updated_at = later_than(&image.updated_at);
+                image.updated_at = version_stamp(Some(&image.updated_at));
             }
             w.put_image(&image)?;
             Ok(Some(image))
@@ -184,15 +184,42 @@ impl CacheService {
     }
 }
 
-/// A timestamp that differs from `previous` even within one millisecond, so that every change
-/// makes the image's entries stale.
-pub(super) fn later_than(previous: &str) -> String {
-    let now = timestamp();
-    if now.as_str() > previous {
-        return now;
+/// The `updated_at` of a new image version: RFC 3339 with milliseconds, strictly later than every
+/// version stamp this process made before and than `previous` (the record's last one, which may
+/// come from before a restart or a clock step back). Entries are matched to their image by this
+/// stamp, so two versions must never share one: an image deleted and registered again within one
+/// millisecond would otherwise let a fill of the old version, committed after the registration,
+/// serve the old bytes as the new image.
+pub(super) fn version_stamp(previous: Option<&str>) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, UNIX_EPOCH};
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    let floor = previous
+        .and_then(|p| humantime::parse_rfc3339(p).ok())
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64 + 1);
+    let mut last = LAST_MS.load(Ordering::SeqCst);
+    loop {
+        let ms = super::now_ms().max(last + 1).max(floor);
+        match LAST_MS.compare_exchange_weak(last, ms, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string(),
+            Err(now) => last = now,
+        }
     }
-    // Same millisecond (or a clock step back): one millisecond after the previous stamp.
-    humantime::parse_rfc3339(previous)
-        .map(|t| humantime::format_rfc3339_millis(t + std::time::Duration::from_millis(1)).to_string())
-        .unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::version_stamp;
+
+    #[test]
+    fn version_stamps_never_repeat_and_follow_the_previous_one() {
+        let stamps: Vec<String> = (0..2000).map(|_| version_stamp(None)).collect();
+        assert!(stamps.windows(2).all(|w| w[0] < w[1]), "stamps must increase strictly");
+        // A previous stamp ahead of the clock (written before a clock step back) is passed.
+        let ahead_ms = super::super::now_ms() + 50;
+        let ahead = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ahead_ms);
+        let ahead = humantime::format_rfc3339_millis(ahead).to_string();
+        assert!(version_stamp(Some(&ahead)) > ahead);
+    }
 }

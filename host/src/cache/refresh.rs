@@ -142,7 +142,7 @@ impl CacheService {
         let new = ImageRecord {
             virtual_size,
             source_version: Some(version),
-            updated_at: super::images::later_than(&image.updated_at),
+            updated_at: super::images::version_stamp(Some(&image.updated_at)),
             ..image.clone()
         };
         let scope = self.config.scope().to_string();
