@@ -178,3 +178,37 @@ fn version_names_the_backends_and_the_policy_wit() {
     let rbd = if cfg!(feature = "rbd") { "rbd (librbd)" } else { "built without rbd" };
     assert!(text.contains(rbd), "{text}");
 }
+
+/// The stateless built-ins allocate from a per-call arena (`policy-arena`) that starts over when
+/// nothing is live: if a call left one block behind, every later call's columns would pile up
+/// (~100 KiB a call here) until the 64 MiB cap trapped the instance, and the host fell back.
+#[test]
+fn arena_plugins_answer_thousands_of_calls_without_growing() {
+    use volcache::policy::{
+        Candidate, CinderLimits, DecidedBy, Entry, Need, PolicySet, PolicySource, PolicySpec, SizeBasis, Slot, View,
+    };
+    let set = PolicySet::new(
+        crate::fixtures::engine(),
+        CinderLimits { max_size_gb: 100, max_count: 0, ..Default::default() },
+    );
+    for (name, slot) in [("lru", Slot::Eviction), ("quota", Slot::Capacity), ("max-size", Slot::Admission)] {
+        set.swap(slot, PolicySpec { source: PolicySource::File(plugin(name)), params: vec![] }).unwrap();
+    }
+    let entries: Vec<Entry> = (1..=2000)
+        .map(|id| Entry { id, size_gib: 1 + id % 7, last_used_ms: id * 7919 % 10_007, ..Entry::default() })
+        .collect();
+    let view = View::new(entries, 1_000_000);
+    let candidate =
+        Candidate { image_id: "i".into(), size_gib: 3, virtual_size_bytes: 3 << 30, allocated_bytes: 1 << 30 };
+    let need = Need { amount: 50, basis: SizeBasis::Provisioned, entries: 0 };
+    for _ in 0..1500 {
+        assert!(set.admit(&candidate, &view).value.is_ok());
+        assert_eq!(set.shortfall(&candidate, &view).by, DecidedBy::Plugin);
+        let victims = set.victims(need, &view);
+        assert_eq!(victims.by, DecidedBy::Plugin);
+        assert!(!victims.value.unwrap().is_empty());
+    }
+    for status in set.status() {
+        assert_eq!((status.stats.failures, status.stats.fallbacks), (0, 0), "{:?}", status.slot);
+    }
+}

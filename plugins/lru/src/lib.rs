@@ -48,9 +48,10 @@ impl eviction::Guest for Lru {
 export!(Lru);
 
 // A no_std component needs an allocator and a panic handler; a panic becomes a wasm trap, which
-// the host contains and answers with its built-in policy.
+// the host contains and answers with its built-in policy. LRU keeps nothing between calls, so a
+// per-call arena serves it (a pointer bump instead of dlmalloc's bookkeeping).
 #[global_allocator]
-static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+static ALLOC: volcache_plugin_arena::CallArena = volcache_plugin_arena::CallArena::new();
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {

@@ -50,7 +50,7 @@ impl admission::Guest for MaxSize {
 export!(MaxSize);
 
 #[global_allocator]
-static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+static ALLOC: volcache_plugin_arena::CallArena = volcache_plugin_arena::CallArena::new();
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {

@@ -58,7 +58,7 @@ impl capacity::Guest for Quota {
 export!(Quota);
 
 #[global_allocator]
-static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+static ALLOC: volcache_plugin_arena::CallArena = volcache_plugin_arena::CallArena::new();
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {
