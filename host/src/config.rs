@@ -169,6 +169,8 @@ pub struct RawPolicy {
     /// Largest plugin component accepted, from a file or an upload (default 64).
     pub max_plugin_mib: Option<u64>,
     pub call_deadline_ms: Option<u64>,
+    /// How often the eviction policy is asked which entries expire (default 60; 0: never).
+    pub expire_interval_seconds: Option<u64>,
     #[serde(default)]
     pub slots: BTreeMap<String, RawSlot>,
 }
@@ -232,6 +234,9 @@ pub struct Config {
     pub plugin_sources: FileSources,
     /// Most bytes of workload trace kept under `<state>/trace`; 0 records none.
     pub trace_max_bytes: u64,
+    /// How often the eviction policy's expiry rule runs (`policy.expire_interval_seconds`);
+    /// zero: never.
+    pub expire_interval: std::time::Duration,
 }
 
 impl Config {
@@ -493,6 +498,11 @@ impl RawConfig {
             },
         };
         let shutdown_grace = std::time::Duration::from_secs(self.shutdown_grace_seconds.unwrap_or(10));
+        let expire_interval = match self.policy.expire_interval_seconds {
+            None => std::time::Duration::from_secs(60),
+            Some(s) if s <= 86_400 => std::time::Duration::from_secs(s),
+            Some(_) => return Err(invalid("policy.expire_interval_seconds", "must be between 0 and 86400")),
+        };
         Ok(Config {
             listen,
             api,
@@ -510,6 +520,7 @@ impl RawConfig {
                 Some(_) => return Err(invalid("trace.max_mib", "must be between 0 and 4096")),
             },
             plugin_sources,
+            expire_interval,
         })
     }
 }

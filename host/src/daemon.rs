@@ -174,6 +174,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(?reconciled, "start-up reconciliation done");
     // Images with a refresh interval are checked at their source (each at its own interval).
     cache.spawn_refresher(std::time::Duration::from_secs(1));
+    // Entries the eviction policy lets go without pressure (a plugin exporting `expiry`).
+    cache.spawn_expirer(config.expire_interval);
     let state = AppState::new(cache, &token, plugin_dir, config.api).with_plugin_sources(config.plugin_sources.clone());
     if !config.listen.ip().is_loopback() {
         tracing::warn!(

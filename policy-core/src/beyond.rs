@@ -9,7 +9,8 @@
 //! - [`SecondHit`] (admission): an image is cached only when it is requested again within a
 //!   window; a one-off request (a scan) never displaces anything.
 //! - [`ttl_victims`] (eviction): entries unused for longer than a TTL go first, oldest first;
-//!   then least recently used, as Cinder does.
+//!   then least recently used, as Cinder does. [`ttl_expired`] names the expired ones for the
+//!   periodic `expiry` call (WIT 0.1.1), so they go even without pressure.
 //! - [`Sieve`] (eviction): SIEVE. Entries in fill order; a hand sweeps from the oldest towards
 //!   the newest, sparing (and unmarking) entries used since it last passed, evicting the first
 //!   unmarked one. One-off fills are evicted at their first sweep, so a scan does not flush the
@@ -156,6 +157,20 @@ pub fn ttl_victims<E: Entries + ?Sized>(need: Need, entries: &E, now_ms: u64, tt
     victims
 }
 
+/// Entries unused for more than `ttl_ms` at `now_ms`, pinned ones never, longest unused first
+/// (ties by id): what a TTL policy lets go without pressure. A TTL of 0 expires nothing.
+pub fn ttl_expired<E: Entries + ?Sized>(entries: &E, now_ms: u64, ttl_ms: u64) -> Vec<u64> {
+    if ttl_ms == 0 {
+        return Vec::new();
+    }
+    let mut old: Vec<(u64, u64)> = (0..entries.len())
+        .filter(|&row| !entries.pinned(row) && now_ms.saturating_sub(entries.last_used_ms(row)) > ttl_ms)
+        .map(|row| (entries.last_used_ms(row), entries.id(row)))
+        .collect();
+    old.sort_unstable();
+    old.into_iter().map(|(_, id)| id).collect()
+}
+
 /// SIEVE's state: which entries were used since the hand passed them, and where the hand is.
 #[derive(Clone, Debug, Default)]
 pub struct Sieve {
@@ -292,6 +307,16 @@ mod tests {
         let cache = [entry(1, 1, 9_000), entry(2, 1, 100), entry(3, 1, 8_000), entry(4, 1, 50)];
         assert_eq!(ttl_victims(need(3), &cache[..], 10_000, 5_000), [4, 2, 3]);
         assert_eq!(ttl_victims(need(1), &cache[..], 10_000, 0), [4], "TTL 0 is LRU");
+    }
+
+    #[test]
+    fn ttl_expires_only_the_unpinned_entries_unused_for_longer_than_the_ttl() {
+        let mut cache = [entry(1, 1, 9_000), entry(2, 1, 100), entry(3, 1, 5_000), entry(4, 1, 50), entry(5, 1, 10)];
+        cache[4].pinned = true;
+        // 3 was used exactly 5 s ago: not expired yet.
+        assert_eq!(ttl_expired(&cache[..], 10_000, 5_000), [4, 2]);
+        assert!(ttl_expired(&cache[..], 10_000, 0).is_empty(), "TTL 0 expires nothing");
+        assert!(ttl_expired(&cache[..], 10_000, 20_000).is_empty());
     }
 
     #[test]

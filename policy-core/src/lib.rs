@@ -28,7 +28,7 @@ use core::fmt;
 mod beyond;
 mod params;
 
-pub use beyond::{ttl_victims, Gdsf, SecondHit, Sieve};
+pub use beyond::{ttl_expired, ttl_victims, Gdsf, SecondHit, Sieve};
 
 pub use params::{AtomicLimits, CinderLimits, ParamError, KEY_MAX_COUNT, KEY_MAX_SIZE_GB, KEY_SIZE_BASIS};
 

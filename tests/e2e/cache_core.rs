@@ -60,7 +60,7 @@ impl Core {
         Core::build(limits, tweak, engine())
     }
 
-    fn build(
+    pub fn build(
         limits: CinderLimits,
         tweak: impl FnOnce(&mut CacheConfig),
         engine: volcache::policy::PolicyEngine,

@@ -5,6 +5,8 @@ use std::process::{Command, Output};
 
 use crate::fixtures::{plugin, test_plugin};
 
+const WIT: &str = volcache::policy::WIT_VERSION;
+
 const BUILTINS: [(&str, &str); 3] = [("lru", "eviction"), ("quota", "capacity"), ("max-size", "admission")];
 
 fn volcache(args: &[&str]) -> Output {
@@ -31,17 +33,17 @@ fn inspect_shows_package_version_exports_and_slot() {
         let out = volcache(&["plugin", "inspect", path.to_str().unwrap(), "--json"]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(found["packages"], serde_json::json!(["volcache:policy@0.1.0"]));
+        assert_eq!(found["packages"], serde_json::json!([format!("volcache:policy@{WIT}")]));
         assert_eq!(found["slots"], serde_json::json!([slot]));
         assert_eq!(found["info"]["name"], name);
         let exports = found["exports"].as_array().unwrap();
-        assert!(exports.contains(&serde_json::json!(format!("volcache:policy/{slot}@0.1.0"))));
+        assert!(exports.contains(&serde_json::json!(format!("volcache:policy/{slot}@{WIT}"))));
         // No WASI, nothing but the contract's own types.
-        assert_eq!(found["imports"], serde_json::json!(["volcache:policy/types@0.1.0"]));
+        assert_eq!(found["imports"], serde_json::json!([format!("volcache:policy/types@{WIT}")]));
         assert!(found["problem"].is_null());
 
         let human = text(&volcache(&["plugin", "inspect", path.to_str().unwrap()]).stdout);
-        assert!(human.contains("volcache:policy@0.1.0") && human.contains(slot), "{human}");
+        assert!(human.contains(&format!("volcache:policy@{WIT}")) && human.contains(slot), "{human}");
     }
 }
 
@@ -56,7 +58,7 @@ fn check_passes_on_its_slot_and_fails_on_the_others() {
             let out = volcache(&["plugin", "check", path.to_str().unwrap(), "--slot", other]);
             assert!(!out.status.success(), "{name} must not fill {other}");
             let err = text(&out.stderr);
-            assert!(err.contains(&format!("does not export volcache:policy/{other}@0.1.0")), "{err}");
+            assert!(err.contains(&format!("does not export volcache:policy/{other}@{WIT}")), "{err}");
         }
     }
 }
@@ -106,7 +108,7 @@ fn check_refuses_wasi_imports_and_wrong_signatures_by_name() {
     let out = volcache(&["plugin", "check", test_plugin("wrong-world").to_str().unwrap(), "--slot", "eviction"]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
-    assert!(err.contains("volcache:policy/eviction@0.1.0") && err.contains("type mismatch"), "{err}");
+    assert!(err.contains(&format!("volcache:policy/eviction@{WIT}")) && err.contains("type mismatch"), "{err}");
 }
 
 #[test]

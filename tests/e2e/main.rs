@@ -46,6 +46,7 @@ mod convert;
 mod crash;
 mod daemon;
 mod dashboards;
+mod expiry;
 mod hostile;
 mod hot_swap;
 mod http_sources;

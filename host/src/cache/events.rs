@@ -20,6 +20,8 @@ pub enum EvictReason {
     Lost,
     /// Its image's source changed and a refresh filled the new version in its place.
     Refreshed,
+    /// The eviction policy let it go without pressure (`expiry`, e.g. a time-to-live).
+    Expired,
 }
 
 /// One notification, with Cinder's payload (`image_id`, `host`, `volume_id`, `size`).

@@ -23,6 +23,7 @@
 pub mod create;
 pub mod events;
 pub mod evict;
+pub mod expire;
 pub mod fill;
 pub mod flight;
 pub mod images;

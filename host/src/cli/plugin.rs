@@ -184,6 +184,7 @@ fn inspect(file: &Path, json: bool, engine: &EngineArgs) -> anyhow::Result<ExitC
         let slots: Vec<String> = found.slots.iter().map(Slot::to_string).collect();
         println!("slots      {}", list(&slots));
         println!("events     {}", if found.events { "yes" } else { "no" });
+        println!("expiry     {}", if found.expiry { "yes (lets entries go without pressure)" } else { "no" });
         if let Some(problem) = &found.problem {
             println!("problem    {problem}");
         }

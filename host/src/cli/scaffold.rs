@@ -122,6 +122,7 @@ pub fn write(name: &str, lang: Lang, slot: Slot, dir: &Path) -> anyhow::Result<V
         ("{{lang}}", lang_word.to_string()),
         ("{{language}}", language.to_string()),
         ("{{build_note}}", build_note.to_string()),
+        ("{{wit_version}}", crate::policy::WIT_VERSION.to_string()),
     ];
     let mut written = Vec::new();
     for file in templates(lang, slot) {

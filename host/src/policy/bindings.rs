@@ -7,7 +7,7 @@ wasmtime::component::bindgen!({
     world: "any-policy",
 });
 
-pub use exports::volcache::policy::{admission, capacity, events, eviction, plugin};
+pub use exports::volcache::policy::{admission, capacity, events, eviction, expiry, plugin};
 pub use volcache::policy::host::Level;
 pub use volcache::policy::types::{Candidate, Entry, Need, SizeBasis, View};
 

@@ -104,6 +104,14 @@ pub(super) fn smoke_test(slot: Slot, plugin: &WasmPlugin) -> Result<(), CallErro
             if !ids.is_empty() {
                 return Err(CallError::InvalidAnswer(format!("an empty cache: named {} entries", ids.len())));
             }
+            if plugin.has_expiry() {
+                for (what, v) in
+                    [("expire on a cache with a pinned entry", &view), ("expire on an empty cache", &empty)]
+                {
+                    let ids = plugin.expire(v.wire()).map_err(|e| case(what, e))?;
+                    check_victims(Need::default(), v, &ids).map_err(|e| case(what, e))?;
+                }
+            }
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 
 use super::engine::PolicyEngine;
 use super::plugin::{interface_name, PluginInfo, WasmPlugin};
+use super::scan::exports_interface;
 use super::{LoadError, Slot};
 
 /// What a component is, as `volcache plugin inspect` shows it.
@@ -10,13 +11,15 @@ use super::{LoadError, Slot};
 pub struct Inspection {
     pub size_bytes: usize,
     pub digest: String,
-    /// WIT packages of the exported interfaces, e.g. `volcache:policy@0.1.0`.
+    /// WIT packages of the exported interfaces, e.g. `volcache:policy@0.1.1`.
     pub packages: Vec<String>,
     pub exports: Vec<String>,
     pub imports: Vec<String>,
     /// Slots the component can fill.
     pub slots: Vec<Slot>,
     pub events: bool,
+    /// Whether it lets entries go without pressure (`expiry`, WIT 0.1.1).
+    pub expiry: bool,
     /// What the plugin says of itself (`None` when it cannot be instantiated).
     pub info: Option<PluginInfo>,
     /// Why the component cannot be used as a policy, if it cannot.
@@ -43,8 +46,9 @@ pub fn inspect(engine: &PolicyEngine, bytes: &[u8]) -> Result<Inspection, LoadEr
         packages
     };
     let slots: Vec<Slot> =
-        Slot::ALL.into_iter().filter(|s| outline.exports.contains(&interface_name(s.interface()))).collect();
-    let events = outline.exports.contains(&interface_name("events"));
+        Slot::ALL.into_iter().filter(|s| exports_interface(&outline.exports, s.interface())).collect();
+    let events = exports_interface(&outline.exports, "events");
+    let expiry = exports_interface(&outline.exports, "expiry");
     let mut found = Inspection {
         size_bytes: bytes.len(),
         digest: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes)),
@@ -53,6 +57,7 @@ pub fn inspect(engine: &PolicyEngine, bytes: &[u8]) -> Result<Inspection, LoadEr
         imports: outline.imports.clone(),
         slots: slots.clone(),
         events,
+        expiry,
         info: None,
         problem: None,
     };

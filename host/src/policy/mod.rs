@@ -38,7 +38,7 @@ pub use stats::SlotStats;
 pub use volcache_policy_core::{CinderLimits, Entry, Need, SizeBasis};
 
 /// The WIT package version this host implements.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.1.1";
 
 /// The three policy slots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]

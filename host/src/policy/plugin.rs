@@ -18,7 +18,7 @@ use wasmtime::{ResourceLimiter, Store, Trap};
 
 use wasmtime_wasi::{WasiCtxView, WasiView};
 
-use super::bindings::{self, admission, capacity, events, eviction, plugin, Level};
+use super::bindings::{self, admission, capacity, events, eviction, expiry, plugin, Level};
 use super::engine::PolicyEngine;
 use super::wasi::{self, Sandbox};
 use super::{CallError, LoadError, Slot};
@@ -124,6 +124,7 @@ struct Exports {
     capacity: Option<capacity::GuestIndices>,
     eviction: Option<eviction::GuestIndices>,
     events: Option<events::GuestIndices>,
+    expiry: Option<expiry::GuestIndices>,
 }
 
 struct Live {
@@ -133,6 +134,7 @@ struct Live {
     capacity: Option<capacity::Guest>,
     eviction: Option<eviction::Guest>,
     events: Option<events::Guest>,
+    expiry: Option<expiry::Guest>,
 }
 
 /// A loaded, configured policy component that fills one slot.
@@ -202,6 +204,7 @@ impl WasmPlugin {
             capacity: capacity::GuestIndices::new(&pre).ok(),
             eviction: eviction::GuestIndices::new(&pre).ok(),
             events: events::GuestIndices::new(&pre).ok(),
+            expiry: expiry::GuestIndices::new(&pre).ok(),
         };
         let has_slot = match slot {
             Slot::Admission => exports.admission.is_some(),
@@ -242,6 +245,11 @@ impl WasmPlugin {
         self.exports.events.is_some()
     }
 
+    /// Whether the plugin lets entries go without pressure (`expiry`, WIT 0.1.1).
+    pub fn has_expiry(&self) -> bool {
+        self.exports.expiry.is_some()
+    }
+
     pub(crate) fn hooks(&self) -> &HookHealth {
         &self.hooks
     }
@@ -264,36 +272,24 @@ impl WasmPlugin {
         let load = |interface: &'static str| {
             move |e: wasmtime::Error| CallError::Incompatible(format!("{}: {e:#}", interface_name(interface)))
         };
+        // An optional interface: loaded when the component exports it.
+        macro_rules! optional {
+            ($field:ident) => {
+                self.exports
+                    .$field
+                    .as_ref()
+                    .map(|i| i.load(&mut store, &instance))
+                    .transpose()
+                    .map_err(load(stringify!($field)))?
+            };
+        }
         let mut live = Live {
             plugin: self.exports.plugin.load(&mut store, &instance).map_err(load("plugin"))?,
-            admission: self
-                .exports
-                .admission
-                .as_ref()
-                .map(|i| i.load(&mut store, &instance))
-                .transpose()
-                .map_err(load("admission"))?,
-            capacity: self
-                .exports
-                .capacity
-                .as_ref()
-                .map(|i| i.load(&mut store, &instance))
-                .transpose()
-                .map_err(load("capacity"))?,
-            eviction: self
-                .exports
-                .eviction
-                .as_ref()
-                .map(|i| i.load(&mut store, &instance))
-                .transpose()
-                .map_err(load("eviction"))?,
-            events: self
-                .exports
-                .events
-                .as_ref()
-                .map(|i| i.load(&mut store, &instance))
-                .transpose()
-                .map_err(load("events"))?,
+            admission: optional!(admission),
+            capacity: optional!(capacity),
+            eviction: optional!(eviction),
+            events: optional!(events),
+            expiry: optional!(expiry),
             store,
         };
         let params = self.params.clone();
@@ -370,6 +366,14 @@ impl WasmPlugin {
         self.call(|live| match &live.eviction {
             Some(g) => g.call_victims(&mut live.store, need, view),
             None => Err(wasmtime::format_err!("no eviction export")),
+        })
+    }
+
+    /// The entries the plugin lets go now (`expiry.expire`).
+    pub(crate) fn expire(&self, view: &bindings::View) -> Result<Vec<u64>, CallError> {
+        self.call(|live| match &live.expiry {
+            Some(g) => g.call_expire(&mut live.store, view),
+            None => Err(wasmtime::format_err!("no expiry export")),
         })
     }
 

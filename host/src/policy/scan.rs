@@ -66,6 +66,16 @@ fn speaks(version: &str) -> bool {
     version.rsplit_once('.').is_some_and(|(mm, _)| mm == ours)
 }
 
+/// Whether `exports` holds the policy interface `interface` in a version this host speaks (a
+/// 0.1.0 plugin's `volcache:policy/eviction@0.1.0` in a 0.1.1 host, say).
+pub(crate) fn exports_interface(exports: &[String], interface: &str) -> bool {
+    exports.iter().any(|name| {
+        name.strip_prefix("volcache:policy/")
+            .and_then(|rest| rest.split_once('@'))
+            .is_some_and(|(i, version)| i == interface && speaks(version))
+    })
+}
+
 /// Refuses a component that imports anything the sandbox does not provide (listing every such
 /// import), or that speaks another version of the policy WIT.
 pub(crate) fn check(outline: &Outline) -> Result<(), LoadError> {
@@ -134,5 +144,22 @@ mod tests {
         let err = check(&o).unwrap_err().to_string();
         assert!(err.contains("0.2.0") && err.contains("0.1.x"), "{err}");
         assert!(check(&outline(&["volcache:policy/types@0.1.0"], &["volcache:policy/eviction@0.1.0"])).is_ok());
+    }
+
+    #[test]
+    fn exports_of_every_0_1_version_are_recognised() {
+        let exports = ["volcache:policy/plugin@0.1.0".to_string(), "volcache:policy/eviction@0.1.0".to_string()];
+        assert!(exports_interface(&exports, "eviction"));
+        assert!(!exports_interface(&exports, "expiry") && !exports_interface(&exports, "evict"));
+        assert!(!exports_interface(&["volcache:policy/eviction@0.2.0".to_string()], "eviction"));
+    }
+
+    #[test]
+    fn the_host_version_is_the_wit_files() {
+        let wit = include_str!("../../../wit/policy.wit");
+        assert!(
+            wit.contains(&format!("package volcache:policy@{WIT_VERSION};")),
+            "WIT_VERSION differs from wit/policy.wit"
+        );
     }
 }

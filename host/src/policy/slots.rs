@@ -98,6 +98,8 @@ pub struct SlotStatus {
     /// failing again and again.
     pub events: bool,
     pub events_disabled: bool,
+    /// Whether the plugin lets entries go without pressure (`expiry`, WIT 0.1.1).
+    pub expiry: bool,
     pub stats: StatsSnapshot,
 }
 
@@ -331,6 +333,25 @@ impl PolicySet {
         }
     }
 
+    /// The entries the eviction slot's plugin lets go without pressure (`expiry`, WIT 0.1.1), or
+    /// `None` when the slot's policy has no such rule (the built-ins, 0.1.0 plugins). A failed
+    /// call or an invalid answer is counted like a failed decision and expires nothing.
+    pub fn expire(&self, view: &View) -> Option<Decided<Vec<u64>>> {
+        let filled = self.current(Slot::Eviction);
+        let Filler::Wasm(plugin) = &filled.filler else { return None };
+        if !plugin.has_expiry() {
+            return None;
+        }
+        let answer = self.timed(Slot::Eviction, plugin, || {
+            let ids = plugin.expire(view.wire())?;
+            check_victims(Need::default(), view, &ids).map(|()| ids)
+        });
+        Some(match answer {
+            Ok(ids) => Decided { value: ids, by: DecidedBy::Plugin },
+            Err(e) => Decided { value: Vec::new(), by: DecidedBy::Fallback(e) },
+        })
+    }
+
     /// Asks admission, then capacity, then (only if something must go) eviction.
     pub fn plan(&self, candidate: &Candidate, view: &View) -> Plan {
         if let Err(reason) = self.admit(candidate, view).value {
@@ -427,6 +448,7 @@ fn status_of(slot: Slot, filled: &Filled, stats: StatsSnapshot) -> SlotStatus {
         params: filled.params.clone(),
         events,
         events_disabled,
+        expiry: matches!(&filled.filler, Filler::Wasm(p) if p.has_expiry()),
         stats,
     }
 }

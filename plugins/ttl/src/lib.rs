@@ -1,9 +1,10 @@
-//! `ttl`: entries unused for longer than `ttl_days` are evicted first, oldest first; then the
-//! least recently used, as Cinder does (see `volcache_policy_core::ttl_victims`).
+//! `ttl`: entries unused for longer than the TTL are evicted first, oldest first; then the
+//! least recently used, as Cinder does (see `volcache_policy_core::ttl_victims`). They also go
+//! without pressure: the host calls `expiry.expire` (WIT 0.1.1) periodically, and this plugin
+//! names every unpinned entry unused for longer than the TTL (`ttl_expired`).
 //!
-//! Slot *eviction*. Parameter `ttl_days` (default 7; 0 makes it Cinder's LRU). Entries are only
-//! evicted to make room: cleaning up expired entries without pressure needs a periodic call the
-//! WIT does not have yet.
+//! Slot *eviction*. Parameters: `ttl_days` (default 7), or `ttl_seconds` for a finer TTL (the
+//! later key wins). A TTL of 0 makes it Cinder's LRU that expires nothing.
 #![no_std]
 
 extern crate alloc;
@@ -15,29 +16,34 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use volcache_policy_core as cinder;
 
-wit_bindgen::generate!({ path: "../../wit", world: "eviction-policy" });
+wit_bindgen::generate!({ path: "../../wit", world: "expiring-eviction-policy" });
 
-use exports::volcache::policy::{eviction, plugin};
+use exports::volcache::policy::{eviction, expiry, plugin};
 use volcache::policy::types::{Need, SizeBasis, View};
 
 static TTL_MS: AtomicU64 = AtomicU64::new(7 * 86_400_000);
 
 struct Policy;
 
+fn whole(key: &str, value: &str) -> Result<u64, String> {
+    value.parse().map_err(|_| format!("{key}: {value:?} is not a whole number"))
+}
+
 impl plugin::Guest for Policy {
     fn info() -> plugin::PluginInfo {
         plugin::PluginInfo {
             name: "ttl".to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            summary: "evicts entries unused for ttl_days first, then least-recently-used".to_string(),
+            summary: "expires entries unused for the TTL, and evicts them first, then least-recently-used".to_string(),
         }
     }
 
     fn configure(params: Vec<(String, String)>) -> Result<(), String> {
         for (key, value) in &params {
-            if key == "ttl_days" {
-                let days: u64 = value.parse().map_err(|_| format!("ttl_days: {value:?} is not a whole number"))?;
-                TTL_MS.store(days.saturating_mul(86_400_000), Ordering::Relaxed);
+            match key.as_str() {
+                "ttl_days" => TTL_MS.store(whole(key, value)?.saturating_mul(86_400_000), Ordering::Relaxed),
+                "ttl_seconds" => TTL_MS.store(whole(key, value)?.saturating_mul(1_000), Ordering::Relaxed),
+                _ => {}
             }
         }
         Ok(())
@@ -49,6 +55,13 @@ impl eviction::Guest for Policy {
         let need = cinder::need!(need, SizeBasis);
         let entries = cinder::columns!(view);
         cinder::ttl_victims(need, &entries, view.now_ms, TTL_MS.load(Ordering::Relaxed))
+    }
+}
+
+impl expiry::Guest for Policy {
+    fn expire(view: View) -> Vec<u64> {
+        let entries = cinder::columns!(view);
+        cinder::ttl_expired(&entries, view.now_ms, TTL_MS.load(Ordering::Relaxed))
     }
 }
 

@@ -2,7 +2,7 @@
 //
 // Least-recently-used entries go first, ties broken by the lower id (Cinder's rule), skipping
 // pinned entries, until the need is covered. Numbers of the WIT's u64 type arrive as BigInt.
-import { log } from "volcache:policy/host@0.1.0";
+import { log } from "volcache:policy/host@{{wit_version}}";
 
 export const plugin = {
   info() {

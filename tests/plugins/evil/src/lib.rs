@@ -6,6 +6,8 @@
 //! the entry named by the last `on-hit` event: proves events arrive), hook-panic (panic in every
 //! event hook), hook-loop (loop for ever in every event hook), ignore-amount (evict the oldest
 //! unpinned entry whatever the need). `configure=fail|loop` misbehaves while being configured.
+//! `expiry.expire` (WIT 0.1.1) names nothing, except in its own modes: expire-loop (loop for
+//! ever), expire-pinned (the pinned entries), expire-unknown (an id not in the view).
 //!
 //! The trigger lets a misbehaving plugin pass the host's smoke test (3 entries) and fail later,
 //! on real decisions, which is where the host's fallback must hold.
@@ -24,11 +26,11 @@ use volcache_policy_core as cinder;
 
 wit_bindgen::generate!({ path: "../../../wit", world: "any-policy" });
 
-use exports::volcache::policy::{admission, capacity, events, eviction, plugin};
+use exports::volcache::policy::{admission, capacity, events, eviction, expiry, plugin};
 use volcache::policy::host::{log, Level};
 use volcache::policy::types::{Candidate, Entry, Need, SizeBasis, View};
 
-const MODES: [&str; 15] = [
+const MODES: [&str; 18] = [
     "none",
     "loop",
     "alloc",
@@ -44,6 +46,9 @@ const MODES: [&str; 15] = [
     "hook-panic",
     "hook-loop",
     "ignore-amount",
+    "expire-loop",
+    "expire-pinned",
+    "expire-unknown",
 ];
 
 static MODE: AtomicU8 = AtomicU8::new(0);
@@ -192,6 +197,25 @@ impl eviction::Guest for Evil {
             "huge" => (1..=(4u64 << 20)).collect(),
             "last-hit" => vec![LAST_HIT.load(Ordering::Relaxed)],
             _ => honest,
+        }
+    }
+}
+
+impl expiry::Guest for Evil {
+    fn expire(view: View) -> Vec<u64> {
+        if !triggered(&view) {
+            return Vec::new();
+        }
+        match mode() {
+            "expire-loop" => {
+                let mut x = 0u64;
+                loop {
+                    x = black_box(x.wrapping_add(1));
+                }
+            }
+            "expire-pinned" => view.pinned.clone(),
+            "expire-unknown" => vec![u64::MAX - 7],
+            _ => Vec::new(),
         }
     }
 }

@@ -1,0 +1,88 @@
+//! Expiry: entries the eviction policy lets go without pressure (WIT 0.1.1 `expiry.expire`, e.g.
+//! the `ttl` plugin's time-to-live). A thread asks every `policy.expire_interval_seconds`.
+//!
+//! The policy decides and the named entries leave the catalog under the ledger's lock, the lock
+//! a fill chooses its victims under and a pin is checked under: an entry a fill in progress has
+//! chosen stays that fill's to evict, and an entry pinned in the meantime is never expired. The
+//! rows go in one transaction; each volume goes at once or when the last clone from it ends, as
+//! for any eviction, and each expired entry is one `evict` event with the reason `expired`.
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use super::evict::evict_rows;
+use super::{now_ms, policy_entry, CacheError, CacheService, EvictReason};
+use crate::policy::{DecidedBy, View};
+
+/// What one expiry round did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Entries evicted, by id.
+    pub evicted: Vec<u64>,
+    /// Why nothing was asked (no expiry rule in the eviction slot) or the answer was refused.
+    pub skipped: Option<String>,
+}
+
+impl CacheService {
+    /// Asks the eviction slot's policy which entries to let go now, and evicts them.
+    pub fn expire(&self) -> Result<Expired, CacheError> {
+        let scope = self.config.scope().to_string();
+        let ledger = self.ledger.lock();
+        let mut entries: Vec<_> = self.scope_entries()?.iter().map(policy_entry).collect();
+        for e in &mut entries {
+            // A fill in progress evicts these itself; they are not the policy's to expire.
+            e.pinned |= ledger.is_doomed(e.id);
+        }
+        let view = View::new(entries, now_ms());
+        let Some(decided) = self.policies.expire(&view) else {
+            return Ok(Expired { evicted: Vec::new(), skipped: Some("the eviction policy has no expiry rule".into()) });
+        };
+        if let DecidedBy::Fallback(error) = &decided.by {
+            return Ok(Expired { evicted: Vec::new(), skipped: Some(format!("the eviction policy failed: {error}")) });
+        }
+        if decided.value.is_empty() {
+            return Ok(Expired::default());
+        }
+        let removed = self.catalog.write(|w| {
+            let mut removed = Vec::new();
+            for &id in &decided.value {
+                // Checked again in the transaction: pinned by an operator since the view was read
+                // is impossible under the ledger's lock, but an operator's evict may have won.
+                if w.entry(id)?.is_some_and(|e| !e.pinned) {
+                    removed.extend(evict_rows(w, &scope, id)?);
+                }
+            }
+            Ok(removed)
+        })?;
+        drop(ledger);
+        let evicted = removed.iter().map(|(e, _)| e.id).collect();
+        for (entry, removal) in removed {
+            tracing::info!(entry = entry.id, image_id = %entry.image_id, "cache entry expired by the eviction policy");
+            self.after_eviction(&entry, removal, EvictReason::Expired);
+        }
+        Ok(Expired { evicted, skipped: None })
+    }
+
+    /// Runs [`CacheService::expire`] every `interval` on a thread of its own, for as long as the
+    /// service lives (`Duration::ZERO`: never).
+    pub fn spawn_expirer(self: &std::sync::Arc<Self>, interval: Duration) {
+        if interval.is_zero() {
+            return;
+        }
+        let weak = std::sync::Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("volcache-expire".into())
+            .spawn(move || loop {
+                std::thread::sleep(interval);
+                let Some(cache) = weak.upgrade() else { return };
+                match cache.expire() {
+                    Ok(Expired { evicted, .. }) if !evicted.is_empty() => {
+                        tracing::info!(count = evicted.len(), "expired cache entries evicted");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "expiry round failed; the next one tries again"),
+                }
+            })
+            .expect("spawning the expiry thread");
+    }
+}
