@@ -46,6 +46,7 @@ Architecture: $arch
 Maintainer: volcache developers <volcache@localhost>
 Installed-Size: $size
 Depends: $depends
+Suggests: fonts-dejavu-core
 Section: admin
 Priority: optional
 Description: image-volume cache daemon

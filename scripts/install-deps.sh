@@ -19,6 +19,8 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 # The web console's test drives Debian's chromium through chromedriver.
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+# The simulator's PNG plots draw their text with a system font.
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 # `promtool check rules` for the alert rules and the dashboard's queries (deploy/).
 command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi

@@ -77,6 +77,31 @@ fn wasm_and_native_lru_replay_identically_and_belady_bounds_them() {
     assert_eq!(csv.lines().count(), 7, "a header and a line per row");
     let svg = std::fs::read_to_string(Path::new(&out).join("miss-ratio.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.matches("<polyline").count() == 3, "a line per policy set");
+    check_png(&Path::new(&out).join("miss-ratio.png"), &svg);
+}
+
+/// The PNG is the SVG drawn at twice its size: the lines in the policies' colours, and the text
+/// (title, axes, legend) in black, which only a font could have drawn.
+fn check_png(path: &Path, svg: &str) {
+    use resvg::tiny_skia::Pixmap;
+    let png = Pixmap::load_png(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!((png.width(), png.height()), (1440, 840));
+    let count = |r: u8, g: u8, b: u8, rows: std::ops::Range<u32>| {
+        png.pixels()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| rows.contains(&(*i as u32 / png.width())))
+            .filter(|(_, p)| (p.red(), p.green(), p.blue(), p.alpha()) == (r, g, b, 255))
+            .count()
+    };
+    // The first two policy colours of the SVG, in full strength somewhere in the picture.
+    for color in ["#1f77b4", "#d62728"] {
+        assert!(svg.contains(color));
+        let rgb = |i: usize| u8::from_str_radix(&color[i..i + 2], 16).unwrap();
+        assert!(count(rgb(1), rgb(3), rgb(5), 0..840) > 100, "no {color} line in the PNG");
+    }
+    // The title line (y 22 in the SVG, about rows 20-50 at twice the size) holds black glyphs.
+    assert!(count(0, 0, 0, 20..50) > 200, "the title was not drawn: no font?");
 }
 
 #[test]

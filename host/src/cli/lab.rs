@@ -270,13 +270,18 @@ pub fn simulate(args: SimArgs) -> anyhow::Result<ExitCode> {
         for &max_count in &args.max_count {
             let rows: Vec<sim::Outcome> = outcomes.iter().filter(|o| o.max_count == max_count).cloned().collect();
             let name = if args.max_count.len() == 1 {
-                "miss-ratio.svg".to_string()
+                "miss-ratio".to_string()
             } else {
-                format!("miss-ratio-count-{max_count}.svg")
+                format!("miss-ratio-count-{max_count}")
             };
-            std::fs::write(dir.join(name), plot::miss_ratio_svg(&title, &rows))?;
+            let svg = plot::miss_ratio_svg(&title, &rows);
+            std::fs::write(dir.join(format!("{name}.svg")), &svg)?;
+            match plot::svg_to_png(&svg) {
+                Ok(png) => std::fs::write(dir.join(format!("{name}.png")), png)?,
+                Err(e) => eprintln!("volcache: no PNG plot: {e}"),
+            }
         }
-        println!("wrote results.csv, results.json and the miss-ratio plot into {}", dir.display());
+        println!("wrote results.csv, results.json and the miss-ratio plots (SVG, PNG) into {}", dir.display());
     }
     Ok(ExitCode::SUCCESS)
 }
