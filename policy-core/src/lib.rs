@@ -28,7 +28,7 @@ use core::fmt;
 mod beyond;
 mod params;
 
-pub use beyond::{ttl_expired, ttl_victims, Gdsf, SecondHit, Sieve};
+pub use beyond::{rate_victims, ttl_expired, ttl_victims, weighed_rows, Frequent, Gdsf, SecondHit, Sieve, Weighed};
 
 pub use params::{AtomicLimits, CinderLimits, ParamError, KEY_MAX_COUNT, KEY_MAX_SIZE_GB, KEY_SIZE_BASIS};
 
@@ -147,6 +147,22 @@ macro_rules! columns {
             last_used_ms: &$view.last_used_ms,
             pinned: &$view.pinned,
         }
+    };
+}
+
+/// The WIT `view` record's rows as [`Weighed`] entries, for [`Frequent`] and [`rate_victims`]:
+/// `let entries = volcache_policy_core::weighed!(view);`
+#[macro_export]
+macro_rules! weighed {
+    ($view:expr) => {
+        $crate::weighed_rows(
+            &$view.ids,
+            &$view.size_gib,
+            &$view.allocated_bytes,
+            &$view.hits,
+            &$view.created_ms,
+            &$view.pinned,
+        )
     };
 }
 

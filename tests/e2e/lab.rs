@@ -243,7 +243,7 @@ fn plugin_test_replays_a_trace_and_fails_a_plugin_that_fails_there() {
 }
 
 #[test]
-fn sieve_gdsf_and_second_hit_download_less_than_lru_on_a_trace_with_scans() {
+fn sieve_gdsf_second_hit_and_frequent_download_less_than_lru_on_a_trace_with_scans() {
     let dir = tempfile::tempdir().unwrap();
     let trace =
         synth(dir.path(), &["--shape", "scan", "--requests", "20000", "--images", "500", "--scan-every", "4000"]);
@@ -251,6 +251,7 @@ fn sieve_gdsf_and_second_hit_download_less_than_lru_on_a_trace_with_scans() {
     let second = format!("admission={},eviction={gdsf}", plugin("second-hit").display());
     let out = dir.path().join("out").display().to_string();
     let sieve = plugin("sieve").display().to_string();
+    let frequent = format!("admission={},eviction={}", plugin("frequent").display(), plugin("rate").display());
     volcache(&[
         "simulate",
         "--trace",
@@ -263,6 +264,8 @@ fn sieve_gdsf_and_second_hit_download_less_than_lru_on_a_trace_with_scans() {
         &second,
         "--policy",
         &sieve,
+        "--policy",
+        &frequent,
         "--max-size-gb",
         "150",
         "--out",
@@ -275,12 +278,22 @@ fn sieve_gdsf_and_second_hit_download_less_than_lru_on_a_trace_with_scans() {
     assert!(g < lru && s < g && best < s, "LRU {lru:.3} > gdsf {g:.3} > second-hit+gdsf {s:.3} > Belady {best:.3}");
     let v = miss("sieve.wasm");
     assert!(v < lru && best < v, "LRU {lru:.3} > sieve {v:.3} > Belady {best:.3}");
+    // A policy set with a comma in its name is one quoted CSV field.
+    let csv = std::fs::read_to_string(Path::new(&out).join("results.csv")).unwrap();
+    assert!(csv.contains("\n\"admission=second-hit.wasm,eviction=gdsf.wasm\",150,0,20000,"), "{csv}");
+    let f = miss("admission=frequent.wasm,eviction=rate.wasm");
+    assert!(f < s && best < f, "second-hit+gdsf {s:.3} > frequent+rate {f:.3} > Belady {best:.3}");
     let fills = |policy: &str| row(&rows, policy, 150)["fills"].as_u64().unwrap();
     assert!(
         fills("admission=second-hit.wasm,eviction=gdsf.wasm") < fills("gdsf.wasm"),
         "one-off images are not cached"
     );
-    for p in ["gdsf.wasm", "admission=second-hit.wasm,eviction=gdsf.wasm", "sieve.wasm"] {
+    for p in [
+        "gdsf.wasm",
+        "admission=second-hit.wasm,eviction=gdsf.wasm",
+        "sieve.wasm",
+        "admission=frequent.wasm,eviction=rate.wasm",
+    ] {
         assert_eq!(row(&rows, p, 150)["failures"], 0);
     }
 }
@@ -329,4 +342,50 @@ fn a_shadow_sees_the_live_requests_compares_them_and_is_detached() {
     assert_eq!(status, 204);
     let (_, policies) = call("GET", "/v1/policies", None);
     assert!(policies.as_array().unwrap().iter().all(|p| p["shadow"].is_null()));
+}
+
+/// The simulator asks an expiry rule every simulated minute, as the daemon does: `ttl` lets an
+/// image idle for longer than its TTL go although the cache has room, and the next request for
+/// it misses; LRU, which has no expiry rule, keeps it.
+#[test]
+fn the_simulator_replays_expiry_like_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let day = 86_400_000u64;
+    let mut trace =
+        String::from("time_ms,op,image,version,size_bytes\n0,register,a,0,1073741824\n0,register,b,0,1073741824\n");
+    // a: used at 0 and after three idle days; b: used every 12 hours.
+    trace.push_str("0,request,a,0,1073741824\n");
+    for i in 0..=6 {
+        trace.push_str(&format!("{},request,b,0,1073741824\n", i * day / 2 + 1));
+    }
+    trace.push_str(&format!("{},request,a,0,1073741824\n", 3 * day + 2));
+    let path = dir.path().join("idle.csv");
+    std::fs::write(&path, trace).unwrap();
+    let ttl = format!("{}+ttl_seconds=86400", plugin("ttl").display());
+    let out = dir.path().join("out").display().to_string();
+    let printed = volcache(&[
+        "simulate",
+        "--trace",
+        path.to_str().unwrap(),
+        "--policy",
+        "cinder",
+        "--policy",
+        &ttl,
+        "--max-size-gb",
+        "100",
+        "--out",
+        &out,
+    ]);
+    assert!(printed.status.success(), "{}", String::from_utf8_lossy(&printed.stderr));
+    let rows = results(Path::new(&out));
+    let lru = row(&rows, "cinder", 100);
+    let ttl = row(&rows, "ttl.wasm+ttl_seconds=86400", 100);
+    assert_eq!((lru["hits"].as_u64(), lru["evictions"].as_u64()), (Some(7), Some(0)), "{lru}");
+    // b (hit every 12 hours) stays; a expired after a day idle and missed again.
+    assert_eq!(
+        (ttl["hits"].as_u64(), ttl["evictions"].as_u64(), ttl["fills"].as_u64()),
+        (Some(6), Some(1), Some(3)),
+        "{ttl}"
+    );
+    assert_eq!(ttl["failures"], 0);
 }

@@ -243,7 +243,7 @@ pub fn simulate(args: SimArgs) -> anyhow::Result<ExitCode> {
             writeln!(
                 csv,
                 "{},{},{},{},{},{:.6},{},{},{:.6},{:.6},{},{},{},{},{},{:.3},{:.3},{},{}",
-                o.policy,
+                csv_field(&o.policy),
                 o.max_size_gb,
                 o.max_count,
                 o.requests,
@@ -284,6 +284,16 @@ pub fn simulate(args: SimArgs) -> anyhow::Result<ExitCode> {
         println!("wrote results.csv, results.json and the miss-ratio plots (SVG, PNG) into {}", dir.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A CSV field: quoted when it holds a comma, a quote or a line break (a policy set such as
+/// `admission=second-hit.wasm,eviction=gdsf.wasm` does), quotes doubled (RFC 4180).
+fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\"")).into()
+    } else {
+        s.into()
+    }
 }
 
 fn print_row(o: &sim::Outcome, took: Duration) {

@@ -6,16 +6,22 @@
 //! The simulated cache follows the daemon: a request for an image whose cached copy is of an
 //! older version drops that copy (an invalidation) and misses; a miss asks admission, capacity
 //! and eviction, evicts the victims and fills the entry, or leaves the image uncached. An
-//! entry's allocated bytes are taken to be the image's virtual size.
+//! entry's allocated bytes are taken to be the image's virtual size. An eviction policy with an
+//! expiry rule (WIT 0.1.1 `expiry`) is asked every simulated minute, as the daemon asks it by
+//! default, and the entries it names count as evictions.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use super::trace::{Op, Record};
-use crate::policy::{Candidate, Entry, Plan, PolicyEvent, PolicySet, View};
+use crate::policy::{Candidate, DecidedBy, Entry, Plan, PolicyEvent, PolicySet, Slot, View};
 
 const GIB: u64 = 1 << 30;
+
+/// How often an expiry rule is asked, in trace time: the daemon's default
+/// `policy.expire_interval_seconds`.
+pub const EXPIRE_EVERY_MS: u64 = 60_000;
 
 /// What one policy set did on one trace at one capacity.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
@@ -32,6 +38,7 @@ pub struct Outcome {
     pub byte_hit_ratio: f64,
     pub byte_miss_ratio: f64,
     pub fills: u64,
+    /// Entries evicted to make room, or expired by the eviction policy's expiry rule.
     pub evictions: u64,
     /// Entries dropped because their image changed or was deleted.
     pub invalidations: u64,
@@ -72,6 +79,9 @@ pub struct SimCache {
     cache: HashMap<u64, Cached>,
     next_id: u64,
     latencies: Vec<u64>,
+    /// The next expiry call, when the eviction policy has an expiry rule.
+    next_expire_ms: Option<u64>,
+    expiry: bool,
 }
 
 /// Decision latencies kept for the percentiles at most (the first ones: a shadow's first hours
@@ -94,6 +104,35 @@ impl SimCache {
             cache: HashMap::new(),
             next_id: 1,
             latencies: Vec::new(),
+            next_expire_ms: None,
+            expiry: set.status().iter().any(|s| s.slot == Slot::Eviction && s.expiry),
+        }
+    }
+
+    /// Asks the expiry rule at the last whole interval up to `now_ms`. Between two records
+    /// nothing is used, so what expires by then is what expires at the last interval: one call
+    /// covers any idle stretch.
+    fn expire_until(&mut self, set: &PolicySet, now_ms: u64) {
+        if !self.expiry {
+            return;
+        }
+        let next = *self.next_expire_ms.get_or_insert(now_ms + EXPIRE_EVERY_MS);
+        if next > now_ms {
+            return;
+        }
+        let at = next + (now_ms - next) / EXPIRE_EVERY_MS * EXPIRE_EVERY_MS;
+        self.next_expire_ms = Some(at + EXPIRE_EVERY_MS);
+        let view = View::new(self.cache.values().map(|c| c.entry).collect(), at);
+        let Some(decided) = set.expire(&view) else { return };
+        if decided.by != DecidedBy::Plugin {
+            return;
+        }
+        for id in decided.value {
+            if let Some(gone) = self.cache.remove(&id) {
+                self.by_image.remove(&gone.image);
+                self.out.evictions += 1;
+                self.notify(set, PolicyEvent::Evict { id });
+            }
         }
     }
 
@@ -117,6 +156,7 @@ impl SimCache {
 
     /// Applies one record.
     pub fn apply(&mut self, set: &PolicySet, r: &Record) {
+        self.expire_until(set, r.time_ms);
         match r.op {
             Op::Delete => {
                 if let Some(id) = self.by_image.remove(&r.image) {
