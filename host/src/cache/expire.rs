@@ -26,6 +26,12 @@ pub struct Expired {
 impl CacheService {
     /// Asks the eviction slot's policy which entries to let go now, and evicts them.
     pub fn expire(&self) -> Result<Expired, CacheError> {
+        let no_rule =
+            || Expired { evicted: Vec::new(), skipped: Some("the eviction policy has no expiry rule".into()) };
+        if !self.policies.has_expiry() {
+            // Checked before the catalog is read: most daemons ask this every minute for nothing.
+            return Ok(no_rule());
+        }
         let scope = self.config.scope().to_string();
         let ledger = self.ledger.lock();
         let mut entries: Vec<_> = self.scope_entries()?.iter().map(policy_entry).collect();
@@ -34,9 +40,8 @@ impl CacheService {
             e.pinned |= ledger.is_doomed(e.id);
         }
         let view = View::new(entries, now_ms());
-        let Some(decided) = self.policies.expire(&view) else {
-            return Ok(Expired { evicted: Vec::new(), skipped: Some("the eviction policy has no expiry rule".into()) });
-        };
+        // Swapped out meanwhile: nothing to ask.
+        let Some(decided) = self.policies.expire(&view) else { return Ok(no_rule()) };
         if let DecidedBy::Fallback(error) = &decided.by {
             return Ok(Expired { evicted: Vec::new(), skipped: Some(format!("the eviction policy failed: {error}")) });
         }

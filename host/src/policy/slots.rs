@@ -333,9 +333,15 @@ impl PolicySet {
         }
     }
 
-    /// The entries the eviction slot's plugin lets go without pressure (`expiry`, WIT 0.1.1), or
-    /// `None` when the slot's policy has no such rule (the built-ins, 0.1.0 plugins). A failed
-    /// call or an invalid answer is counted like a failed decision and expires nothing.
+    /// Whether the eviction slot's policy has an expiry rule (`expiry`, WIT 0.1.1): the built-ins
+    /// and 0.1.0 plugins have none. [`PolicySet::expire`] then answers `None`; otherwise the
+    /// entries the plugin lets go without pressure. A failed call or an invalid answer is
+    /// counted like a failed decision and expires nothing.
+    pub fn has_expiry(&self) -> bool {
+        matches!(&self.current(Slot::Eviction).filler, Filler::Wasm(p) if p.has_expiry())
+    }
+
+    /// See [`PolicySet::has_expiry`]; asks the eviction slot's plugin which entries expire.
     pub fn expire(&self, view: &View) -> Option<Decided<Vec<u64>>> {
         let filled = self.current(Slot::Eviction);
         let Filler::Wasm(plugin) = &filled.filler else { return None };
