@@ -10,9 +10,11 @@
 //! - events are exactly once: as many hit, miss and evict events as the counters say, one hit or
 //!   miss per successful cached create, no entry evicted twice, none of the final entries evicted.
 //!
-//! `VOLCACHE_MODEL_SEED=N` replays one case; `VOLCACHE_MODEL_CASES` and
+//! `VOLCACHE_MODEL_SEED=N` replays one case's operations; `VOLCACHE_MODEL_CASES` and
 //! `VOLCACHE_MODEL_SECONDS` bound the run (defaults: 2,000 cases or 60 s, whichever comes
-//! first). A failure names its seed.
+//! first). A failure names its seed, and writes the order in which the threads' operations began
+//! and ended to `target/test-artifacts/concurrent-model-<seed>.log`: the seed fixes the
+//! operations, not how the threads interleaved, so a race may not replay by seed alone.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -42,6 +44,27 @@ struct Log {
     deleted: HashSet<String>,
     /// Successful creates, each a hit or a miss.
     cached_or_missed: u64,
+}
+
+/// Every operation's start and end, in the order they happened, for a failure's report.
+#[derive(Default)]
+struct Journal(Mutex<Vec<String>>);
+
+impl Journal {
+    fn note(&self, thread: u64, what: std::fmt::Arguments<'_>) {
+        let mut lines = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = lines.len();
+        lines.push(format!("{n:>5} t{thread} {what}"));
+    }
+
+    /// Writes the journal beside the other test artifacts; returns where.
+    fn save(&self, seed: u64) -> std::path::PathBuf {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+        let path = dir.join(format!("concurrent-model-{seed}.log"));
+        let lines = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, lines.join("\n") + "\n"));
+        path
+    }
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -93,26 +116,33 @@ fn run_case(seed: u64) {
             }
         })
     };
+    let journal = Arc::new(Journal::default());
     let workers: Vec<_> = (0..THREADS as u64)
         .map(|t| {
-            let (core, log, versions) = (core.clone(), log.clone(), versions.clone());
+            let (core, log, versions, journal) = (core.clone(), log.clone(), versions.clone(), journal.clone());
             let mut rng = Rng::new(seed ^ (t + 1).wrapping_mul(0x1234_5678_9abc_def1));
             std::thread::spawn(move || {
                 for _ in 0..OPS {
-                    step(&core, &log, &versions, &(max_size, max_count), &mut rng, seed);
+                    step(&core, &log, &versions, &(max_size, max_count), &mut rng, seed, (&journal, t));
                 }
             })
         })
         .collect();
+    let failed = |panic: Box<dyn std::any::Any + Send>| -> ! {
+        eprintln!("seed {seed}: the threads' operations in order: {}", journal.save(seed).display());
+        std::panic::resume_unwind(panic)
+    };
     for w in workers {
         if let Err(panic) = w.join() {
             stop.store(true, Ordering::SeqCst);
-            std::panic::resume_unwind(panic);
+            failed(panic);
         }
     }
     stop.store(true, Ordering::SeqCst);
-    observer.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-    check(core, &log.lock().unwrap(), &versions, seed);
+    observer.join().unwrap_or_else(|p| failed(p));
+    let log = log.lock().unwrap();
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(core, &log, &versions, seed)));
+    checked.unwrap_or_else(|p| failed(p));
 }
 
 /// Each image's versions in the order they were committed (a change is made and logged under
@@ -138,10 +168,36 @@ impl Versions {
     }
 }
 
-fn step(core: &Core, log: &Mutex<Log>, versions: &Versions, limits: &(u64, u64), rng: &mut Rng, seed: u64) {
+fn step(
+    core: &Core,
+    log: &Mutex<Log>,
+    versions: &Versions,
+    limits: &(u64, u64),
+    rng: &mut Rng,
+    seed: u64,
+    (journal, thread): (&Journal, u64),
+) {
     let i = rng.below(IMAGES.len() as u64) as usize;
+    let id = IMAGES[i].0;
+    let op = rng.below(13);
+    journal.note(thread, format_args!("begin op {op} on {id}"));
+    let result = step_op(core, log, versions, limits, rng, seed, i, op);
+    journal.note(thread, format_args!("end op {op} on {id}: {result}"));
+}
+
+#[allow(clippy::too_many_arguments)]
+fn step_op(
+    core: &Core,
+    log: &Mutex<Log>,
+    versions: &Versions,
+    limits: &(u64, u64),
+    rng: &mut Rng,
+    seed: u64,
+    i: usize,
+    op: u64,
+) -> String {
     let (id, gib) = IMAGES[i];
-    match rng.below(13) {
+    match op {
         12 => {
             // An operator tightens the limits while requests run (a policy swap racing the
             // fills' decisions). Limits bind new inserts, as in Cinder, so the observer checks
@@ -157,6 +213,7 @@ fn step(core: &Core, log: &Mutex<Log>, versions: &Versions, limits: &(u64, u64),
                 let spec = PolicySpec { source: PolicySource::Builtin(builtin), params: params.clone() };
                 core.cache.policies().swap(slot, spec).unwrap();
             }
+            format!("limits {size} GiB, {count} entries")
         }
         0..=6 => {
             let low = versions.len(i) - 1;
@@ -168,44 +225,60 @@ fn step(core: &Core, log: &Mutex<Log>, versions: &Versions, limits: &(u64, u64),
                     log.volumes.insert(created.volume.id.clone(), (i, low, high));
                     // The cache is enabled: every create is a hit or a miss (uncached ones too).
                     log.cached_or_missed += 1;
+                    let v = &created.volume;
+                    format!("created {} ({:?}, from entry {:?}), history {low}..={high}", v.id, v.cache, v.cloned_from)
                 }
-                Err(CacheError::ImageNotFound(_)) => {}
-                Err(e) => assert!(allowed(&e), "seed {seed}: create {id}: unexpected error {e:?}"),
+                Err(CacheError::ImageNotFound(_)) => "create: image not found".into(),
+                Err(e) => {
+                    assert!(allowed(&e), "seed {seed}: create {id}: unexpected error {e:?}");
+                    format!("create failed: {e}")
+                }
             }
         }
         7 => {
             let victim = log.lock().unwrap().volumes.keys().nth(rng.below(8) as usize).cloned();
-            if let Some(v) = victim {
-                match core.cache.delete_volume(&v) {
-                    Ok(()) => {
-                        log.lock().unwrap().deleted.insert(v);
-                    }
-                    Err(CacheError::VolumeNotFound(_)) => {}
-                    Err(e) => assert!(allowed(&e), "seed {seed}: delete {v}: {e:?}"),
+            let Some(v) = victim else { return "no volume to delete".into() };
+            match core.cache.delete_volume(&v) {
+                Ok(()) => {
+                    log.lock().unwrap().deleted.insert(v.clone());
+                    format!("deleted volume {v}")
+                }
+                Err(CacheError::VolumeNotFound(_)) => format!("volume {v} already gone"),
+                Err(e) => {
+                    assert!(allowed(&e), "seed {seed}: delete {v}: {e:?}");
+                    format!("delete {v} failed: {e}")
                 }
             }
         }
         8 => {
-            if let Some(e) = core.cache.scope_entries().unwrap().first() {
-                match core.cache.evict_entry(e.id) {
-                    Ok(_) | Err(CacheError::EntryNotFound(_)) => {}
-                    Err(e) => panic!("seed {seed}: evict: {e:?}"),
-                }
+            let Some(e) = core.cache.scope_entries().unwrap().first().cloned() else { return "no entry".into() };
+            match core.cache.evict_entry(e.id) {
+                Ok(_) => format!("evicted entry {} of {}", e.id, e.image_id),
+                Err(CacheError::EntryNotFound(_)) => format!("entry {} already gone", e.id),
+                Err(err) => panic!("seed {seed}: evict: {err:?}"),
             }
         }
         9 | 10 => {
             // A new version of the image: a new source file, then the change.
+            let mut said = String::new();
             versions.change(i, |v| {
                 let path = core.image_file(id, v, gib);
                 let patch = ImagePatch { source: Some(path.display().to_string()), ..Default::default() };
-                core.cache.patch_image(id, patch).is_ok()
+                let changed = core.cache.patch_image(id, patch);
+                said = match &changed {
+                    Ok(image) => format!("changed to v{v} at {}", image.updated_at),
+                    Err(e) => format!("change to v{v} failed: {e}"),
+                };
+                changed.is_ok()
             });
+            said
         }
         _ => {
             if rng.below(2) == 0 {
-                let _ = core.cache.delete_image(id);
+                format!("delete image: {:?}", core.cache.delete_image(id).map(drop))
             } else {
                 // Registered again (after a delete) as a new version, as after a re-upload.
+                let mut said = String::new();
                 versions.change(i, |v| {
                     let path = core.image_file(id, v, gib);
                     let new = NewImage {
@@ -216,8 +289,14 @@ fn step(core: &Core, log: &Mutex<Log>, versions: &Versions, limits: &(u64, u64),
                         checksum: None,
                         refresh_interval_seconds: None,
                     };
-                    core.cache.register_image(new).is_ok()
+                    let registered = core.cache.register_image(new);
+                    said = match &registered {
+                        Ok(image) => format!("registered as v{v} at {}", image.updated_at),
+                        Err(e) => format!("register as v{v} failed: {e}"),
+                    };
+                    registered.is_ok()
                 });
+                said
             }
         }
     }
