@@ -319,7 +319,7 @@ pub fn image(conn: &Connection, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
         )?,
         ImageCommand::Delete { id } => c.call("DELETE", &format!("/v1/images/{id}"), None)?,
     };
-    show(conn, &value, IMAGE_FIELDS)
+    show(conn.json, &value, IMAGE_FIELDS)
 }
 
 pub fn volume(conn: &Connection, cmd: VolumeCommand) -> anyhow::Result<ExitCode> {
@@ -329,7 +329,7 @@ pub fn volume(conn: &Connection, cmd: VolumeCommand) -> anyhow::Result<ExitCode>
             c.call("GET", if all_tenants { "/v1/volumes?all_tenants=1" } else { "/v1/volumes" }, None)?
         }
         VolumeCommand::Show { id } => {
-            return details(conn, &c.call("GET", &format!("/v1/volumes/{id}"), None)?, VOLUME_DETAILS)
+            return details(conn.json, &c.call("GET", &format!("/v1/volumes/{id}"), None)?, VOLUME_DETAILS)
         }
         VolumeCommand::Create { image, size } => {
             let body = json!({"image_id": image, "size": size});
@@ -342,25 +342,25 @@ pub fn volume(conn: &Connection, cmd: VolumeCommand) -> anyhow::Result<ExitCode>
                 // A miss or an uncached create wrote the image: its last report may be on the way.
                 watcher.end(result.as_ref().is_ok_and(|v| v["cache"] != "hit"));
             }
-            return details(conn, &result?, VOLUME_DETAILS);
+            return details(conn.json, &result?, VOLUME_DETAILS);
         }
         VolumeCommand::Delete { id } => c.call("DELETE", &format!("/v1/volumes/{id}"), None)?,
     };
-    show(conn, &value, VOLUME_FIELDS)
+    show(conn.json, &value, VOLUME_FIELDS)
 }
 
 pub fn cache(conn: &Connection, cmd: CacheCommand) -> anyhow::Result<ExitCode> {
     let c = Client::new(conn)?;
     match cmd {
-        CacheCommand::Entries => show(conn, &c.call("GET", "/v1/cache/entries", None)?, ENTRY_FIELDS),
+        CacheCommand::Entries => show(conn.json, &c.call("GET", "/v1/cache/entries", None)?, ENTRY_FIELDS),
         CacheCommand::Evict { id } => {
-            show(conn, &c.call("DELETE", &format!("/v1/cache/entries/{id}"), None)?, ENTRY_FIELDS)
+            show(conn.json, &c.call("DELETE", &format!("/v1/cache/entries/{id}"), None)?, ENTRY_FIELDS)
         }
         CacheCommand::Pin { id } => {
-            show(conn, &c.call("POST", &format!("/v1/cache/entries/{id}/pin"), None)?, ENTRY_FIELDS)
+            show(conn.json, &c.call("POST", &format!("/v1/cache/entries/{id}/pin"), None)?, ENTRY_FIELDS)
         }
         CacheCommand::Unpin { id } => {
-            show(conn, &c.call("DELETE", &format!("/v1/cache/entries/{id}/pin"), None)?, ENTRY_FIELDS)
+            show(conn.json, &c.call("DELETE", &format!("/v1/cache/entries/{id}/pin"), None)?, ENTRY_FIELDS)
         }
         CacheCommand::Warm { image, no_wait } => warm(conn, &c, &image, no_wait),
         CacheCommand::Stats => {
@@ -382,7 +382,7 @@ fn warm(conn: &Connection, c: &Client, image: &str, no_wait: bool) -> anyhow::Re
     let events = if no_wait { None } else { Some(c.events()?) };
     let started = c.call("POST", "/v1/cache/warm", Some(json!({"image_id": image})))?;
     let Some(events) = events else {
-        return show(conn, &started, &["warm_id", "image_id", "status"]);
+        return show(conn.json, &started, &["warm_id", "image_id", "status"]);
     };
     let warm_id = started["warm_id"].as_u64().context("the daemon answered no warm_id")?;
     let mut bar = progress::Bar::new(format!("warming {image}"));
@@ -457,5 +457,5 @@ pub fn policy(conn: &Connection, cmd: PolicyCommand) -> anyhow::Result<ExitCode>
             }
         }
     };
-    show(conn, &value, POLICY_FIELDS)
+    show(conn.json, &value, POLICY_FIELDS)
 }

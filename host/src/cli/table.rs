@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use serde_json::{json, Value};
 
-use super::client::Connection;
 use super::progress;
 
 /// One value as a person reads it: sizes in GiB (`size`) or in binary units (`*_bytes`,
@@ -23,9 +22,10 @@ fn cell(field: &str, value: &Value) -> String {
     }
 }
 
-/// One object as `field  value` lines, fields without a value left out.
-pub(super) fn details(conn: &Connection, value: &Value, fields: &[&str]) -> anyhow::Result<ExitCode> {
-    if conn.json {
+/// One object as `field  value` lines, fields without a value left out (the JSON itself when
+/// `json`).
+pub(super) fn details(json: bool, value: &Value, fields: &[&str]) -> anyhow::Result<ExitCode> {
+    if json {
         println!("{}", serde_json::to_string_pretty(value)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -59,8 +59,9 @@ fn table(items: &Value, fields: &[&str]) {
     }
 }
 
-pub(super) fn show(conn: &Connection, value: &Value, fields: &[&str]) -> anyhow::Result<ExitCode> {
-    if conn.json {
+/// A JSON array (or one object) as a table of `fields`, or the JSON itself when `json`.
+pub(super) fn show(json: bool, value: &Value, fields: &[&str]) -> anyhow::Result<ExitCode> {
+    if json {
         println!("{}", serde_json::to_string_pretty(value)?);
     } else if value.is_array() {
         table(value, fields);
