@@ -3,14 +3,14 @@
 //! Consecutive compressed clusters are collected into a batch (up to 8 MiB of output). A
 //! batch's compressed bytes are read in order, inflated in parallel (one share per core, on
 //! scoped threads), and written out in guest order. A corrupt cluster fails the batch with the
-//! cluster's host offset, as before.
+//! cluster's host offset, as before. This module knows codecs, not qcow2: the reader hands it
+//! each cluster's stored bytes through a callback.
 #![forbid(unsafe_code)]
 
 use std::io::Read;
 use std::sync::OnceLock;
 
-use super::qcow2::{read_vec, Compression, Header, ReadStats};
-use super::{ImageError, ReadAt};
+use super::ImageError;
 use crate::sparse::ImageSink;
 
 /// Output bytes a batch holds at most before it is inflated and written.
@@ -22,27 +22,34 @@ fn workers() -> usize {
     *WORKERS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Where a compressed cluster's bytes are: its descriptor holds the host offset in the low x
-/// bits and the number of additional 512-byte sectors above them. The length may run past the
-/// end of the file for the last cluster; readers clip it.
-pub(super) fn compressed_range(header: &Header, entry: u64) -> (u64, u64) {
-    let x = 62 - (header.cluster_bits - 8);
-    let offset = entry & ((1u64 << x) - 1);
-    let sectors = (entry & ((1u64 << 62) - 1)) >> x;
-    (offset, (sectors + 1) * 512 - (offset & 511))
+/// How compressed clusters are compressed (the qcow2 header's compression type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Deflate,
+    Zstd,
 }
 
-/// Compressed clusters waiting to be inflated: (guest offset, guest length, L2 entry).
+/// Compressed clusters waiting to be inflated: (guest offset, guest length, the reader's handle
+/// for the stored bytes, e.g. a qcow2 L2 entry).
 #[derive(Debug, Default)]
 pub(super) struct Batch {
     items: Vec<(u64, u64, u64)>,
     out_bytes: u64,
 }
 
+/// What a batch needs to know of the image: the codec, the cluster size, and how to read a
+/// cluster's stored bytes (and their host offset, for messages) from its handle.
+pub(super) struct Clusters<'a> {
+    pub compression: Compression,
+    pub cluster_size: u64,
+    pub read: &'a mut dyn FnMut(u64) -> Result<(u64, Vec<u8>), ImageError>,
+}
+
 impl Batch {
-    pub(super) fn push(&mut self, header: &Header, guest: u64, len: u64, entry: u64) {
-        self.items.push((guest, len, entry));
-        self.out_bytes += header.cluster_size();
+    pub(super) fn push(&mut self, cluster_size: u64, guest: u64, len: u64, handle: u64) {
+        self.items.push((guest, len, handle));
+        self.out_bytes += cluster_size;
     }
 
     pub(super) fn is_full(&self) -> bool {
@@ -50,26 +57,17 @@ impl Batch {
     }
 
     /// Reads, inflates and writes every cluster in the batch; empties it.
-    pub(super) fn flush<R: ReadAt + ?Sized>(
-        &mut self,
-        src: &R,
-        header: &Header,
-        out: &mut dyn ImageSink,
-        stats: &mut ReadStats,
-    ) -> Result<(), ImageError> {
+    pub(super) fn flush(&mut self, clusters: Clusters<'_>, out: &mut dyn ImageSink) -> Result<(), ImageError> {
         if self.items.is_empty() {
             return Ok(());
         }
-        let inputs = self
-            .items
-            .iter()
-            .map(|&(_, _, entry)| read_input(src, header, entry, stats))
-            .collect::<Result<Vec<_>, _>>()?;
+        let inputs = self.items.iter().map(|&(_, _, handle)| (clusters.read)(handle)).collect::<Result<Vec<_>, _>>()?;
+        let (compression, cluster_size) = (clusters.compression, clusters.cluster_size);
         let mut outputs: Vec<Vec<u8>> = vec![Vec::new(); inputs.len()];
         let share = inputs.len().div_ceil(workers().min(inputs.len()));
         let inflate_share = |ins: &[(u64, Vec<u8>)], outs: &mut [Vec<u8>]| -> Result<(), ImageError> {
             for ((offset, input), output) in ins.iter().zip(outs) {
-                inflate(header, *offset, input, output)?;
+                inflate(compression, cluster_size, *offset, input, output)?;
             }
             Ok(())
         };
@@ -96,33 +94,12 @@ impl Batch {
     }
 }
 
-/// A compressed cluster's stored bytes, and their host offset.
-fn read_input<R: ReadAt + ?Sized>(
-    src: &R,
-    header: &Header,
-    entry: u64,
-    stats: &mut ReadStats,
-) -> Result<(u64, Vec<u8>), ImageError> {
-    let (offset, len) = compressed_range(header, entry);
-    // The last compressed cluster may end before its last sector does.
-    let len = len.min(src.len().saturating_sub(offset));
-    if len == 0 {
-        return Err(ImageError::Truncated {
-            what: format!("compressed cluster at offset {offset}"),
-            need: offset + 1,
-            have: src.len(),
-        });
-    }
-    Ok((offset, read_vec(src, offset, len, "compressed cluster", stats)?))
-}
-
 /// Inflates one compressed cluster (stored at host `offset`) into `out`, one cluster long.
-fn inflate(header: &Header, offset: u64, input: &[u8], out: &mut Vec<u8>) -> Result<(), ImageError> {
-    let cs = header.cluster_size();
+fn inflate(compression: Compression, cs: u64, offset: u64, input: &[u8], out: &mut Vec<u8>) -> Result<(), ImageError> {
     out.clear();
     out.resize(cs as usize, 0);
     let bad = |why: String| ImageError::Corrupt(format!("compressed cluster at host offset {offset}: {why}"));
-    match header.compression {
+    match compression {
         Compression::Deflate => {
             let mut inflate = flate2::Decompress::new(false);
             inflate.decompress(input, out, flate2::FlushDecompress::Finish).map_err(|e| bad(e.to_string()))?;

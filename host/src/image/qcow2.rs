@@ -10,6 +10,7 @@
 
 use std::io;
 
+use super::inflate::{Batch, Clusters};
 use super::{ImageError, ReadAt};
 use crate::sparse::ImageSink;
 
@@ -37,13 +38,7 @@ const L2_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 const L2_COMPRESSED: u64 = 1 << 62;
 const L2_ZERO: u64 = 1;
 
-/// How compressed clusters are compressed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    Deflate,
-    Zstd,
-}
+pub use super::inflate::Compression;
 
 /// The parts of a qcow2 header this reader uses, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,7 +181,7 @@ pub fn copy<R: ReadAt + ?Sized>(src: &R, header: &Header, out: &mut dyn ImageSin
     let l1 = read_vec(src, header.l1_offset, l1_needed * 8, "L1 table", &mut stats)?;
     let mut l2 = vec![0u8; (per_l2 * header.l2_entry_bytes()) as usize];
     let mut run = Run::default();
-    let mut batch = super::inflate::Batch::default();
+    let mut batch = Batch::default();
     let mut prefetch = Prefetch::default();
     for (l1_index, l1_entry) in l1.chunks_exact(8).enumerate() {
         let l1_entry = u64::from_be_bytes(l1_entry.try_into().unwrap_or_default());
@@ -194,7 +189,7 @@ pub fn copy<R: ReadAt + ?Sized>(src: &R, header: &Header, out: &mut dyn ImageSin
         let span = (per_l2 * cs).min(header.virtual_size - guest_base);
         let l2_offset = l1_entry & L1_OFFSET_MASK;
         if l2_offset == 0 {
-            batch.flush(src, header, out, &mut stats)?;
+            flush_batch(&mut batch, src, header, out, &mut stats)?;
             run.flush(src, out, &mut stats)?;
             out.hole(guest_base, span).map_err(ImageError::Write)?;
             continue;
@@ -217,14 +212,14 @@ pub fn copy<R: ReadAt + ?Sized>(src: &R, header: &Header, out: &mut dyn ImageSin
             prefetch.advance(src, header, entry);
             if entry & L2_COMPRESSED != 0 {
                 run.flush(src, out, &mut stats)?;
-                batch.push(header, guest, len, entry);
+                batch.push(cs, guest, len, entry);
                 if batch.is_full() {
-                    batch.flush(src, header, out, &mut stats)?;
+                    flush_batch(&mut batch, src, header, out, &mut stats)?;
                 }
                 continue;
             }
             // Compressed clusters before this one go out first: the writer takes guest order.
-            batch.flush(src, header, out, &mut stats)?;
+            flush_batch(&mut batch, src, header, out, &mut stats)?;
             let host = entry & L2_OFFSET_MASK;
             if header.extended_l2 {
                 let bitmap = u64::from_be_bytes(l2[at + 8..at + 16].try_into().unwrap_or_default());
@@ -251,7 +246,7 @@ pub fn copy<R: ReadAt + ?Sized>(src: &R, header: &Header, out: &mut dyn ImageSin
             }
         }
     }
-    batch.flush(src, header, out, &mut stats)?;
+    flush_batch(&mut batch, src, header, out, &mut stats)?;
     run.flush(src, out, &mut stats)?;
     Ok(stats)
 }
@@ -361,11 +356,57 @@ const PREFETCH_STEP: u64 = 4 << 20;
 /// Where a cluster's stored bytes are in the file (data or compressed), if anywhere.
 fn stored_range(header: &Header, entry: u64) -> Option<(u64, u64)> {
     if entry & L2_COMPRESSED != 0 {
-        return Some(super::inflate::compressed_range(header, entry));
+        return Some(compressed_range(header, entry));
     }
     let host = entry & L2_OFFSET_MASK;
     let zero = entry & L2_ZERO != 0 && header.version == 3 && !header.extended_l2;
     (host != 0 && !zero).then_some((host, header.cluster_size()))
+}
+
+/// Where a compressed cluster's bytes are: its descriptor holds the host offset in the low x
+/// bits and the number of additional 512-byte sectors above them. The length may run past the
+/// end of the file for the last cluster; readers clip it.
+fn compressed_range(header: &Header, entry: u64) -> (u64, u64) {
+    let x = 62 - (header.cluster_bits - 8);
+    let offset = entry & ((1u64 << x) - 1);
+    let sectors = (entry & ((1u64 << 62) - 1)) >> x;
+    (offset, (sectors + 1) * 512 - (offset & 511))
+}
+
+/// A compressed cluster's stored bytes, and their host offset.
+fn read_compressed<R: ReadAt + ?Sized>(
+    src: &R,
+    header: &Header,
+    entry: u64,
+    stats: &mut ReadStats,
+) -> Result<(u64, Vec<u8>), ImageError> {
+    let (offset, len) = compressed_range(header, entry);
+    // The last compressed cluster may end before its last sector does.
+    let len = len.min(src.len().saturating_sub(offset));
+    if len == 0 {
+        return Err(ImageError::Truncated {
+            what: format!("compressed cluster at offset {offset}"),
+            need: offset + 1,
+            have: src.len(),
+        });
+    }
+    Ok((offset, read_vec(src, offset, len, "compressed cluster", stats)?))
+}
+
+/// Inflates the batched compressed clusters (on every core) and writes them out.
+fn flush_batch<R: ReadAt + ?Sized>(
+    batch: &mut Batch,
+    src: &R,
+    header: &Header,
+    out: &mut dyn ImageSink,
+    stats: &mut ReadStats,
+) -> Result<(), ImageError> {
+    let clusters = Clusters {
+        compression: header.compression,
+        cluster_size: header.cluster_size(),
+        read: &mut |entry| read_compressed(src, header, entry, stats),
+    };
+    batch.flush(clusters, out)
 }
 
 /// Hands the stored ranges of the clusters ahead to the source to read in the background, a
@@ -427,7 +468,7 @@ fn check_range(offset: u64, len: u64, file_len: u64, what: &str) -> Result<(), I
     Ok(())
 }
 
-pub(super) fn read_vec<R: ReadAt + ?Sized>(
+fn read_vec<R: ReadAt + ?Sized>(
     src: &R,
     offset: u64,
     len: u64,
