@@ -148,6 +148,8 @@ pub struct WasmPlugin {
     pub(crate) digest: String,
     live: Mutex<Option<Live>>,
     hooks: HookHealth,
+    /// The component's own export names, to name its interfaces as it does in messages.
+    exported: Vec<String>,
 }
 
 impl std::fmt::Debug for WasmPlugin {
@@ -227,6 +229,7 @@ impl WasmPlugin {
             digest,
             live: Mutex::new(None),
             hooks: HookHealth::default(),
+            exported: component.component_type().exports(engine.engine()).map(|(name, _)| name.to_string()).collect(),
         };
         let mut live = plugin.instantiate().map_err(|e| match e {
             CallError::Rejected(reason) => LoadError::Configure(reason),
@@ -254,6 +257,13 @@ impl WasmPlugin {
         &self.hooks
     }
 
+    /// `interface` as the component names it (`volcache:policy/eviction@0.1.0` for a 0.1.0
+    /// plugin), or as this host does when the component does not export it.
+    fn export_name(&self, interface: &str) -> String {
+        let prefix = format!("volcache:policy/{interface}@");
+        self.exported.iter().find(|n| n.starts_with(&prefix)).cloned().unwrap_or_else(|| interface_name(interface))
+    }
+
     /// A new instance, type-checked and configured.
     fn instantiate(&self) -> Result<Live, CallError> {
         let options = self.engine.options();
@@ -270,7 +280,8 @@ impl WasmPlugin {
         let instance = self.pre.instantiate(&mut store).map_err(|e| classify(&store, e))?;
         // `load` type-checks each exported function against the contract.
         let load = |interface: &'static str| {
-            move |e: wasmtime::Error| CallError::Incompatible(format!("{}: {e:#}", interface_name(interface)))
+            let name = self.export_name(interface);
+            move |e: wasmtime::Error| CallError::Incompatible(format!("{name}: {e:#}"))
         };
         // An optional interface: loaded when the component exports it.
         macro_rules! optional {
