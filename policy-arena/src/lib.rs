@@ -99,17 +99,26 @@ impl State {
             self.end = self.start;
         }
         let addr = (self.next + layout.align() - 1) & !(layout.align() - 1);
-        let Some(top) = addr.checked_add(layout.size()) else { return core::ptr::null_mut() };
+        if !self.reach(addr.checked_add(layout.size())) {
+            return core::ptr::null_mut();
+        }
+        self.live += 1;
+        addr as *mut u8
+    }
+
+    /// Moves the bump pointer to `top`, growing memory up to it first; false (nothing moved)
+    /// when `top` overflowed or the host refuses to grow.
+    fn reach(&mut self, top: Option<usize>) -> bool {
+        let Some(top) = top else { return false };
         if top > self.end {
             let pages = (top - self.end).div_ceil(PAGE);
             if !grow(pages) {
-                return core::ptr::null_mut();
+                return false;
             }
             self.end += pages * PAGE;
         }
         self.next = top;
-        self.live += 1;
-        addr as *mut u8
+        true
     }
 }
 
@@ -139,16 +148,7 @@ unsafe impl GlobalAlloc for CallArena {
         let at = ptr as usize;
         if at + layout.size() == s.next {
             // The newest block grows or shrinks in place.
-            let Some(top) = at.checked_add(new_size) else { return core::ptr::null_mut() };
-            if top > s.end {
-                let pages = (top - s.end).div_ceil(PAGE);
-                if !grow(pages) {
-                    return core::ptr::null_mut();
-                }
-                s.end += pages * PAGE;
-            }
-            s.next = top;
-            return ptr;
+            return if s.reach(at.checked_add(new_size)) { ptr } else { core::ptr::null_mut() };
         }
         if new_size <= layout.size() {
             return ptr;
