@@ -123,7 +123,11 @@ fn run_case(seed: u64) {
             let mut rng = Rng::new(seed ^ (t + 1).wrapping_mul(0x1234_5678_9abc_def1));
             std::thread::spawn(move || {
                 for _ in 0..OPS {
-                    step(&core, &log, &versions, &(max_size, max_count), &mut rng, seed, (&journal, t));
+                    let i = rng.below(IMAGES.len() as u64) as usize;
+                    let op = rng.below(13);
+                    journal.note(t, format_args!("begin op {op} on {}", IMAGES[i].0));
+                    let result = step(&core, &log, &versions, &(max_size, max_count), &mut rng, seed, i, op);
+                    journal.note(t, format_args!("end op {op} on {}: {result}", IMAGES[i].0));
                 }
             })
         })
@@ -168,25 +172,9 @@ impl Versions {
     }
 }
 
-fn step(
-    core: &Core,
-    log: &Mutex<Log>,
-    versions: &Versions,
-    limits: &(u64, u64),
-    rng: &mut Rng,
-    seed: u64,
-    (journal, thread): (&Journal, u64),
-) {
-    let i = rng.below(IMAGES.len() as u64) as usize;
-    let id = IMAGES[i].0;
-    let op = rng.below(13);
-    journal.note(thread, format_args!("begin op {op} on {id}"));
-    let result = step_op(core, log, versions, limits, rng, seed, i, op);
-    journal.note(thread, format_args!("end op {op} on {id}: {result}"));
-}
-
+/// Operation `op` on image `i`; says what it did, for the journal.
 #[allow(clippy::too_many_arguments)]
-fn step_op(
+fn step(
     core: &Core,
     log: &Mutex<Log>,
     versions: &Versions,
