@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 
 use volcache::sparse::DataExtents;
 
+#[path = "common/files.rs"]
+mod files;
+use files::{run, same_bytes};
+
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
@@ -94,26 +98,6 @@ fn timed(out: &Path, f: impl FnOnce()) -> Duration {
     t.elapsed()
 }
 
-fn tool(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn same_bytes(a: &Path, b: &Path) -> bool {
-    let (mut fa, mut fb) = (File::open(a).unwrap(), File::open(b).unwrap());
-    let (mut x, mut y) = (vec![0u8; 8 << 20], vec![0u8; 8 << 20]);
-    loop {
-        let n = fa.read(&mut x).unwrap();
-        let m = fb.read(&mut y).unwrap();
-        if n != m || x[..n] != y[..m] {
-            return false;
-        }
-        if n == 0 {
-            return true;
-        }
-    }
-}
-
 /// Rounds per tool and image in a full run.
 const ROUNDS: usize = 5;
 
@@ -143,7 +127,7 @@ struct Row {
 
 /// The `volcache convert` command, run as a process like the other tools.
 fn volcache_convert(src: &Path, dst: &Path) {
-    tool(env!("CARGO_BIN_EXE_volcache"), &["convert", src.to_str().unwrap(), dst.to_str().unwrap()]);
+    run(env!("CARGO_BIN_EXE_volcache"), &["convert", src.to_str().unwrap(), dst.to_str().unwrap()]);
 }
 
 fn compare(dir: &Path, label: &str, src: &Path, reference: &Path, with_cp: bool, full: bool) -> Vec<Row> {
@@ -159,20 +143,20 @@ fn compare(dir: &Path, label: &str, src: &Path, reference: &Path, with_cp: bool,
         times[0].push(timed(&ours, || volcache_convert(src, &ours)));
         fresh_start(&qemu);
         times[1].push(timed(&qemu, || {
-            tool("qemu-img", &["convert", "-O", "raw", src.to_str().unwrap(), qemu.to_str().unwrap()])
+            run("qemu-img", &["convert", "-O", "raw", src.to_str().unwrap(), qemu.to_str().unwrap()])
         }));
         if with_cp {
             fresh_start(&cp);
-            times[2].push(timed(&cp, || tool("cp", &["--sparse=always", src.to_str().unwrap(), cp.to_str().unwrap()])));
+            times[2].push(timed(&cp, || run("cp", &["--sparse=always", src.to_str().unwrap(), cp.to_str().unwrap()])));
         }
     }
     let [t_ours, t_qemu, t_cp] = times.map(|t| Timing::of(&t));
-    assert!(same_bytes(&ours, reference), "{label}: volcache output differs");
-    assert!(same_bytes(&qemu, reference), "{label}: qemu-img output differs");
+    assert!(same_bytes(&ours, reference, u64::MAX), "{label}: volcache output differs");
+    assert!(same_bytes(&qemu, reference, u64::MAX), "{label}: qemu-img output differs");
     rows.push(Row { name: format!("{label}: volcache convert"), time: t_ours, allocated: allocated(&ours) });
     rows.push(Row { name: format!("{label}: qemu-img convert"), time: t_qemu, allocated: allocated(&qemu) });
     if with_cp {
-        assert!(same_bytes(&cp, reference), "{label}: cp output differs");
+        assert!(same_bytes(&cp, reference, u64::MAX), "{label}: cp output differs");
         rows.push(Row { name: format!("{label}: cp --sparse=always"), time: t_cp, allocated: allocated(&cp) });
     }
     rows
@@ -241,8 +225,8 @@ fn main() {
     make_cloud_image(&raw, size, data);
     let qcow2 = dir.path().join("cloud.qcow2");
     let compressed = dir.path().join("cloud-compressed.qcow2");
-    tool("qemu-img", &["convert", "-f", "raw", "-O", "qcow2", raw.to_str().unwrap(), qcow2.to_str().unwrap()]);
-    tool(
+    run("qemu-img", &["convert", "-f", "raw", "-O", "qcow2", raw.to_str().unwrap(), qcow2.to_str().unwrap()]);
+    run(
         "qemu-img",
         &["convert", "-c", "-f", "raw", "-O", "qcow2", raw.to_str().unwrap(), compressed.to_str().unwrap()],
     );

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{run, RangeServer as Server, Xfs, GIB, MIB};
+use common::{run, same_bytes, RangeServer as Server, Xfs, GIB, MIB};
 use volcache::backend::file::FileBackend;
 use volcache::cache::images::NewImage;
 use volcache::cache::{CacheService, CreateVolume};
@@ -59,22 +59,6 @@ fn source_image(dir: &Path, full: bool) -> (PathBuf, PathBuf, &'static str) {
     let qcow2 = dir.join("synthetic.qcow2");
     run("qemu-img", &["convert", "-f", "raw", "-O", "qcow2", raw.to_str().unwrap(), qcow2.to_str().unwrap()]);
     (qcow2, raw, "synthetic")
-}
-
-fn same_bytes(a: &Path, b: &Path, len: u64) -> bool {
-    use std::io::Read;
-    let (mut fa, mut fb) = (std::fs::File::open(a).unwrap().take(len), std::fs::File::open(b).unwrap().take(len));
-    let (mut x, mut y) = (vec![0u8; 8 << 20], vec![0u8; 8 << 20]);
-    loop {
-        let n = fa.read(&mut x).unwrap();
-        let m = fb.read(&mut y).unwrap();
-        if n != m || x[..n] != y[..m] {
-            return false;
-        }
-        if n == 0 {
-            return true;
-        }
-    }
 }
 
 fn spread(v: &[Duration]) -> (f64, f64, f64) {

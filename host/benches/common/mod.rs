@@ -17,6 +17,10 @@ use volcache::catalog::{CacheOutcome, Catalog, ImageRecord};
 use volcache::image::DiskFormat;
 use volcache::policy::{CinderLimits, EngineOptions, PolicyEngine, PolicySet};
 
+mod files;
+#[allow(unused_imports, reason = "not every bench uses them")]
+pub use files::{run, same_bytes};
+
 pub const MIB: u64 = 1 << 20;
 pub const GIB: u64 = 1 << 30;
 
@@ -104,12 +108,6 @@ pub fn storm(cache: &Arc<CacheService>, requests: Vec<CreateVolume>) -> (Duratio
     let t = Instant::now();
     let outcomes: Vec<CacheOutcome> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     (t.elapsed(), outcomes)
-}
-
-#[allow(dead_code, reason = "the storm and cache benches use it, the rbd bench does not")]
-pub fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A loop-mounted XFS with reflink under target/, unmounted on drop (retried while busy,
