@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::evict::evict_rows;
 use super::{now_ms, policy_entry, CacheError, CacheService, EvictReason};
-use crate::policy::{DecidedBy, View};
+use crate::policy::View;
 
 /// What one expiry round did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -41,21 +41,25 @@ impl CacheService {
         }
         let view = View::new(entries, now_ms());
         // Swapped out meanwhile: nothing to ask.
-        let Some(decided) = self.policies.expire(&view) else { return Ok(no_rule()) };
-        if let DecidedBy::Fallback(error) = &decided.by {
-            return Ok(Expired { evicted: Vec::new(), skipped: Some(format!("the eviction policy failed: {error}")) });
-        }
-        if decided.value.is_empty() {
+        let expiring = match self.policies.expire(&view) {
+            None => return Ok(no_rule()),
+            Some(Err(error)) => {
+                return Ok(Expired {
+                    evicted: Vec::new(),
+                    skipped: Some(format!("the eviction policy failed: {error}")),
+                })
+            }
+            Some(Ok(ids)) => ids,
+        };
+        if expiring.is_empty() {
             return Ok(Expired::default());
         }
         let removed = self.catalog.write(|w| {
             let mut removed = Vec::new();
-            for &id in &decided.value {
-                // Checked again in the transaction: pinned by an operator since the view was read
-                // is impossible under the ledger's lock, but an operator's evict may have won.
-                if w.entry(id)?.is_some_and(|e| !e.pinned) {
-                    removed.extend(evict_rows(w, &scope, id)?);
-                }
+            // A pin cannot have come in meanwhile (pins take the ledger's lock); an operator's
+            // evict may have, and then the row is gone and `evict_rows` answers None.
+            for &id in &expiring {
+                removed.extend(evict_rows(w, &scope, id)?);
             }
             Ok(removed)
         })?;

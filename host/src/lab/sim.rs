@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use super::trace::{Op, Record};
-use crate::policy::{Candidate, DecidedBy, Entry, Plan, PolicyEvent, PolicySet, Slot, View};
+use crate::policy::{Candidate, Entry, Plan, PolicyEvent, PolicySet, Slot, View};
 
 const GIB: u64 = 1 << 30;
 
@@ -123,11 +123,9 @@ impl SimCache {
         let at = next + (now_ms - next) / EXPIRE_EVERY_MS * EXPIRE_EVERY_MS;
         self.next_expire_ms = Some(at + EXPIRE_EVERY_MS);
         let view = View::new(self.cache.values().map(|c| c.entry).collect(), at);
-        let Some(decided) = set.expire(&view) else { return };
-        if decided.by != DecidedBy::Plugin {
-            return;
-        }
-        for id in decided.value {
+        // A failed call was counted by the set, and expires nothing.
+        let Some(Ok(expiring)) = set.expire(&view) else { return };
+        for id in expiring {
             if let Some(gone) = self.cache.remove(&id) {
                 self.by_image.remove(&gone.image);
                 self.out.evictions += 1;

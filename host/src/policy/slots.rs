@@ -259,11 +259,22 @@ impl PolicySet {
             .collect()
     }
 
-    /// Runs a plugin call with timing, failure counting and logging.
+    /// Runs a decision's plugin call with timing, failure counting and logging; a failed
+    /// decision is made by the built-in policy (counted as a fallback).
     fn timed<T>(
         &self,
         slot: Slot,
         plugin: &WasmPlugin,
+        call: impl FnOnce() -> Result<T, CallError>,
+    ) -> Result<T, CallError> {
+        self.counted(slot, plugin, true, call)
+    }
+
+    fn counted<T>(
+        &self,
+        slot: Slot,
+        plugin: &WasmPlugin,
+        falls_back: bool,
         call: impl FnOnce() -> Result<T, CallError>,
     ) -> Result<T, CallError> {
         let stats = &self.stats[slot.index()];
@@ -272,9 +283,14 @@ impl PolicySet {
         stats.record_call(started.elapsed());
         if let Err(error) = &result {
             stats.record_failure(error);
-            stats.record_fallback();
-            tracing::warn!(%slot, plugin = %plugin.info.name, kind = error.kind(), %error,
-                "policy plugin failed; this request is decided by the built-in policy");
+            if falls_back {
+                stats.record_fallback();
+                tracing::warn!(%slot, plugin = %plugin.info.name, kind = error.kind(), %error,
+                    "policy plugin failed; this request is decided by the built-in policy");
+            } else {
+                tracing::warn!(%slot, plugin = %plugin.info.name, kind = error.kind(), %error,
+                    "policy plugin's expiry call failed; nothing expires this round");
+            }
         }
         result
     }
@@ -342,20 +358,17 @@ impl PolicySet {
     }
 
     /// See [`PolicySet::has_expiry`]; asks the eviction slot's plugin which entries expire.
-    pub fn expire(&self, view: &View) -> Option<Decided<Vec<u64>>> {
+    pub fn expire(&self, view: &View) -> Option<Result<Vec<u64>, CallError>> {
         let filled = self.current(Slot::Eviction);
         let Filler::Wasm(plugin) = &filled.filler else { return None };
         if !plugin.has_expiry() {
             return None;
         }
-        let answer = self.timed(Slot::Eviction, plugin, || {
+        // No built-in decides instead: a failed call is counted, not a fallback.
+        Some(self.counted(Slot::Eviction, plugin, false, || {
             let ids = plugin.expire(view.wire())?;
             check_victims(Need::default(), view, &ids).map(|()| ids)
-        });
-        Some(match answer {
-            Ok(ids) => Decided { value: ids, by: DecidedBy::Plugin },
-            Err(e) => Decided { value: Vec::new(), by: DecidedBy::Fallback(e) },
-        })
+        }))
     }
 
     /// Asks admission, then capacity, then (only if something must go) eviction.
