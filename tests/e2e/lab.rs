@@ -389,3 +389,33 @@ fn the_simulator_replays_expiry_like_the_daemon() {
     );
     assert_eq!(ttl["failures"], 0);
 }
+
+/// On a machine without any font the PNG cannot show its text: it is left out with one line
+/// saying what to install, and the SVG, the CSV and the JSON are still written.
+#[test]
+fn without_a_font_the_png_is_left_out_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = synth(dir.path(), &["--shape", "zipf", "--requests", "500", "--images", "50"]);
+    // A fontconfig that lists one empty directory: no system font is found.
+    let empty = dir.path().join("no-fonts");
+    std::fs::create_dir(&empty).unwrap();
+    let conf = dir.path().join("fonts.conf");
+    std::fs::write(
+        &conf,
+        format!("<?xml version=\"1.0\"?>\n<fontconfig><dir>{}</dir></fontconfig>\n", empty.display()),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let run = Command::new(env!("CARGO_BIN_EXE_volcache"))
+        .args(["simulate", "--trace", &trace, "--max-size-gb", "20", "--out", out.to_str().unwrap()])
+        .env("FONTCONFIG_FILE", &conf)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("no PNG plot") && stderr.contains("fonts-dejavu-core"), "{stderr}");
+    assert!(!out.join("miss-ratio.png").exists());
+    for file in ["miss-ratio.svg", "results.csv", "results.json"] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+}
