@@ -30,7 +30,9 @@ mod params;
 
 pub use beyond::{rate_victims, ttl_expired, ttl_victims, weighed_rows, Frequent, Gdsf, SecondHit, Sieve, Weighed};
 
-pub use params::{AtomicLimits, CinderLimits, ParamError, KEY_MAX_COUNT, KEY_MAX_SIZE_GB, KEY_SIZE_BASIS};
+pub use params::{
+    whole_number, AtomicLimits, CinderLimits, ParamError, KEY_MAX_COUNT, KEY_MAX_SIZE_GB, KEY_SIZE_BASIS,
+};
 
 /// Bytes in one GiB, Cinder's size unit.
 pub const GIB: u64 = 1 << 30;

@@ -77,6 +77,11 @@ impl CinderLimits {
     }
 }
 
+/// A plugin's own whole-number parameter, or the message `configure` answers with.
+pub fn whole_number(key: &str, value: &str) -> Result<u64, alloc::string::String> {
+    value.trim().parse().map_err(|_| alloc::format!("{key}: {value:?} is not a whole number"))
+}
+
 fn number<'a>(key: &'a str, value: &'a str) -> Result<u64, ParamError<'a>> {
     value.trim().parse().map_err(|_| ParamError::NotANumber { key, value })
 }

@@ -77,6 +77,13 @@ fn check_reports_bad_parameters_by_key() {
     ]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("image_volume_cache_max_count"), "{}", text(&out.stderr));
+    // A plugin's own parameters too, each named (the shipped plugins share one parser).
+    for (name, slot, key) in [("ttl", "eviction", "ttl_seconds"), ("frequent", "admission", "half_life_hours")] {
+        let param = format!("{key}=soon");
+        let out = volcache(&["plugin", "check", plugin(name).to_str().unwrap(), "--slot", slot, "--param", &param]);
+        assert!(!out.status.success(), "{name} took {param}");
+        assert!(text(&out.stderr).contains(&format!("{key}: \"soon\" is not a whole number")), "{}", text(&out.stderr));
+    }
 }
 
 #[test]

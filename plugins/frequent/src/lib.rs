@@ -32,10 +32,6 @@ static STATE: State = State(RefCell::new(None));
 
 struct Policy;
 
-fn number(key: &str, value: &str) -> Result<u64, String> {
-    value.parse().map_err(|_| format!("{key}: {value:?} is not a whole number"))
-}
-
 impl plugin::Guest for Policy {
     fn info() -> plugin::PluginInfo {
         plugin::PluginInfo {
@@ -49,8 +45,8 @@ impl plugin::Guest for Policy {
         let (mut hours, mut remember) = (24u64, 10_000u64);
         for (key, value) in &params {
             match key.as_str() {
-                "half_life_hours" => hours = number(key, value)?.max(1),
-                "remember" => remember = number(key, value)?.max(1),
+                "half_life_hours" => hours = cinder::whole_number(key, value)?.max(1),
+                "remember" => remember = cinder::whole_number(key, value)?.max(1),
                 _ => {}
             }
         }

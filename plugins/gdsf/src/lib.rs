@@ -51,7 +51,7 @@ impl plugin::Guest for Policy {
         let mut fixed = 0u64;
         for (key, value) in &params {
             if key == "fixed_cost_mib" {
-                fixed = value.parse().map_err(|_| alloc::format!("fixed_cost_mib: {value:?} is not a whole number"))?;
+                fixed = cinder::whole_number(key, value)?;
             }
         }
         *STATE.0.borrow_mut() = Some(cinder::Gdsf::new(fixed.saturating_mul(1 << 20)));

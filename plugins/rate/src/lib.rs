@@ -8,7 +8,6 @@
 
 extern crate alloc;
 
-use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -36,7 +35,7 @@ impl plugin::Guest for Policy {
     fn configure(params: Vec<(String, String)>) -> Result<(), String> {
         for (key, value) in &params {
             if key == "min_age_hours" {
-                let hours: u64 = value.parse().map_err(|_| format!("{key}: {value:?} is not a whole number"))?;
+                let hours = cinder::whole_number(key, value)?;
                 MIN_AGE_MS.store(hours.saturating_mul(3_600_000), Ordering::Relaxed);
             }
         }

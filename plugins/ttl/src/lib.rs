@@ -9,7 +9,6 @@
 
 extern crate alloc;
 
-use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -25,10 +24,6 @@ static TTL_MS: AtomicU64 = AtomicU64::new(7 * 86_400_000);
 
 struct Policy;
 
-fn whole(key: &str, value: &str) -> Result<u64, String> {
-    value.parse().map_err(|_| format!("{key}: {value:?} is not a whole number"))
-}
-
 impl plugin::Guest for Policy {
     fn info() -> plugin::PluginInfo {
         plugin::PluginInfo {
@@ -41,8 +36,8 @@ impl plugin::Guest for Policy {
     fn configure(params: Vec<(String, String)>) -> Result<(), String> {
         for (key, value) in &params {
             match key.as_str() {
-                "ttl_days" => TTL_MS.store(whole(key, value)?.saturating_mul(86_400_000), Ordering::Relaxed),
-                "ttl_seconds" => TTL_MS.store(whole(key, value)?.saturating_mul(1_000), Ordering::Relaxed),
+                "ttl_days" => TTL_MS.store(cinder::whole_number(key, value)?.saturating_mul(86_400_000), Ordering::Relaxed),
+                "ttl_seconds" => TTL_MS.store(cinder::whole_number(key, value)?.saturating_mul(1_000), Ordering::Relaxed),
                 _ => {}
             }
         }
