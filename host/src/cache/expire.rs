@@ -78,20 +78,12 @@ impl CacheService {
         if interval.is_zero() {
             return;
         }
-        let weak = std::sync::Arc::downgrade(self);
-        std::thread::Builder::new()
-            .name("volcache-expire".into())
-            .spawn(move || loop {
-                std::thread::sleep(interval);
-                let Some(cache) = weak.upgrade() else { return };
-                match cache.expire() {
-                    Ok(Expired { evicted, .. }) if !evicted.is_empty() => {
-                        tracing::info!(count = evicted.len(), "expired cache entries evicted");
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "expiry round failed; the next one tries again"),
-                }
-            })
-            .expect("spawning the expiry thread");
+        self.every("volcache-expire", interval, |cache| match cache.expire() {
+            Ok(Expired { evicted, .. }) if !evicted.is_empty() => {
+                tracing::info!(count = evicted.len(), "expired cache entries evicted");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "expiry round failed; the next one tries again"),
+        });
     }
 }

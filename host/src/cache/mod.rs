@@ -430,6 +430,20 @@ impl CacheService {
     }
 
     /// Entries of this cache scope.
+    /// Runs `round` every `every` on a thread named `name`, for as long as the service lives
+    /// (the thread holds only a weak reference between rounds).
+    pub(super) fn every(self: &Arc<Self>, name: &str, every: std::time::Duration, round: fn(&CacheService)) {
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                let Some(cache) = weak.upgrade() else { return };
+                round(&cache);
+            })
+            .unwrap_or_else(|e| panic!("spawning the {name} thread: {e}"));
+    }
+
     pub fn scope_entries(&self) -> Result<Vec<EntryRecord>, CacheError> {
         let scope = self.config.scope();
         Ok(self

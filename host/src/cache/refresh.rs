@@ -199,14 +199,8 @@ impl CacheService {
 
     /// Checks due images every `tick` on a thread of its own, for as long as the service lives.
     pub fn spawn_refresher(self: &std::sync::Arc<Self>, tick: Duration) {
-        let weak = std::sync::Arc::downgrade(self);
-        std::thread::Builder::new()
-            .name("volcache-refresh".into())
-            .spawn(move || loop {
-                std::thread::sleep(tick);
-                let Some(cache) = weak.upgrade() else { return };
-                cache.refresh_due();
-            })
-            .expect("spawning the refresh thread");
+        self.every("volcache-refresh", tick, |cache| {
+            cache.refresh_due();
+        });
     }
 }
