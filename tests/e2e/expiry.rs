@@ -160,3 +160,32 @@ fn the_daemon_expires_idle_entries_on_its_own_and_says_why() {
     let (status, _) = d.call("GET", &format!("/v1/volumes/{}", created["id"].as_str().unwrap()), Some(TOKEN), None);
     assert_eq!(status, 200);
 }
+
+/// An entry a fill in progress has chosen as its victim is that fill's to evict: expiry leaves it
+/// alone although it is idle past its TTL, and the fill evicts it (reason capacity, once).
+#[test]
+fn expiry_leaves_the_victim_of_a_fill_in_progress_to_that_fill() {
+    use volcache::backend::faulty::Op;
+    let c = std::sync::Arc::new(Core::new(limits(0, 1)));
+    c.cache.policies().swap(Slot::Eviction, spec(plugin("ttl"), &[("ttl_seconds", "1")])).unwrap();
+    c.register("a", 1);
+    c.register("b", 1);
+    c.create("a", 1).unwrap();
+    std::thread::sleep(Duration::from_millis(1300));
+    // b's fill chooses a (the cache holds one entry) and is held in its write.
+    c.faulty.slow(Op::Seal, Duration::from_millis(600));
+    let fill = {
+        let c = c.clone();
+        std::thread::spawn(move || c.create("b", 1))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let round = c.cache.expire().unwrap();
+    assert_eq!((round.evicted.len(), round.skipped), (0, None), "a is the fill's victim");
+    assert_eq!(fill.join().unwrap().unwrap().volume.cache, Some(volcache::catalog::CacheOutcome::Miss));
+    let mut c = std::sync::Arc::into_inner(c).unwrap();
+    let evicts: Vec<_> = c.drain().into_iter().filter(|e| e.event_type.ends_with(".evict")).collect();
+    assert_eq!(
+        evicts.iter().map(|e| (e.image_id.as_str(), e.reason)).collect::<Vec<_>>(),
+        [("a", Some(EvictReason::Capacity))]
+    );
+}
