@@ -158,6 +158,24 @@ fn kinds(events: &[CacheEvent]) -> Vec<(&str, &str)> {
     events.iter().map(|e| (e.event_type.trim_start_matches("image_volume_cache."), e.image_id.as_str())).collect()
 }
 
+/// A clone as large as its entry is not resized (on RBD a resize opens the clone and its parent
+/// and takes the exclusive lock: a third of a hit); a larger one is grown.
+#[test]
+fn a_hit_the_size_of_its_entry_is_not_resized() {
+    let c = Core::new(limits(0, 0));
+    c.register("a", 1);
+    assert_eq!(c.create("a", 1).unwrap().volume.cache, Some(CacheOutcome::Miss));
+    // Every resize of a user volume fails from here on: the same-size hit never asks for one.
+    c.faulty.inject(Fault { op: Op::Resize, prefix: "volume-".into(), after: 0, times: 1, errno: libc::EIO });
+    let hit = c.create("a", 1).unwrap();
+    assert_eq!(hit.volume.cache, Some(CacheOutcome::Hit));
+    assert_eq!(c.memory.size(&hit.volume.backend_name).unwrap(), GIB);
+    let err = c.create("a", 2).unwrap_err();
+    assert_eq!(err.class(), FailureClass::Unavailable, "a larger hit is resized and met the fault: {err}");
+    let grown = c.create("a", 2).unwrap();
+    assert_eq!(c.memory.size(&grown.volume.backend_name).unwrap(), 2 * GIB);
+}
+
 #[test]
 fn a_failed_fill_evicts_nothing() {
     let mut c = Core::new(limits(0, 1));

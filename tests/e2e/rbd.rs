@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use volcache::backend::rbd::{RbdBackend, SEAL};
-use volcache::backend::{Backend, CloneMode, Held, RbdOptions};
+use volcache::backend::{Backend, BackendError, CloneMode, Held, RbdOptions};
 use volcache::image::convert::{write_image, ConvertOptions};
 use volcache::image::source::Location;
 use volcache::sparse::Target;
@@ -92,6 +92,40 @@ fn a_clone_is_a_child_of_the_sealed_snapshot_and_copies_no_data() {
     assert_eq!(rbd_used(&format!("{prefix}user")), 0);
     b.remove("user").unwrap();
     b.remove("entry").unwrap();
+}
+
+/// A hit clones without opening its source (the backend remembers what the seal learned); when
+/// the source changed behind it, the clone opens it, seals it again, and still succeeds, and a
+/// source that is gone is named as the missing volume (the cache drops a lost entry by that).
+#[test]
+fn a_clone_relearns_a_source_that_changed_behind_the_backend() {
+    let b = backend();
+    let prefix = b.options().prefix.clone();
+    fill(&b, "entry");
+    let original = read(&b, "entry");
+    b.seal("entry").unwrap();
+    b.clone_volume("entry", "a").unwrap();
+    b.remove("a").unwrap();
+
+    // Another tool takes the seal away: the remembered source is stale.
+    let snap = format!("rbd/{prefix}entry@{SEAL}");
+    rbd(&["snap", "unprotect", &snap]);
+    rbd(&["snap", "rm", &snap]);
+    b.clone_volume("entry", "b").unwrap();
+    let info = rbd_json(&["info", &format!("rbd/{prefix}b")]);
+    assert_eq!(info["parent"]["snapshot"], SEAL, "sealed again: {info}");
+    assert_eq!(read(&b, "b"), original);
+    b.remove("b").unwrap();
+
+    // And then removes the volume itself.
+    rbd(&["snap", "unprotect", &snap]);
+    rbd(&["snap", "rm", &snap]);
+    rbd(&["rm", &format!("rbd/{prefix}entry")]);
+    match b.clone_volume("entry", "c") {
+        Err(BackendError::NotFound(name)) => assert_eq!(name, "entry"),
+        other => panic!("a clone of a vanished source: {other:?}"),
+    }
+    assert!(b.list().unwrap().is_empty(), "{:?}", b.list());
 }
 
 #[test]

@@ -242,11 +242,14 @@ impl CacheService {
         also: impl FnOnce(&mut Writer<'_>) -> Result<(), CatalogError>,
     ) -> Result<Created, CacheError> {
         let mut volume = self.user_volume(req, outcome);
-        let source = self
+        // The cache volume's record gives its provisioned size, so a clone already as large as
+        // asked for is not resized (on RBD a resize is an open of the clone and its parent, the
+        // exclusive lock, and a close: a third of a hit).
+        let (source, source_gib) = self
             .catalog
             .read(|r| r.volume(&entry.volume_id))?
-            .map(|v| v.backend_name)
-            .unwrap_or_else(|| format!("cache-{}", entry.id));
+            .map(|v| (v.backend_name, Some(v.size)))
+            .unwrap_or_else(|| (format!("cache-{}", entry.id), None));
         let intent = Intent::Create { volume_id: volume.id.clone(), backend_name: volume.backend_name.clone() };
         let guard = IntentGuard::begin(self, intent, &volume.backend_name)?;
         fault::point("clone:after-intent");
@@ -254,7 +257,9 @@ impl CacheService {
         fault::point("clone:after-clone");
         volume.cloned_from = Some(entry.id);
         volume.clone_mode = serde_json::to_value(mode).ok().and_then(|v| v.as_str().map(String::from));
-        self.backend.resize(&volume.backend_name, volume.size * GIB)?;
+        if source_gib.is_none_or(|gib| volume.size > gib) {
+            self.backend.resize(&volume.backend_name, volume.size * GIB)?;
+        }
         fault::point("clone:after-resize");
         guard.commit(|w| {
             w.put_volume(&volume)?;

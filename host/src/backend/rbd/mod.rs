@@ -38,6 +38,20 @@ pub struct RbdBackend {
     /// written again, so [`Backend::held`] only measures images it has not seen: a stats or
     /// metrics scrape costs one trash listing, not one open per held volume.
     held_bytes: Mutex<HashMap<String, u64>>,
+    /// What a clone needs to know of each sealed volume it was taken from, learned by the seal
+    /// or the first clone: a hit then costs the clone alone, not an open of its source too
+    /// (each open is several round trips and a watch on the header). Forgotten when the volume
+    /// is removed, and relearned when a clone with it fails.
+    sources: Mutex<HashMap<String, Source>>,
+}
+
+/// A sealed volume as its clones see it (see [`RbdBackend::sources`]).
+#[derive(Clone, Copy, Debug)]
+struct Source {
+    /// Features its clones get (the source's own).
+    features: u64,
+    /// Clone depth of a clone of it (1 for a volume written in place).
+    child_depth: u32,
 }
 
 fn io_err<'n>(op: &'static str, name: &'n str) -> impl Fn(io::Error) -> BackendError + 'n {
@@ -63,7 +77,13 @@ impl RbdBackend {
         let err = |source| BackendError::Io { op: "connect", name: options.pool.clone(), source };
         let cluster = ffi::Cluster::connect(&options.user, options.ceph_conf.as_deref(), &settings).map_err(err)?;
         let pool = Arc::new(cluster.pool(&options.pool).map_err(err)?);
-        Ok(RbdBackend { pool, options, flattening: Mutex::default(), held_bytes: Mutex::default() })
+        Ok(RbdBackend {
+            pool,
+            options,
+            flattening: Mutex::default(),
+            held_bytes: Mutex::default(),
+            sources: Mutex::default(),
+        })
     }
 
     pub fn options(&self) -> &RbdOptions {
@@ -80,6 +100,16 @@ impl RbdBackend {
     fn open_image(&self, name: &str, op: &'static str) -> Result<ffi::Image, BackendError> {
         let image = self.image_name(name)?;
         self.pool.open(&image).map_err(io_err(op, name))
+    }
+
+    /// Records what clones of the open, sealed volume `name` need (see [`RbdBackend::sources`]).
+    fn learn(&self, name: &str, image: &ffi::Image) -> Result<Source, BackendError> {
+        let source = Source {
+            features: image.features().map_err(io_err("clone", name))?,
+            child_depth: self.depth(image).map_err(io_err("clone", name))? + 1,
+        };
+        self.sources.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), source);
+        Ok(source)
     }
 
     /// Waits for a background flatten of `name`, if one runs.
@@ -230,18 +260,29 @@ impl Backend for RbdBackend {
     }
 
     fn seal(&self, name: &str) -> Result<(), BackendError> {
-        seal(&self.open_image(name, "seal")?, name)
+        let image = self.open_image(name, "seal")?;
+        seal(&image, name)?;
+        self.learn(name, &image)?;
+        Ok(())
     }
 
     fn clone_volume(&self, src: &str, dst: &str) -> Result<CloneMode, BackendError> {
         let (src_image, dst_image) = (self.image_name(src)?, self.image_name(dst)?);
-        // One open of the source serves the seal check, its features and its depth: each
-        // open costs round trips to the cluster, and a hit is mostly this.
-        let source = self.open_image(src, "clone")?;
-        seal(&source, src)?;
-        let features = source.features().map_err(io_err("clone", src))?;
-        self.pool.clone_image(&src_image, SEAL, &dst_image, features).map_err(io_err("clone", dst))?;
-        let depth = self.depth(&source).map_err(io_err("clone", src))? + 1;
+        let known = self.sources.lock().unwrap_or_else(|p| p.into_inner()).get(src).copied();
+        let fast = known.map(|source| (source, self.pool.clone_image(&src_image, SEAL, &dst_image, source.features)));
+        let depth = match fast {
+            Some((source, Ok(()))) => source.child_depth,
+            Some((_, Err(e))) if ffi::is_exists(&e) => return Err(BackendError::Exists(dst.to_string())),
+            // The source changed behind this backend (gone, or its seal): open it and see.
+            Some((_, Err(_))) | None => {
+                self.sources.lock().unwrap_or_else(|p| p.into_inner()).remove(src);
+                let source = self.open_image(src, "clone")?;
+                seal(&source, src)?;
+                let learned = self.learn(src, &source)?;
+                self.pool.clone_image(&src_image, SEAL, &dst_image, learned.features).map_err(io_err("clone", dst))?;
+                learned.child_depth
+            }
+        };
         if depth > self.options.max_clone_depth {
             tracing::info!(volume = dst, depth, max = self.options.max_clone_depth, "clone too deep: flattening it");
             self.flatten_in_background(dst);
@@ -255,12 +296,17 @@ impl Backend for RbdBackend {
         if size < current {
             return Err(BackendError::Shrink { name: name.into(), size: current, requested: size });
         }
+        if size == current {
+            // A resize to the same size still takes the exclusive lock: round trips for nothing.
+            return Ok(());
+        }
         image.resize(size).map_err(io_err("resize", name))
     }
 
     fn remove(&self, name: &str) -> Result<(), BackendError> {
         let image_name = self.image_name(name)?;
         self.settle_one(name);
+        self.sources.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         let image = match self.pool.open(&image_name) {
             Ok(image) => image,
             Err(e) if ffi::is_not_found(&e) => return Ok(()),
