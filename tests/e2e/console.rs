@@ -21,13 +21,18 @@ struct Browser {
     base: String,
     session: String,
     agent: ureq::Agent,
+    /// chromium's profile and scratch files (it leaves `org.chromium.*` directories in its
+    /// TMPDIR when killed): removed with the browser.
+    scratch: tempfile::TempDir,
 }
 
 impl Browser {
     fn start() -> Browser {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let scratch = tempfile::tempdir().unwrap();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .env("TMPDIR", scratch.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -43,10 +48,11 @@ impl Browser {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": "/usr/bin/chromium",
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--window-size=1280,1100"]}}}});
+                         "--window-size=1280,1100",
+                         format!("--user-data-dir={}", scratch.path().join("profile").display())]}}}});
         let reply: Value = agent.post(&format!("{base}/session")).send_json(caps).unwrap().into_json().unwrap();
         let session = reply["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {reply}")).to_string();
-        Browser { driver, base, session, agent }
+        Browser { driver, base, session, agent, scratch }
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
@@ -150,6 +156,13 @@ impl Drop for Browser {
         let _ = self.agent.delete(&format!("{}/session/{}", self.base, self.session)).call();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        // chromium may still be closing its files: retried briefly, never a failing test.
+        for _ in 0..20 {
+            if std::fs::remove_dir_all(self.scratch.path()).is_ok() || !self.scratch.path().exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

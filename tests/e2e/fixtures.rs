@@ -1,6 +1,6 @@
 //! Shared fixtures: where the built components are, engines, and reproducible cache views.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use volcache::policy::{Candidate, CinderLimits, EngineOptions, Entry, PolicyEngine, PolicySet, View};
@@ -30,7 +30,42 @@ pub fn test_plugin(name: &str) -> PathBuf {
 
 /// Engines of one test run share an artifact cache, so each component is compiled once.
 fn shared_cache() -> Option<PathBuf> {
-    Some(std::env::temp_dir().join(format!("volcache-e2e-{}", std::process::id())))
+    Some(run_dir("artifacts"))
+}
+
+/// A scratch directory for this test process (`$TMPDIR/volcache-e2e-<what>-<pid>`), for what
+/// outlives one test (statics are never dropped). It is removed when the process exits, and
+/// those of test processes that died before they could are removed on first use.
+pub fn run_dir(what: &str) -> PathBuf {
+    static SWEPT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let prefix = format!("volcache-e2e-{what}-");
+    let mut swept = SWEPT.lock().unwrap_or_else(|p| p.into_inner());
+    if swept.is_empty() {
+        // SAFETY: registers a plain function; the test harness ends with `exit`, which runs it.
+        unsafe { libc::atexit(remove_run_dirs) };
+    }
+    if !swept.contains(&prefix) {
+        swept.push(prefix.clone());
+        for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    std::env::temp_dir().join(format!("{prefix}{}", std::process::id()))
+}
+
+/// At exit: removes this process's [`run_dir`]s.
+extern "C" fn remove_run_dirs() {
+    let suffix = format!("-{}", std::process::id());
+    for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("volcache-e2e-") && name.ends_with(&suffix) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Deadline of test engines: long enough that a busy CI machine never turns a slow but finite

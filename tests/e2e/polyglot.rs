@@ -23,7 +23,6 @@ fn tool(var: &str) -> PathBuf {
 }
 
 struct Built {
-    _dir: tempfile::TempDir,
     dir: PathBuf,
     py: PathBuf,
     js: PathBuf,
@@ -38,8 +37,10 @@ fn built() -> &'static Built {
     BUILT.get_or_init(|| {
         let py_tool = tool("VOLCACHE_COMPONENTIZE_PY");
         let js_tool = tool("VOLCACHE_COMPONENTIZE_JS");
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
+        // A static is never dropped: the directory is one per test process, swept by the next.
+        let dir = crate::fixtures::run_dir("polyglot");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
         let mut out = Vec::new();
         for (name, lang) in [("lru-py", "python"), ("lru-js", "js"), ("lru-rs", "rust")] {
             let project = dir.join(name);
@@ -81,7 +82,7 @@ fn built() -> &'static Built {
         let rust = out.pop().unwrap();
         let js = out.pop().unwrap();
         let py = out.pop().unwrap();
-        Built { _dir: tmp, dir, py, js, rust, escape }
+        Built { dir, py, js, rust, escape }
     })
 }
 
