@@ -102,7 +102,7 @@ fn main() {
             201
         );
     }
-    let n = if full { std::env::var("API_N").ok().and_then(|v| v.parse().ok()).unwrap_or(400) } else { 4 };
+    let n = if full { 400 } else { 4 };
     let rows = [
         ("POST /v1/volumes (hits)", 1, load(&addr, 1, n, "POST", "/v1/volumes", br#"{"image_id": "img0", "size": 1}"#)),
         ("POST /v1/volumes (hits)", 4, load(&addr, 4, n, "POST", "/v1/volumes", br#"{"image_id": "img1", "size": 1}"#)),

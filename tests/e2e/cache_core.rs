@@ -11,6 +11,7 @@ use volcache::backend::faulty::{Fault, FaultyBackend, Op};
 use volcache::backend::memory::MemoryBackend;
 use volcache::backend::Backend;
 use volcache::cache::images::{ImagePatch, NewImage};
+use volcache::cache::recover::QUARANTINE_PROJECT;
 use volcache::cache::{
     CacheConfig, CacheError, CacheEvent, CacheService, Cancel, CreateVolume, Created, FailureClass, GIB,
 };
@@ -156,6 +157,44 @@ pub fn pattern(id: &str, version: u32) -> Vec<u8> {
 
 fn kinds(events: &[CacheEvent]) -> Vec<(&str, &str)> {
     events.iter().map(|e| (e.event_type.trim_start_matches("image_volume_cache."), e.image_id.as_str())).collect()
+}
+
+/// A hit waits for the disk once: its intent is committed lazily and made durable by the
+/// commit of the volume's record (group commit counts every fsync'd commit in `meta`).
+#[test]
+fn a_hit_waits_for_one_durable_commit() {
+    let c = Core::new(limits(0, 0));
+    c.register("a", 1);
+    c.create("a", 1).unwrap();
+    let durable = || c.cache.catalog().read(|r| r.meta("durable_commits")).unwrap();
+    let before = durable();
+    let hit = c.create("a", 1).unwrap();
+    assert_eq!(hit.volume.cache, Some(CacheOutcome::Hit));
+    assert_eq!(durable() - before, 1, "durable commits for one hit");
+    c.cache.delete_volume(&hit.volume.id).unwrap();
+    assert_eq!(durable() - before, 2, "and one for its delete");
+}
+
+/// A volume no record names, with no intent either (a power cut lost the lazily committed
+/// intent after the clone reached the disk, or the catalog fell back a commit): reconciliation
+/// sets it aside under the quarantine project; it never removes it.
+#[test]
+fn reconciliation_sets_aside_a_user_volume_no_record_names() {
+    let c = Core::new(limits(0, 0));
+    c.register("img", 1);
+    let lost = c.create("img", 1).unwrap().volume;
+    let kept = c.create("img", 1).unwrap().volume;
+    c.cache.catalog().write(|w| w.delete_volume(&lost.id)).unwrap();
+    let done = c.cache.reconcile().unwrap();
+    assert_eq!(done.quarantined, vec![lost.id.clone()]);
+    assert!(c.memory.exists(&lost.backend_name).unwrap(), "never deleted");
+    let record = c.cache.catalog().read(|r| r.volume(&lost.id)).unwrap().unwrap();
+    assert_eq!(
+        (record.project_id.as_str(), record.backend_name.as_str()),
+        (QUARANTINE_PROJECT, lost.backend_name.as_str())
+    );
+    assert_eq!(c.cache.catalog().read(|r| r.volume(&kept.id)).unwrap().unwrap().project_id, "p", "others untouched");
+    assert!(c.cache.reconcile().unwrap().quarantined.is_empty(), "set aside once");
 }
 
 /// A clone as large as its entry is not resized (on RBD a resize opens the clone and its parent

@@ -327,7 +327,8 @@ fn reconcile_removes_what_a_crash_left_and_never_a_users_volume() {
     let user = h.create("img", 1).unwrap();
     let backend = h.cache.backend();
     // A fill that died after creating its volume, a user create that died after cloning, an
-    // orphan cache volume, and a user volume the catalog does not know (never touched).
+    // orphan cache volume, and a user volume the catalog does not know (set aside, never
+    // removed: a clone whose lazily committed intent a power cut lost looks like this).
     backend.create("cache-77", MIB).unwrap();
     backend.create("volume-lost", MIB).unwrap();
     backend.create("cache-99", MIB).unwrap();
@@ -344,12 +345,14 @@ fn reconcile_removes_what_a_crash_left_and_never_a_users_volume() {
     assert_eq!(done.orphan_cache_volumes_removed, vec!["cache-99".to_string()]);
     let left = h.backend_volumes();
     assert!(!left.contains(&"cache-77".to_string()));
-    // The half-made user volume is set aside under the quarantine project, never removed.
-    assert_eq!(done.quarantined, vec!["lost".to_string()]);
+    // The half-made user volumes are set aside under the quarantine project, never removed.
+    assert_eq!(done.quarantined, vec!["lost".to_string(), "foreign".to_string()]);
     assert!(left.contains(&"volume-lost".to_string()));
     let lost = h.cache.catalog().read(|r| r.volume("lost")).unwrap().unwrap();
     assert_eq!(lost.project_id, volcache::cache::recover::QUARANTINE_PROJECT);
     assert!(left.contains(&"volume-foreign".to_string()), "an unknown user volume is never removed");
+    let foreign = h.cache.catalog().read(|r| r.volume("foreign")).unwrap().unwrap();
+    assert_eq!(foreign.project_id, volcache::cache::recover::QUARANTINE_PROJECT);
     assert!(left.contains(&user.volume.backend_name));
     assert_eq!(h.cache.scope_entries().unwrap().len(), 1);
     assert!(h.cache.catalog().read(|r| r.intents()).unwrap().is_empty());

@@ -251,7 +251,7 @@ impl CacheService {
             .map(|v| (v.backend_name, Some(v.size)))
             .unwrap_or_else(|| (format!("cache-{}", entry.id), None));
         let intent = Intent::Create { volume_id: volume.id.clone(), backend_name: volume.backend_name.clone() };
-        let guard = IntentGuard::begin(self, intent, &volume.backend_name)?;
+        let guard = IntentGuard::begin_lazily(self, intent, &volume.backend_name)?;
         fault::point("clone:after-intent");
         let mode = self.backend.clone_volume(&source, &volume.backend_name)?;
         fault::point("clone:after-clone");

@@ -46,7 +46,8 @@ impl CacheService {
     fn remove_evicted(&self, removal: &PendingRemoval) {
         match self.backend.remove(&removal.backend_name) {
             Ok(()) => {
-                if let Err(e) = self.catalog.write(|w| w.end(removal.intent_id)) {
+                // Lazily: lost by a crash, the removal is done again (and finds nothing).
+                if let Err(e) = self.catalog.write_lazily(|w| w.end(removal.intent_id)) {
                     tracing::error!(intent = removal.intent_id, error = %e, "could not clear an eviction's intent");
                 }
             }
@@ -119,7 +120,8 @@ impl CacheService {
         })?;
         let Some(intent_id) = intent_id else { return Err(CacheError::VolumeNotFound(id.into())) };
         self.backend.remove(&volume.backend_name)?;
-        self.catalog.write(|w| w.end(intent_id))?;
+        // Lazily: lost by a crash, the removal is done again (and finds nothing).
+        self.catalog.write_lazily(|w| w.end(intent_id))?;
         Ok(())
     }
 

@@ -3,6 +3,14 @@
 //! intent in one transaction. Dropped without a commit (an error, a panic), the guard undoes the
 //! work: it removes the volume it was making and clears the intent. A crash leaves the intent
 //! for [`super::reconcile`].
+//!
+//! A clone's intent is committed lazily (no fsync of its own): the result's commit, which is
+//! durable, makes it durable too, so a hit waits for the disk once. A power cut can lose such an
+//! intent after its volume reached the disk; reconciliation finds the volume anyway, because it
+//! lists the backend: a `volume-*` volume no record names is set aside like one whose intent
+//! survived. Fills and direct writes (seconds of download, where one flush is nothing) keep
+//! durable intents: the first fill of a new catalog must not look like a lost catalog at the
+//! next start (see [`super::recover::check_catalog_matches`]).
 #![forbid(unsafe_code)]
 
 use super::{now_ms, CacheError, CacheService};
@@ -19,9 +27,16 @@ pub struct IntentGuard<'a> {
 }
 
 impl<'a> IntentGuard<'a> {
-    /// Records `intent`, which makes backend volume `volume`.
+    /// Records `intent`, which makes backend volume `volume`, durably.
     pub fn begin(service: &'a CacheService, intent: Intent, volume: &str) -> Result<Self, CacheError> {
         let id = service.catalog().write(|w| w.begin(intent, now_ms()))?;
+        Ok(IntentGuard { service, id, volume: volume.to_string(), done: false })
+    }
+
+    /// Records `intent` without waiting for the disk: only for a change whose volume
+    /// reconciliation finds without it (a `volume-*` clone of an existing entry).
+    pub fn begin_lazily(service: &'a CacheService, intent: Intent, volume: &str) -> Result<Self, CacheError> {
+        let id = service.catalog().write_lazily(|w| w.begin(intent, now_ms()))?;
         Ok(IntentGuard { service, id, volume: volume.to_string(), done: false })
     }
 
@@ -52,7 +67,7 @@ impl Drop for IntentGuard<'_> {
             tracing::error!(volume = %self.volume, error = %e, "could not remove a half-made volume; left for start-up reconciliation");
             return;
         }
-        if let Err(e) = self.service.catalog().write(|w| w.end(self.id)) {
+        if let Err(e) = self.service.catalog().write_lazily(|w| w.end(self.id)) {
             tracing::error!(intent = self.id, error = %e, "could not clear an undone intent; start-up reconciliation will");
         }
     }

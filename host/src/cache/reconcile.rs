@@ -9,10 +9,12 @@
 //!   have been handed out if the catalog lost its last commit).
 //! - `Evict` / `Delete`: the catalog rows are already gone; the backend volume is removed.
 //!
-//! Then two sweeps over what only the cache owns: cache volumes (`cache-*`) no entry refers to
-//! are removed, and entries whose volume is missing are dropped. Volumes named `volume-*` are
-//! never removed except through their own `Delete` intent. Last, the backend frees
-//! what removed volumes still held if their clones are gone (RBD trash).
+//! Then sweeps over the backend's listing: cache volumes (`cache-*`) no entry refers to are
+//! removed, entries whose volume is missing are dropped, and user volumes (`volume-*`) no
+//! record names are set aside under the quarantine project like those of a `Create` intent
+//! (intents are committed lazily, so a power cut can lose one whose volume reached the disk).
+//! Volumes named `volume-*` are never removed except through their own `Delete` intent. Last,
+//! the backend frees what removed volumes still held if their clones are gone (RBD trash).
 #![forbid(unsafe_code)]
 
 use super::{recover, CacheError, CacheService, EvictReason};
@@ -103,6 +105,21 @@ impl CacheService {
         let volumes = self.catalog().read(|r| r.volumes())?;
         let entries = self.catalog().read(|r| r.entries())?;
         let on_backend = self.backend().list()?;
+        let mut volumes = volumes;
+        for name in on_backend.iter() {
+            let Some(volume_id) = name.strip_prefix("volume-") else { continue };
+            if volumes.iter().any(|v| &v.backend_name == name) {
+                continue;
+            }
+            let record = recover::adopted_record(self.backend(), volume_id, name)?;
+            self.catalog().write(|w| w.put_volume(&record))?;
+            tracing::warn!(
+                volume_id, volume = %name, project = recover::QUARANTINE_PROJECT,
+                "a volume no record names (its create did not complete) was set aside; delete it or hand it back"
+            );
+            done.quarantined.push(volume_id.to_string());
+            volumes.push(record);
+        }
         for name in on_backend.iter().filter(|n| n.starts_with("cache-")) {
             let referenced = volumes.iter().any(|v| &v.backend_name == name && v.cache_entry.is_some());
             if !referenced {

@@ -39,6 +39,21 @@ pub struct Catalog {
     /// Group commit: commits made so far, and how many of them are known to be on disk.
     committed: std::sync::atomic::AtomicU64,
     durable: std::sync::Mutex<u64>,
+    /// Writers between asking for the write lock and committing (see [`Catalog::make_durable`]).
+    writing: std::sync::atomic::AtomicUsize,
+}
+
+/// How long a durable commit waits for writers already under way to commit first, so that one
+/// flush covers them too. Nobody waits when nobody else writes.
+const GROUP_WAIT: std::time::Duration = std::time::Duration::from_micros(500);
+
+/// One writer counted in [`Catalog::writing`] until dropped.
+struct Writing<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Typed reads inside one read transaction.
@@ -101,6 +116,7 @@ impl Catalog {
             last_failure: Default::default(),
             committed: Default::default(),
             durable: Default::default(),
+            writing: Default::default(),
         };
         catalog.write(|w| {
             for table in [IMAGES, VOLUMES] {
@@ -230,16 +246,47 @@ impl Catalog {
     ) -> Result<Option<R>, CatalogError> {
         let db = self.handle()?;
         let result = (|| {
-            let txn = db.begin_write()?;
-            let Some(result) = f(&mut Writer { txn: &txn })? else {
-                txn.abort()?;
-                return Ok(None);
+            let (seq, result) = {
+                let _writing = self.writing();
+                let txn = db.begin_write()?;
+                let Some(result) = f(&mut Writer { txn: &txn })? else {
+                    txn.abort()?;
+                    return Ok(None);
+                };
+                (self.commit_lazily(txn)?, result)
             };
-            let seq = self.commit_lazily(txn)?;
             self.make_durable(&db, seq)?;
             Ok(Some(result))
         })();
         self.track(result, true)
+    }
+
+    /// Runs `f` in a write transaction and commits it **without waiting for the disk**: it
+    /// becomes durable with the next durable commit (any [`Catalog::write`]), and a crash or a
+    /// power cut before that loses it. For records whose loss start-up reconciliation already
+    /// covers: an intent that only says where a change might leave a volume (a volume left
+    /// without record is found by listing the backend), or the end of an intent whose work is
+    /// done (done again, it changes nothing).
+    pub fn write_lazily<R>(
+        &self,
+        f: impl FnOnce(&mut Writer<'_>) -> Result<R, CatalogError>,
+    ) -> Result<R, CatalogError> {
+        let db = self.handle()?;
+        let result = (|| {
+            let _writing = self.writing();
+            let txn = db.begin_write()?;
+            let result = f(&mut Writer { txn: &txn })?;
+            self.commit_lazily(txn)?;
+            Ok(result)
+        })();
+        // A commit that did not reach the disk proves nothing about the disk: it does not clear
+        // a failure (see [`Catalog::health`]).
+        self.track(result, false)
+    }
+
+    fn writing(&self) -> Writing<'_> {
+        self.writing.fetch_add(1, Ordering::SeqCst);
+        Writing(&self.writing)
     }
 
     /// Group commit, step 1: commits without waiting for the disk and returns the commit's
@@ -264,8 +311,18 @@ impl Catalog {
         if *durable >= seq {
             return Ok(());
         }
-        let covered = self.committed.load(Ordering::SeqCst);
+        // Writers already under way commit first (briefly), so that this flush covers them.
+        let started = std::time::Instant::now();
+        while self.writing.load(Ordering::SeqCst) > 0 && started.elapsed() < GROUP_WAIT {
+            std::thread::yield_now();
+        }
         let txn = db.begin_write()?;
+        // Read with the write lock held: every commit counted so far has finished (a writer
+        // counts its commit after it returns), so this commit covers them all, including
+        // those that committed while the previous durable commit was on its way to the disk
+        // and now wait behind this one. Counted before the lock, they would each wait for a
+        // disk flush of their own.
+        let covered = self.committed.load(Ordering::SeqCst);
         Writer { txn: &txn }.add_meta("durable_commits", 1)?;
         txn.commit()?;
         *durable = covered;
@@ -371,6 +428,14 @@ macro_rules! reads {
         /// Rows of the cache index.
         pub fn index_len(&self) -> Result<u64, CatalogError> {
             Ok(self.txn.open_table(CACHE_INDEX)?.len()?)
+        }
+
+        /// A number in the `meta` table (e.g. `durable_commits`: commits that waited for the
+        /// disk, over the catalog's life).
+        pub fn meta(&self, name: &str) -> Result<u64, CatalogError> {
+            let t = self.txn.open_table(META)?;
+            let value = t.get(name)?.map(|v| v.value()).unwrap_or(0);
+            Ok(value)
         }
 
         pub fn counter(&self, name: &str) -> Result<u64, CatalogError> {
