@@ -20,7 +20,8 @@
 //! - [`sparse`]: extents, zero detection, thin writing.
 //! - [`image`]: sources (file, HTTP(S), Glance v2), formats (raw, qcow2), conversion.
 //! - [`backend`]: where volumes live and how they are cloned.
-//! - [`catalog`]: every record in one redb file; each call one transaction.
+//! - [`catalog`]: every record in one redb file; each call one transaction, flushed to the disk
+//!   by a group commit shared with concurrent writers.
 //! - [`policy`]: sandboxed wasm policies and their native twins.
 //! - [`cache`]: the image-volume cache service; the only place that changes volumes and entries.
 //! - [`lab`]: the policy lab: traces, synthetic workloads, replaying them through [`policy`].

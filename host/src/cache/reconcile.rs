@@ -18,7 +18,7 @@
 #![forbid(unsafe_code)]
 
 use super::{recover, CacheError, CacheService, EvictReason};
-use crate::catalog::Intent;
+use crate::catalog::{Intent, VolumeRecord};
 
 /// What reconciliation did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -58,6 +58,19 @@ impl CacheService {
         removed
     }
 
+    /// Records a user volume whose create did not complete under the quarantine project, for
+    /// an operator to delete or hand back; never removes it.
+    fn set_aside(&self, volume_id: &str, name: &str, done: &mut Reconciled) -> Result<VolumeRecord, CacheError> {
+        let record = recover::adopted_record(self.backend(), volume_id, name)?;
+        self.catalog().write(|w| w.put_volume(&record))?;
+        tracing::warn!(
+            volume_id, volume = %name, project = recover::QUARANTINE_PROJECT,
+            "a volume whose create did not complete was set aside; delete it or hand it back"
+        );
+        done.quarantined.push(volume_id.to_string());
+        Ok(record)
+    }
+
     /// Runs reconciliation; call it before serving.
     pub fn reconcile(&self) -> Result<Reconciled, CacheError> {
         let mut done = Reconciled::default();
@@ -75,13 +88,7 @@ impl CacheService {
                     // (a catalog that fell back to an older commit forgets that). Set aside.
                     let recorded = self.catalog().read(|r| r.volume(volume_id))?.is_some();
                     if !recorded && self.backend().exists(backend_name)? {
-                        let record = recover::adopted_record(self.backend(), volume_id, backend_name)?;
-                        self.catalog().write(|w| w.put_volume(&record))?;
-                        tracing::warn!(
-                            volume_id, volume = %backend_name, project = recover::QUARANTINE_PROJECT,
-                            "a volume whose create did not complete was set aside; delete it or hand it back"
-                        );
-                        done.quarantined.push(volume_id.clone());
+                        self.set_aside(volume_id, backend_name, &mut done)?;
                     }
                 }
                 Intent::Evict { entry_id, volume_id, backend_name } => {
@@ -102,23 +109,14 @@ impl CacheService {
             done.intents_resolved += 1;
         }
 
-        let volumes = self.catalog().read(|r| r.volumes())?;
+        let mut volumes = self.catalog().read(|r| r.volumes())?;
         let entries = self.catalog().read(|r| r.entries())?;
         let on_backend = self.backend().list()?;
-        let mut volumes = volumes;
         for name in on_backend.iter() {
             let Some(volume_id) = name.strip_prefix("volume-") else { continue };
-            if volumes.iter().any(|v| &v.backend_name == name) {
-                continue;
+            if !volumes.iter().any(|v| &v.backend_name == name) {
+                volumes.push(self.set_aside(volume_id, name, &mut done)?);
             }
-            let record = recover::adopted_record(self.backend(), volume_id, name)?;
-            self.catalog().write(|w| w.put_volume(&record))?;
-            tracing::warn!(
-                volume_id, volume = %name, project = recover::QUARANTINE_PROJECT,
-                "a volume no record names (its create did not complete) was set aside; delete it or hand it back"
-            );
-            done.quarantined.push(volume_id.to_string());
-            volumes.push(record);
         }
         for name in on_backend.iter().filter(|n| n.starts_with("cache-")) {
             let referenced = volumes.iter().any(|v| &v.backend_name == name && v.cache_entry.is_some());
