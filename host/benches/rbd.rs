@@ -148,8 +148,14 @@ fn main() {
     let cache = Arc::new(cache);
     let (storm_time, outcomes) = common::storm(&cache, vec![req; storm_size]);
     assert_eq!(outcomes.iter().filter(|o| **o == CacheOutcome::Miss).count(), 1);
-    for v in catalog.read(|r| r.volumes()).unwrap().into_iter().filter(|v| v.image_id.as_deref() == Some("storm")) {
-        if v.cache_entry.is_none() {
+    // The same storm asking for volumes the image's size: no clone is resized.
+    let mut same = common::register_image(&catalog, "storm-same", &path, first_size);
+    same.size = first_size.div_ceil(GIB);
+    drop_caches();
+    let (same_time, outcomes) = common::storm(&cache, vec![same; storm_size]);
+    assert_eq!(outcomes.iter().filter(|o| **o == CacheOutcome::Miss).count(), 1);
+    for v in catalog.read(|r| r.volumes()).unwrap().into_iter() {
+        if v.image_id.as_deref().is_some_and(|i| i.starts_with("storm")) && v.cache_entry.is_none() {
             created.push(v.id);
         }
     }
@@ -258,5 +264,10 @@ fn main() {
         storm_time.as_secs_f64(),
         storm_time.as_secs_f64() / one_miss.as_secs_f64(),
         one_miss.as_secs_f64()
+    );
+    println!(
+        "  the same, volumes the image's size (no resize): {:.2} s, {:.2}x",
+        same_time.as_secs_f64(),
+        same_time.as_secs_f64() / one_miss.as_secs_f64()
     );
 }
