@@ -84,7 +84,8 @@ impl CacheService {
         let now = Instant::now();
         let due: Vec<ImageRecord> = {
             let mut checked = self.refresh.checked.lock().unwrap_or_else(|p| p.into_inner());
-            checked.retain(|id, _| images.iter().any(|i| &i.id == id));
+            let ids: std::collections::HashSet<&str> = images.iter().map(|i| i.id.as_str()).collect();
+            checked.retain(|id, _| ids.contains(id.as_str()));
             images
                 .into_iter()
                 .filter(|i| {
