@@ -17,6 +17,8 @@
 //! the backend frees what removed volumes still held if their clones are gone (RBD trash).
 #![forbid(unsafe_code)]
 
+use std::collections::{HashMap, HashSet};
+
 use super::{recover, CacheError, CacheService, EvictReason};
 use crate::catalog::{Intent, VolumeRecord};
 
@@ -109,26 +111,30 @@ impl CacheService {
             done.intents_resolved += 1;
         }
 
+        // Sets and maps, not nested scans: a backend can hold tens of thousands of volumes.
         let mut volumes = self.catalog().read(|r| r.volumes())?;
         let entries = self.catalog().read(|r| r.entries())?;
         let on_backend = self.backend().list()?;
-        for name in on_backend.iter() {
+        let recorded: HashSet<String> = volumes.iter().map(|v| v.backend_name.clone()).collect();
+        for name in &on_backend {
             let Some(volume_id) = name.strip_prefix("volume-") else { continue };
-            if !volumes.iter().any(|v| &v.backend_name == name) {
+            if !recorded.contains(name) {
                 volumes.push(self.set_aside(volume_id, name, &mut done)?);
             }
         }
+        let cache_volumes: HashSet<&str> =
+            volumes.iter().filter(|v| v.cache_entry.is_some()).map(|v| v.backend_name.as_str()).collect();
         for name in on_backend.iter().filter(|n| n.starts_with("cache-")) {
-            let referenced = volumes.iter().any(|v| &v.backend_name == name && v.cache_entry.is_some());
-            if !referenced {
+            if !cache_volumes.contains(name.as_str()) {
                 tracing::warn!(volume = %name, "removing a cache volume no entry refers to");
                 self.backend().remove(name)?;
                 done.orphan_cache_volumes_removed.push(name.clone());
             }
         }
+        let listed: HashSet<&str> = on_backend.iter().map(String::as_str).collect();
+        let by_id: HashMap<&str, &str> = volumes.iter().map(|v| (v.id.as_str(), v.backend_name.as_str())).collect();
         for entry in entries {
-            let volume = volumes.iter().find(|v| v.id == entry.volume_id);
-            let present = volume.is_some_and(|v| on_backend.contains(&v.backend_name));
+            let present = by_id.get(entry.volume_id.as_str()).is_some_and(|name| listed.contains(name));
             if !present {
                 tracing::warn!(entry = entry.id, image_id = %entry.image_id, "dropping a cache entry whose volume is gone");
                 self.evict(&entry, EvictReason::Lost)?;
