@@ -125,6 +125,8 @@ impl Catalog {
         // disk flush of their own.
         let covered = self.committed.load(Ordering::SeqCst);
         Writer { txn: &txn }.add_meta("durable_commits", 1)?;
+        #[cfg(test)]
+        std::thread::sleep(*self.slow_flush.lock().unwrap_or_else(|p| p.into_inner()));
         txn.commit()?;
         *durable = covered;
         Ok(())

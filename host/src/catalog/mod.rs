@@ -42,6 +42,9 @@ pub struct Catalog {
     durable: std::sync::Mutex<u64>,
     /// Writers between asking for the write lock and committing (see [`Catalog::make_durable`]).
     writing: std::sync::atomic::AtomicUsize,
+    /// Tests only: how long a durable commit takes beyond the disk's own time (a slow disk).
+    #[cfg(test)]
+    slow_flush: std::sync::Mutex<std::time::Duration>,
 }
 
 /// Typed reads inside one read transaction.
@@ -105,6 +108,8 @@ impl Catalog {
             committed: Default::default(),
             durable: Default::default(),
             writing: Default::default(),
+            #[cfg(test)]
+            slow_flush: Default::default(),
         };
         catalog.write(|w| {
             for table in [IMAGES, VOLUMES] {

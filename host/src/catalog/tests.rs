@@ -65,14 +65,16 @@ fn deleting_an_entry_unindexes_it() {
 
 /// Concurrent writers share disk flushes: a writer that committed while another's flush was on
 /// its way to the disk is covered by the next one, and waits for no flush of its own. Every
-/// write still returns durable (each is read back from a reopened file).
+/// write still returns durable (each is read back from a reopened file). Flushes take 1 ms more
+/// than the disk's own time here, so the test means the same on tmpfs and on a slow disk.
 #[test]
 fn concurrent_writers_share_durable_commits() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("catalog.redb");
-    let (threads, writes) = (8u64, 60u64);
+    let (threads, writes) = (8u64, 40u64);
     {
         let c = Catalog::open(&path).unwrap();
+        *c.slow_flush.lock().unwrap() = std::time::Duration::from_millis(1);
         let before = c.read(|r| r.meta("durable_commits")).unwrap();
         let barrier = std::sync::Barrier::new(threads as usize);
         std::thread::scope(|s| {
@@ -89,7 +91,9 @@ fn concurrent_writers_share_durable_commits() {
         let flushes = c.read(|r| r.meta("durable_commits")).unwrap() - before;
         let total = threads * writes;
         eprintln!("{total} concurrent writes, {flushes} durable commits");
-        assert!(flushes * 2 <= total, "{total} concurrent writes waited for {flushes} flushes: no sharing");
+        // Measured: 14-47% with the group commit, 72-79% when the flush counted what it covers
+        // before taking the write lock.
+        assert!(flushes * 5 <= total * 3, "{total} concurrent writes waited for {flushes} flushes: too little sharing");
     }
     let c = Catalog::open(&path).unwrap();
     assert_eq!(c.read(|r| r.entries()).unwrap().len() as u64, threads * writes);
