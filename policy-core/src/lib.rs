@@ -152,6 +152,69 @@ macro_rules! columns {
     };
 }
 
+/// The layout of the WIT `packed-view` record (0.1.2): six columns of `rows` values each, in
+/// this order, then the pinned ids (ascending).
+pub mod packed {
+    pub const IDS: usize = 0;
+    pub const SIZE_GIB: usize = 1;
+    pub const ALLOCATED_BYTES: usize = 2;
+    pub const LAST_USED_MS: usize = 3;
+    pub const CREATED_MS: usize = 4;
+    pub const HITS: usize = 5;
+    /// Columns before the pinned ids.
+    pub const COLUMNS: usize = 6;
+}
+
+/// A WIT `packed-view`'s list, read by column. A list shorter than its `rows` promise yields
+/// shorter columns (read as zeros, like [`Columns`]), so a malformed view cannot make a policy
+/// panic.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Packed<'a> {
+    rows: usize,
+    list: &'a [u64],
+}
+
+impl<'a> Packed<'a> {
+    #[inline]
+    pub fn new(rows: u32, list: &'a [u64]) -> Self {
+        Packed { rows: rows as usize, list }
+    }
+
+    /// Column `k` (see [`packed`]).
+    #[inline]
+    pub fn column(&self, k: usize) -> &'a [u64] {
+        let start = k.saturating_mul(self.rows).min(self.list.len());
+        let end = (k + 1).saturating_mul(self.rows).min(self.list.len());
+        &self.list[start..end]
+    }
+
+    /// The pinned ids, ascending.
+    #[inline]
+    pub fn pinned(&self) -> &'a [u64] {
+        &self.list[packed::COLUMNS.saturating_mul(self.rows).min(self.list.len())..]
+    }
+
+    #[inline]
+    pub fn columns(&self) -> Columns<'a> {
+        Columns {
+            ids: self.column(packed::IDS),
+            size_gib: self.column(packed::SIZE_GIB),
+            allocated_bytes: self.column(packed::ALLOCATED_BYTES),
+            last_used_ms: self.column(packed::LAST_USED_MS),
+            pinned: self.pinned(),
+        }
+    }
+}
+
+/// Borrows the [`Columns`] of a WIT `packed-view` record (0.1.2):
+/// `let entries = volcache_policy_core::packed!(view);`
+#[macro_export]
+macro_rules! packed {
+    ($view:expr) => {
+        $crate::Packed::new($view.rows, &$view.columns).columns()
+    };
+}
+
 /// The WIT `view` record's rows as [`Weighed`] entries, for [`Frequent`] and [`rate_victims`]:
 /// `let entries = volcache_policy_core::weighed!(view);`
 #[macro_export]

@@ -176,3 +176,32 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_packed_view_reads_as_its_columns_and_a_short_one_reads_as_zeros() {
+    // Two rows: ids 7 and 3, then sizes, allocated, last used, created, hits; then pinned 7.
+    let list = [7, 3, 10, 20, 100, 200, 5, 1, 50, 60, 2, 4, 7];
+    let packed = Packed::new(2, &list);
+    assert_eq!(packed.column(packed::IDS), &[7, 3]);
+    assert_eq!(packed.column(packed::LAST_USED_MS), &[5, 1]);
+    assert_eq!(packed.column(packed::HITS), &[2, 4]);
+    assert_eq!(packed.pinned(), &[7]);
+    let columns = packed.columns();
+    assert_eq!((columns.len(), columns.id(1), columns.size_in(1, SizeBasis::Allocated)), (2, 3, 200));
+    assert!(columns.pinned(0) && !columns.pinned(1));
+    // Cinder's LRU over the packed view: 3 (used at 1) goes; 7 is pinned anyway.
+    let need = Need { amount: 1, basis: SizeBasis::Provisioned, entries: 0 };
+    assert_eq!(lru_victims(need, &columns), vec![3]);
+
+    // A list shorter than `rows` promises: short columns, nothing pinned, no panic.
+    let short = Packed::new(4, &list[..9]);
+    assert_eq!(short.column(packed::IDS), &[7, 3, 10, 20]);
+    assert_eq!(short.column(packed::SIZE_GIB), &[100, 200, 5, 1]);
+    assert_eq!(short.column(packed::ALLOCATED_BYTES), &[50]);
+    assert!(short.column(packed::LAST_USED_MS).is_empty() && short.pinned().is_empty());
+    assert_eq!((short.columns().size_in(1, SizeBasis::Allocated), short.columns().last_used_ms(3)), (0, 0));
+    // Rows beyond any memory: every column empty.
+    let huge = Packed::new(u32::MAX, &list);
+    assert_eq!(huge.column(packed::IDS).len(), list.len());
+    assert!(huge.column(packed::HITS).is_empty() && huge.pinned().is_empty());
+}

@@ -37,7 +37,9 @@ fn inspect_shows_package_version_exports_and_slot() {
         assert_eq!(found["slots"], serde_json::json!([slot]));
         assert_eq!(found["info"]["name"], name);
         let exports = found["exports"].as_array().unwrap();
-        assert!(exports.contains(&serde_json::json!(format!("volcache:policy/{slot}@{WIT}"))));
+        // The built-in LRU takes the packed view (0.1.2), which fills the eviction slot too.
+        let interface = if name == "lru" { "packed-eviction" } else { slot };
+        assert!(exports.contains(&serde_json::json!(format!("volcache:policy/{interface}@{WIT}"))), "{exports:?}");
         // No WASI, nothing but the contract's own types.
         assert_eq!(found["imports"], serde_json::json!([format!("volcache:policy/types@{WIT}")]));
         assert!(found["problem"].is_null());
@@ -221,4 +223,55 @@ fn arena_plugins_answer_thousands_of_calls_without_growing() {
     for status in set.status() {
         assert_eq!((status.stats.failures, status.stats.fallbacks), (0, 0), "{:?}", status.slot);
     }
+}
+
+/// `lru.wasm` exports only `packed-eviction` (0.1.2): over random views with pinned entries, in
+/// both size bases and with needs from nothing to more than the cache holds, it answers exactly
+/// as the built-in LRU, and never through the fallback.
+#[test]
+fn the_packed_lru_decides_like_the_built_in() {
+    use volcache::policy::{CinderLimits, DecidedBy, Need, PolicySet, PolicySource, PolicySpec, SizeBasis, Slot};
+    let native = PolicySet::new(crate::fixtures::engine(), CinderLimits::default());
+    let wasm = PolicySet::new(crate::fixtures::engine(), CinderLimits::default());
+    wasm.swap(Slot::Eviction, PolicySpec { source: PolicySource::File(plugin("lru")), params: vec![] }).unwrap();
+    let mut rng = crate::fixtures::Rng::new(0x9ac4ed);
+    let mut covered = 0;
+    for case in 0..300u64 {
+        let n = rng.below(60) as usize;
+        let view = crate::fixtures::view(n, case, case % 2 == 0);
+        let basis = if rng.below(2) == 0 { SizeBasis::Provisioned } else { SizeBasis::Allocated };
+        let total: u64 =
+            view.entries().map(|e| if basis == SizeBasis::Provisioned { e.size_gib } else { e.allocated_bytes }).sum();
+        let need = Need { amount: rng.below(total + 2), basis, entries: rng.below(n as u64 + 2) as u32 };
+        let (a, b) = (native.victims(need, &view), wasm.victims(need, &view));
+        assert_eq!(b.value, a.value, "case {case}: {need:?} over {n} entries");
+        // A need nothing can cover is answered by neither (the host counts that answer as
+        // invalid today); every other non-zero need is the plugin's.
+        if a.value.is_some() && (need.amount, need.entries) != (0, 0) {
+            assert_eq!(b.by, DecidedBy::Plugin, "case {case}: {need:?} over {n} entries");
+            covered += 1;
+        }
+    }
+    assert!(covered > 150, "only {covered} of 300 cases were decided by the plugin");
+}
+
+/// A component that exports both eviction interfaces is asked through `packed-eviction`: evil's
+/// `plain-panics` mode panics in `eviction.victims`, so one call there would be a fallback.
+#[test]
+fn a_component_with_both_eviction_interfaces_is_asked_through_the_packed_one() {
+    use volcache::policy::{CinderLimits, DecidedBy, Need, PolicySet, PolicySource, PolicySpec, SizeBasis, Slot};
+    let set = PolicySet::new(crate::fixtures::engine(), CinderLimits::default());
+    let spec = PolicySpec {
+        source: PolicySource::File(test_plugin("evil")),
+        params: vec![("mode".into(), "plain-panics".into())],
+    };
+    set.swap(Slot::Eviction, spec).expect("the smoke test goes through packed-eviction too");
+    let native = PolicySet::new(crate::fixtures::engine(), CinderLimits::default());
+    let view = crate::fixtures::view(40, 3, true);
+    let need = Need { amount: 30, basis: SizeBasis::Provisioned, entries: 2 };
+    let d = set.victims(need, &view);
+    assert_eq!(d.by, DecidedBy::Plugin);
+    assert_eq!(d.value, native.victims(need, &view).value);
+    let stats = set.status().into_iter().find(|s| s.slot == Slot::Eviction).unwrap().stats;
+    assert_eq!((stats.failures, stats.fallbacks), (0, 0));
 }

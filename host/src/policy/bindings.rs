@@ -7,9 +7,9 @@ wasmtime::component::bindgen!({
     world: "any-policy",
 });
 
-pub use exports::volcache::policy::{admission, capacity, events, eviction, expiry, plugin};
+pub use exports::volcache::policy::{admission, capacity, events, eviction, expiry, packed_eviction, plugin};
 pub use volcache::policy::host::Level;
-pub use volcache::policy::types::{Candidate, Entry, Need, SizeBasis, View};
+pub use volcache::policy::types::{Candidate, Entry, Need, PackedView, SizeBasis, View};
 
 impl From<&cinder::Entry> for Entry {
     fn from(e: &cinder::Entry) -> Self {

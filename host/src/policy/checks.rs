@@ -96,11 +96,11 @@ pub(super) fn smoke_test(slot: Slot, plugin: &WasmPlugin) -> Result<(), CallErro
             ];
             for (what, need) in needs {
                 let what = format!("need {what} of 4 entries (entry 2 pinned)");
-                let ids = plugin.victims(need.into(), view.wire()).map_err(|e| case(&what, e))?;
+                let ids = plugin.victims(need.into(), &view).map_err(|e| case(&what, e))?;
                 check_victims(need, &view, &ids).map_err(|e| case(&what, e))?;
             }
             let need = Need { amount: 1, basis: cinder::SizeBasis::Provisioned, entries: 1 };
-            let ids = plugin.victims(need.into(), empty.wire()).map_err(|e| case("an empty cache", e))?;
+            let ids = plugin.victims(need.into(), &empty).map_err(|e| case("an empty cache", e))?;
             if !ids.is_empty() {
                 return Err(CallError::InvalidAnswer(format!("an empty cache: named {} entries", ids.len())));
             }

@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use super::engine::PolicyEngine;
-use super::plugin::{interface_name, PluginInfo, WasmPlugin};
+use super::plugin::{PluginInfo, WasmPlugin};
 use super::scan::exports_interface;
 use super::{LoadError, Slot};
 
@@ -45,8 +45,10 @@ pub fn inspect(engine: &PolicyEngine, bytes: &[u8]) -> Result<Inspection, LoadEr
         packages.dedup();
         packages
     };
-    let slots: Vec<Slot> =
-        Slot::ALL.into_iter().filter(|s| exports_interface(&outline.exports, s.interface())).collect();
+    let slots: Vec<Slot> = Slot::ALL
+        .into_iter()
+        .filter(|s| s.interfaces().iter().any(|i| exports_interface(&outline.exports, i)))
+        .collect();
     let events = exports_interface(&outline.exports, "events");
     let expiry = exports_interface(&outline.exports, "expiry");
     let mut found = Inspection {
@@ -66,8 +68,7 @@ pub fn inspect(engine: &PolicyEngine, bytes: &[u8]) -> Result<Inspection, LoadEr
         return Ok(found);
     }
     let Some(&slot) = slots.first() else {
-        found.problem =
-            Some(format!("exports none of {}", Slot::ALL.map(|s| interface_name(s.interface())).join(", ")));
+        found.problem = Some(format!("exports none of {}", Slot::ALL.map(|s| s.wanted()).join(", ")));
         return Ok(found);
     };
     let compiled = engine.compile(bytes)?;

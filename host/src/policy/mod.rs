@@ -26,6 +26,7 @@ mod wasi;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 pub use builtin::Builtin;
 pub(crate) use checks::read_plugin_file;
@@ -38,7 +39,7 @@ pub use stats::SlotStats;
 pub use volcache_policy_core::{CinderLimits, Entry, Need, SizeBasis};
 
 /// The WIT package version this host implements.
-pub const WIT_VERSION: &str = "0.1.1";
+pub const WIT_VERSION: &str = "0.1.2";
 
 /// The three policy slots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -52,13 +53,24 @@ pub enum Slot {
 impl Slot {
     pub const ALL: [Slot; 3] = [Slot::Admission, Slot::Capacity, Slot::Eviction];
 
-    /// The WIT interface that fills this slot.
+    /// The WIT interface that fills this slot (and names it).
     pub fn interface(self) -> &'static str {
+        self.interfaces()[0]
+    }
+
+    /// Every WIT interface that fills this slot: a component exports one or more of them
+    /// (`packed-eviction` since 0.1.2).
+    pub fn interfaces(self) -> &'static [&'static str] {
         match self {
-            Slot::Admission => "admission",
-            Slot::Capacity => "capacity",
-            Slot::Eviction => "eviction",
+            Slot::Admission => &["admission"],
+            Slot::Capacity => &["capacity"],
+            Slot::Eviction => &["eviction", "packed-eviction"],
         }
+    }
+
+    /// The interfaces that fill this slot as a component names them, for messages.
+    pub(crate) fn wanted(self) -> String {
+        self.interfaces().iter().map(|i| plugin::interface_name(i)).collect::<Vec<_>>().join(" or ")
     }
 
     pub(crate) fn index(self) -> usize {
@@ -107,55 +119,66 @@ impl Candidate {
     }
 }
 
-/// A snapshot of one cache scope, held as the WIT `view` columns sorted by id: native and wasm
-/// policies read the same columns, a plugin call copies each column into the sandbox in one go,
-/// and answers are checked by binary search without building a map.
+/// A snapshot of one cache scope, held as the WIT `packed-view` (six columns sorted by id, then
+/// the pinned ids): native and wasm policies read the same columns, a plugin call copies the
+/// whole view into the sandbox in one go, and answers are checked by binary search without
+/// building a map. The seven-list `view` that 0.1.0 and 0.1.1 interfaces take is built from it
+/// once, on first use.
 #[derive(Clone, Debug)]
 pub struct View {
-    columns: bindings::View,
+    packed: bindings::PackedView,
+    plain: OnceLock<bindings::View>,
 }
 
 impl View {
     pub fn new(mut entries: Vec<Entry>, now_ms: u64) -> Self {
         entries.sort_unstable_by_key(|e| e.id);
         entries.dedup_by_key(|e| e.id);
-        let column = |f: fn(&Entry) -> u64| entries.iter().map(f).collect::<Vec<u64>>();
-        View {
-            columns: bindings::View {
-                ids: column(|e| e.id),
-                size_gib: column(|e| e.size_gib),
-                allocated_bytes: column(|e| e.allocated_bytes),
-                last_used_ms: column(|e| e.last_used_ms),
-                created_ms: column(|e| e.created_ms),
-                hits: column(|e| e.hits),
-                pinned: entries.iter().filter(|e| e.pinned).map(|e| e.id).collect(),
-                now_ms,
-            },
+        let rows = entries.len();
+        let pinned = entries.iter().filter(|e| e.pinned).count();
+        let mut list = Vec::with_capacity(rows * volcache_policy_core::packed::COLUMNS + pinned);
+        let fields: [fn(&Entry) -> u64; volcache_policy_core::packed::COLUMNS] =
+            [|e| e.id, |e| e.size_gib, |e| e.allocated_bytes, |e| e.last_used_ms, |e| e.created_ms, |e| e.hits];
+        for field in fields {
+            list.extend(entries.iter().map(field));
         }
+        list.extend(entries.iter().filter(|e| e.pinned).map(|e| e.id));
+        // A view is one cache scope's entries: far fewer than u32::MAX.
+        let rows = u32::try_from(rows).expect("a view holds fewer than 2^32 entries");
+        View { packed: bindings::PackedView { rows, columns: list, now_ms }, plain: OnceLock::new() }
+    }
+
+    fn layout(&self) -> volcache_policy_core::Packed<'_> {
+        volcache_policy_core::Packed::new(self.packed.rows, &self.packed.columns)
+    }
+
+    fn column(&self, k: usize) -> &[u64] {
+        self.layout().column(k)
     }
 
     pub fn len(&self) -> usize {
-        self.columns.ids.len()
+        self.packed.rows as usize
     }
 
     pub fn is_empty(&self) -> bool {
-        self.columns.ids.is_empty()
+        self.len() == 0
     }
 
     pub fn now_ms(&self) -> u64 {
-        self.columns.now_ms
+        self.packed.now_ms
     }
 
     fn row(&self, row: usize) -> Entry {
-        let c = &self.columns;
+        use volcache_policy_core::packed::*;
+        let id = self.column(IDS)[row];
         Entry {
-            id: c.ids[row],
-            size_gib: c.size_gib[row],
-            allocated_bytes: c.allocated_bytes[row],
-            last_used_ms: c.last_used_ms[row],
-            created_ms: c.created_ms[row],
-            hits: c.hits[row],
-            pinned: c.pinned.binary_search(&c.ids[row]).is_ok(),
+            id,
+            size_gib: self.column(SIZE_GIB)[row],
+            allocated_bytes: self.column(ALLOCATED_BYTES)[row],
+            last_used_ms: self.column(LAST_USED_MS)[row],
+            created_ms: self.column(CREATED_MS)[row],
+            hits: self.column(HITS)[row],
+            pinned: self.layout().pinned().binary_search(&id).is_ok(),
         }
     }
 
@@ -165,22 +188,31 @@ impl View {
     }
 
     pub fn get(&self, id: u64) -> Option<Entry> {
-        self.columns.ids.binary_search(&id).ok().map(|row| self.row(row))
+        self.column(volcache_policy_core::packed::IDS).binary_search(&id).ok().map(|row| self.row(row))
     }
 
     pub(crate) fn columns(&self) -> volcache_policy_core::Columns<'_> {
-        let c = &self.columns;
-        volcache_policy_core::Columns {
-            ids: &c.ids,
-            size_gib: &c.size_gib,
-            allocated_bytes: &c.allocated_bytes,
-            last_used_ms: &c.last_used_ms,
-            pinned: &c.pinned,
-        }
+        self.layout().columns()
     }
 
+    /// The view as the WIT 0.1.2 `packed-view`.
+    pub(crate) fn packed(&self) -> &bindings::PackedView {
+        &self.packed
+    }
+
+    /// The view as the WIT `view` record (seven lists), built on first use.
     pub(crate) fn wire(&self) -> &bindings::View {
-        &self.columns
+        use volcache_policy_core::packed::*;
+        self.plain.get_or_init(|| bindings::View {
+            ids: self.column(IDS).to_vec(),
+            size_gib: self.column(SIZE_GIB).to_vec(),
+            allocated_bytes: self.column(ALLOCATED_BYTES).to_vec(),
+            last_used_ms: self.column(LAST_USED_MS).to_vec(),
+            created_ms: self.column(CREATED_MS).to_vec(),
+            hits: self.column(HITS).to_vec(),
+            pinned: self.layout().pinned().to_vec(),
+            now_ms: self.packed.now_ms,
+        })
     }
 }
 
@@ -269,5 +301,46 @@ impl CallError {
             CallError::Incompatible(_) => "incompatible",
             CallError::Rejected(_) => "config",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The packed list follows the WIT's layout, and the entries, lookups, native columns and
+    /// the seven-list `view` all read back what went in (sorted by id, one row per id).
+    #[test]
+    fn a_view_reads_back_its_entries_through_every_shape() {
+        let entry = |id: u64, pinned: bool| Entry {
+            id,
+            size_gib: id + 1,
+            allocated_bytes: id * 1000,
+            last_used_ms: 50 - id,
+            created_ms: id * 3,
+            hits: id % 4,
+            pinned,
+        };
+        let given = vec![entry(9, true), entry(2, false), entry(5, true), entry(2, false)];
+        let view = View::new(given, 77);
+        let expected = vec![entry(2, false), entry(5, true), entry(9, true)];
+        assert_eq!(view.entries().collect::<Vec<_>>(), expected);
+        assert_eq!((view.len(), view.now_ms(), view.get(5), view.get(3)), (3, 77, Some(expected[1]), None));
+
+        let packed = view.packed();
+        assert_eq!((packed.rows, packed.now_ms), (3, 77));
+        for (i, e) in expected.iter().enumerate() {
+            let fields = [e.id, e.size_gib, e.allocated_bytes, e.last_used_ms, e.created_ms, e.hits];
+            for (k, value) in fields.into_iter().enumerate() {
+                assert_eq!(packed.columns[k * 3 + i], value, "column {k} of row {i}");
+            }
+        }
+        assert_eq!(&packed.columns[6 * 3..], &[5, 9]);
+
+        let plain = view.wire();
+        assert_eq!((plain.ids.as_slice(), plain.last_used_ms.as_slice()), (&[2, 5, 9][..], &[48, 45, 41][..]));
+        assert_eq!((plain.hits.as_slice(), plain.pinned.as_slice(), plain.now_ms), (&[2, 1, 1][..], &[5, 9][..], 77));
+        let native = view.columns();
+        assert_eq!((native.size_gib, native.allocated_bytes), (&[3, 6, 10][..], &[2000, 5000, 9000][..]));
     }
 }

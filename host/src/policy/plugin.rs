@@ -18,7 +18,7 @@ use wasmtime::{ResourceLimiter, Store, Trap};
 
 use wasmtime_wasi::{WasiCtxView, WasiView};
 
-use super::bindings::{self, admission, capacity, events, eviction, expiry, plugin, Level};
+use super::bindings::{self, admission, capacity, events, eviction, expiry, packed_eviction, plugin, Level};
 use super::engine::PolicyEngine;
 use super::wasi::{self, Sandbox};
 use super::{CallError, LoadError, Slot};
@@ -123,6 +123,7 @@ struct Exports {
     admission: Option<admission::GuestIndices>,
     capacity: Option<capacity::GuestIndices>,
     eviction: Option<eviction::GuestIndices>,
+    packed_eviction: Option<packed_eviction::GuestIndices>,
     events: Option<events::GuestIndices>,
     expiry: Option<expiry::GuestIndices>,
 }
@@ -133,6 +134,7 @@ struct Live {
     admission: Option<admission::Guest>,
     capacity: Option<capacity::Guest>,
     eviction: Option<eviction::Guest>,
+    packed_eviction: Option<packed_eviction::Guest>,
     events: Option<events::Guest>,
     expiry: Option<expiry::Guest>,
 }
@@ -205,18 +207,19 @@ impl WasmPlugin {
             admission: admission::GuestIndices::new(&pre).ok(),
             capacity: capacity::GuestIndices::new(&pre).ok(),
             eviction: eviction::GuestIndices::new(&pre).ok(),
+            packed_eviction: packed_eviction::GuestIndices::new(&pre).ok(),
             events: events::GuestIndices::new(&pre).ok(),
             expiry: expiry::GuestIndices::new(&pre).ok(),
         };
         let has_slot = match slot {
             Slot::Admission => exports.admission.is_some(),
             Slot::Capacity => exports.capacity.is_some(),
-            Slot::Eviction => exports.eviction.is_some(),
+            Slot::Eviction => exports.eviction.is_some() || exports.packed_eviction.is_some(),
         };
         if !has_slot {
             return Err(LoadError::WrongSlot {
                 slot,
-                detail: format!("the component does not export {}", interface_name(slot.interface())),
+                detail: format!("the component does not export {}", slot.wanted()),
             });
         }
         let mut plugin = WasmPlugin {
@@ -286,12 +289,15 @@ impl WasmPlugin {
         // An optional interface: loaded when the component exports it.
         macro_rules! optional {
             ($field:ident) => {
+                optional!($field, stringify!($field))
+            };
+            ($field:ident, $interface:expr) => {
                 self.exports
                     .$field
                     .as_ref()
                     .map(|i| i.load(&mut store, &instance))
                     .transpose()
-                    .map_err(load(stringify!($field)))?
+                    .map_err(load($interface))?
             };
         }
         let mut live = Live {
@@ -299,6 +305,7 @@ impl WasmPlugin {
             admission: optional!(admission),
             capacity: optional!(capacity),
             eviction: optional!(eviction),
+            packed_eviction: optional!(packed_eviction, "packed-eviction"),
             events: optional!(events),
             expiry: optional!(expiry),
             store,
@@ -373,10 +380,13 @@ impl WasmPlugin {
         })
     }
 
-    pub(crate) fn victims(&self, need: bindings::Need, view: &bindings::View) -> Result<Vec<u64>, CallError> {
-        self.call(|live| match &live.eviction {
-            Some(g) => g.call_victims(&mut live.store, need, view),
-            None => Err(wasmtime::format_err!("no eviction export")),
+    /// The plugin's victims for `need`; through `packed-eviction` (one list to copy in) when the
+    /// component exports it.
+    pub(crate) fn victims(&self, need: bindings::Need, view: &super::View) -> Result<Vec<u64>, CallError> {
+        self.call(|live| match (&live.packed_eviction, &live.eviction) {
+            (Some(g), _) => g.call_victims(&mut live.store, need, view.packed()),
+            (None, Some(g)) => g.call_victims(&mut live.store, need, view.wire()),
+            (None, None) => Err(wasmtime::format_err!("no eviction export")),
         })
     }
 

@@ -340,7 +340,7 @@ impl PolicySet {
             Filler::Wasm(plugin) => plugin,
         };
         let answer = self.timed(Slot::Eviction, plugin, || {
-            let ids = plugin.victims(need.into(), view.wire())?;
+            let ids = plugin.victims(need.into(), view)?;
             check_victims(need, view, &ids).map(|()| ids)
         });
         match answer {

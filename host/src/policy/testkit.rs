@@ -169,7 +169,7 @@ pub fn run_case(plugin: &WasmPlugin, slot: Slot, case: &Case) -> Result<(), Stri
     match slot {
         Slot::Eviction => {
             let need: Need = case.need.ok_or("an eviction case needs `need`")?.into();
-            let ids = plugin.victims(need.into(), view.wire()).map_err(failed)?;
+            let ids = plugin.victims(need.into(), &view).map_err(failed)?;
             if let Some(want) = &case.expect.victims {
                 if &ids != want {
                     return Err(format!("victims {ids:?}, expected {want:?}"));
@@ -258,7 +258,7 @@ pub fn random_properties(plugin: &WasmPlugin, slot: Slot, rounds: u32, seed: u64
                 } else {
                     Need { amount: rng.below(200 << 30), basis: SizeBasis::Allocated, entries: rng.below(3) as u32 }
                 };
-                match plugin.victims(need.into(), view.wire()) {
+                match plugin.victims(need.into(), &view) {
                     Err(e) => Err(format!("need {need:?}: the call failed: {e}")),
                     Ok(ids) => {
                         let coverable = check_victims(need, &view, &lru_all(&view)).is_ok();

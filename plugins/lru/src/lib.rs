@@ -14,10 +14,11 @@ use alloc::vec::Vec;
 use volcache_policy_core as cinder;
 
 // Generates Rust types and traits from the WIT contract, for the world this plugin fills.
-wit_bindgen::generate!({ path: "../../wit", world: "eviction-policy" });
+// The packed world (WIT 0.1.2): the view arrives as one list, one allocation per call.
+wit_bindgen::generate!({ path: "../../wit", world: "packed-eviction-policy" });
 
-use exports::volcache::policy::{eviction, plugin};
-use volcache::policy::types::{Need, SizeBasis, View};
+use exports::volcache::policy::{packed_eviction, plugin};
+use volcache::policy::types::{Need, PackedView, SizeBasis};
 
 struct Lru;
 
@@ -36,11 +37,11 @@ impl plugin::Guest for Lru {
     }
 }
 
-impl eviction::Guest for Lru {
-    fn victims(need: Need, view: View) -> Vec<u64> {
+impl packed_eviction::Guest for Lru {
+    fn victims(need: Need, view: PackedView) -> Vec<u64> {
         let need = cinder::need!(need, SizeBasis);
         // The policy core reads the view's columns in place: no copy of 10,000 entries.
-        let entries = cinder::columns!(view);
+        let entries = cinder::packed!(view);
         cinder::lru_victims(need, &entries)
     }
 }

@@ -5,7 +5,9 @@
 //! too-few, huge (4 Mi ids), log-flood (100,000 log lines, then a valid answer), last-hit (evict
 //! the entry named by the last `on-hit` event: proves events arrive), hook-panic (panic in every
 //! event hook), hook-loop (loop for ever in every event hook), ignore-amount (evict the oldest
-//! unpinned entry whatever the need). `configure=fail|loop` misbehaves while being configured.
+//! unpinned entry whatever the need), plain-panics (`eviction.victims` panics while
+//! `packed-eviction.victims` answers: proves the host asks the packed interface when a component
+//! exports both). `configure=fail|loop` misbehaves while being configured.
 //! `expiry.expire` (WIT 0.1.1) names nothing, except in its own modes: expire-loop (loop for
 //! ever), expire-pinned (the pinned entries), expire-unknown (an id not in the view).
 //!
@@ -26,11 +28,11 @@ use volcache_policy_core as cinder;
 
 wit_bindgen::generate!({ path: "../../../wit", world: "any-policy" });
 
-use exports::volcache::policy::{admission, capacity, events, eviction, expiry, plugin};
+use exports::volcache::policy::{admission, capacity, events, eviction, expiry, packed_eviction, plugin};
 use volcache::policy::host::{log, Level};
-use volcache::policy::types::{Candidate, Entry, Need, SizeBasis, View};
+use volcache::policy::types::{Candidate, Entry, Need, PackedView, SizeBasis, View};
 
-const MODES: [&str; 18] = [
+const MODES: [&str; 19] = [
     "none",
     "loop",
     "alloc",
@@ -49,6 +51,7 @@ const MODES: [&str; 18] = [
     "expire-loop",
     "expire-pinned",
     "expire-unknown",
+    "plain-panics",
 ];
 
 static MODE: AtomicU8 = AtomicU8::new(0);
@@ -168,36 +171,62 @@ impl capacity::Guest for Evil {
 
 impl eviction::Guest for Evil {
     fn victims(need: Need, view: View) -> Vec<u64> {
-        misbehave(&view);
-        let basis = match need.basis {
-            SizeBasis::Provisioned => cinder::SizeBasis::Provisioned,
-            SizeBasis::Allocated => cinder::SizeBasis::Allocated,
+        if mode() == "plain-panics" {
+            panic!("plain-panics: the host should have asked packed-eviction");
+        }
+        victims(need, view)
+    }
+}
+
+// The packed view, unpacked: every mode misbehaves the same through either interface.
+impl packed_eviction::Guest for Evil {
+    fn victims(need: Need, view: PackedView) -> Vec<u64> {
+        let p = cinder::Packed::new(view.rows, &view.columns);
+        let column = |k| p.column(k).to_vec();
+        let view = View {
+            ids: column(cinder::packed::IDS),
+            size_gib: column(cinder::packed::SIZE_GIB),
+            allocated_bytes: column(cinder::packed::ALLOCATED_BYTES),
+            last_used_ms: column(cinder::packed::LAST_USED_MS),
+            created_ms: column(cinder::packed::CREATED_MS),
+            hits: column(cinder::packed::HITS),
+            pinned: p.pinned().to_vec(),
+            now_ms: view.now_ms,
         };
-        let honest =
-            cinder::lru_victims(cinder::Need { amount: need.amount, basis, entries: need.entries }, &columns(&view));
-        if !triggered(&view) {
-            return honest;
-        }
-        match mode() {
-            "unknown-ids" => vec![u64::MAX - 7],
-            "duplicate-ids" => match honest.first() {
-                Some(&first) => {
-                    let mut ids = honest.clone();
-                    ids.push(first);
-                    ids
-                }
-                None => honest,
-            },
-            "pinned-ids" => view.pinned.clone(),
-            "too-few" => Vec::new(),
-            "ignore-amount" => {
-                let one = cinder::Need { amount: 0, basis: cinder::SizeBasis::Provisioned, entries: 1 };
-                cinder::lru_victims(one, &columns(&view))
+        victims(need, view)
+    }
+}
+
+fn victims(need: Need, view: View) -> Vec<u64> {
+    misbehave(&view);
+    let basis = match need.basis {
+        SizeBasis::Provisioned => cinder::SizeBasis::Provisioned,
+        SizeBasis::Allocated => cinder::SizeBasis::Allocated,
+    };
+    let honest =
+        cinder::lru_victims(cinder::Need { amount: need.amount, basis, entries: need.entries }, &columns(&view));
+    if !triggered(&view) {
+        return honest;
+    }
+    match mode() {
+        "unknown-ids" => vec![u64::MAX - 7],
+        "duplicate-ids" => match honest.first() {
+            Some(&first) => {
+                let mut ids = honest.clone();
+                ids.push(first);
+                ids
             }
-            "huge" => (1..=(4u64 << 20)).collect(),
-            "last-hit" => vec![LAST_HIT.load(Ordering::Relaxed)],
-            _ => honest,
+            None => honest,
+        },
+        "pinned-ids" => view.pinned.clone(),
+        "too-few" => Vec::new(),
+        "ignore-amount" => {
+            let one = cinder::Need { amount: 0, basis: cinder::SizeBasis::Provisioned, entries: 1 };
+            cinder::lru_victims(one, &columns(&view))
         }
+        "huge" => (1..=(4u64 << 20)).collect(),
+        "last-hit" => vec![LAST_HIT.load(Ordering::Relaxed)],
+        _ => honest,
     }
 }
 

@@ -14,7 +14,7 @@ wit_bindgen::generate!({
         package test:wasi-import;
 
         world random-lru {
-            include volcache:policy/eviction-policy@0.1.1;
+            include volcache:policy/eviction-policy@0.1.2;
             import wasi:keyvalue/store@0.2.0;
             import test:escape/raw-socket@0.1.0;
         }
