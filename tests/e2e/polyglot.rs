@@ -66,7 +66,11 @@ fn built() -> &'static Built {
             out.push(project.join(format!("{name}.wasm")));
         }
         let escape = dir.join("escape.wasm");
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/polyglot/escape");
+        // Built from a copy: componentize-py leaves __pycache__ beside the module it compiles.
+        let source = dir.join("escape-src");
+        std::fs::create_dir_all(&source).unwrap();
+        let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/polyglot/escape/app.py");
+        std::fs::copy(&app, source.join("app.py")).unwrap();
         let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
         let build = Command::new(&py_tool)
             .args(["-d"])
