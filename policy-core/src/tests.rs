@@ -205,3 +205,44 @@ fn a_packed_view_reads_as_its_columns_and_a_short_one_reads_as_zeros() {
     assert_eq!(huge.column(packed::IDS).len(), list.len());
     assert!(huge.column(packed::HITS).is_empty() && huge.pinned().is_empty());
 }
+
+proptest! {
+    /// LRU names exactly what sorting every unpinned entry by (last use, id) and taking them until
+    /// the need is covered would, whatever the rows' order, the basis, or how many must go.
+    #[test]
+    fn lru_is_the_sorted_prefix_that_covers_the_need(
+        raw in prop::collection::vec((1u64..20, 0u64..30, any::<bool>()), 0..300),
+        amount in 0u64..3000, entries_needed in 0u32..320, allocated in any::<bool>(), turn in 0usize..300,
+    ) {
+        let mut entries: Vec<Entry> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, &(size, used, pin))| Entry {
+                // Distinct ids in no particular order (7919 is invertible modulo the prime).
+                id: (i as u64 * 7919) % 100_003 + 1,
+                size_gib: size,
+                allocated_bytes: size * 3 + used,
+                last_used_ms: used,
+                pinned: pin && i % 4 == 0,
+                ..Entry::default()
+            })
+            .collect();
+        if !entries.is_empty() {
+            let n = entries.len();
+            entries.rotate_left(turn % n);
+        }
+        let basis = if allocated { SizeBasis::Allocated } else { SizeBasis::Provisioned };
+        let need = Need { amount, basis, entries: entries_needed };
+        let mut order: Vec<&Entry> = entries.iter().filter(|e| !e.pinned).collect();
+        order.sort_by_key(|e| (e.last_used_ms, e.id));
+        let (mut expected, mut freed) = (Vec::new(), 0u64);
+        for e in order {
+            if need.is_zero() || covers(freed, expected.len(), need) {
+                break;
+            }
+            freed += if allocated { e.allocated_bytes } else { e.size_gib };
+            expected.push(e.id);
+        }
+        prop_assert_eq!(lru_victims(need, &entries[..]), expected);
+    }
+}
