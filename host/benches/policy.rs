@@ -5,6 +5,7 @@
 //!
 //! All go through `PolicySet::victims`, so all pay for answer validation; the wasm columns also
 //! pay for copying the view into the component and the sandbox's deadline and memory checks.
+//! Native and Rust wasm calls alternate, so drift during the run weighs on both alike.
 //! `cargo bench --bench policy` (or `make bench`) prints the table; under `cargo test` this runs
 //! a few iterations only, to check that all answer the same.
 
@@ -53,6 +54,39 @@ fn measure(iterations: usize, mut f: impl FnMut()) -> (Duration, Duration) {
         .collect();
     times.sort_unstable();
     (times[times.len() / 2], times[(times.len() * 99 / 100).min(times.len() - 1)])
+}
+
+/// Median and 99th percentile of `a` and of `b`, timed alternately (a b, b a, a b, ...) so that
+/// whatever drifts during the run (frequency, the page cache, a neighbour) weighs on both alike.
+fn measure_pair(
+    iterations: usize,
+    mut a: impl FnMut(),
+    mut b: impl FnMut(),
+) -> ((Duration, Duration), (Duration, Duration)) {
+    for _ in 0..iterations.div_ceil(10) {
+        a();
+        b();
+    }
+    let (mut ta, mut tb) = (Vec::with_capacity(iterations), Vec::with_capacity(iterations));
+    let mut time = |f: &mut dyn FnMut(), into: &mut Vec<Duration>| {
+        let t = Instant::now();
+        f();
+        into.push(t.elapsed());
+    };
+    for i in 0..iterations {
+        if i % 2 == 0 {
+            time(&mut a, &mut ta);
+            time(&mut b, &mut tb);
+        } else {
+            time(&mut b, &mut tb);
+            time(&mut a, &mut ta);
+        }
+    }
+    let stats = |mut t: Vec<Duration>| {
+        t.sort_unstable();
+        (t[t.len() / 2], t[(t.len() * 99 / 100).min(t.len() - 1)])
+    };
+    (stats(ta), stats(tb))
 }
 
 fn us(d: Duration) -> f64 {
@@ -116,12 +150,15 @@ fn main() {
             continue;
         }
         let iterations = (2_000_000 / n as usize).clamp(200, 5_000);
-        let (n50, n99) = measure(iterations, || {
-            std::hint::black_box(native.victims(need, &cache));
-        });
-        let (w50, w99) = measure(iterations, || {
-            std::hint::black_box(wasm.victims(need, &cache));
-        });
+        let ((n50, n99), (w50, w99)) = measure_pair(
+            iterations,
+            || {
+                std::hint::black_box(native.victims(need, &cache));
+            },
+            || {
+                std::hint::black_box(wasm.victims(need, &cache));
+            },
+        );
         print!(
             "{n:>8} | {:>9.1} us ({:>6.1}) | {:>9.1} us ({:>6.1}) | {:>10.2}x",
             us(n50),
