@@ -68,7 +68,7 @@ fn measure_pair(
         b();
     }
     let (mut ta, mut tb) = (Vec::with_capacity(iterations), Vec::with_capacity(iterations));
-    let mut time = |f: &mut dyn FnMut(), into: &mut Vec<Duration>| {
+    let time = |f: &mut dyn FnMut(), into: &mut Vec<Duration>| {
         let t = Instant::now();
         f();
         into.push(t.elapsed());
