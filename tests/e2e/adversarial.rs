@@ -222,3 +222,22 @@ fn a_hook_that_keeps_failing_is_switched_off_and_decisions_go_on() {
     let need = Need { amount: 1, basis: SizeBasis::Provisioned, entries: 0 };
     assert_eq!(set.victims(need, &view(3, 1, false)).by, DecidedBy::Plugin, "the plugin still decides");
 }
+
+/// When nothing can cover the need, a best effort of real, unpinned entries is the plugin's
+/// answer (nothing is evicted and the candidate is not cached: the WIT's rule), not a failure
+/// that alerts an operator; a best effort naming a pinned entry is still refused.
+#[test]
+fn a_best_effort_when_nothing_covers_is_an_answer_not_a_failure() {
+    let cache = view(2 * TRIGGER, 4, true);
+    let total: u64 = cache.entries().map(|e| e.size_gib).sum();
+    let need = Need { amount: total + 1, basis: SizeBasis::Provisioned, entries: 0 };
+    let honest = evil(Slot::Eviction, "none");
+    let d = honest.victims(need, &cache);
+    assert_eq!((d.by, d.value), (DecidedBy::Plugin, None));
+    assert_eq!(failures(&honest, Slot::Eviction), (0, 0));
+
+    let pinned = evil(Slot::Eviction, "pinned-ids");
+    let d = pinned.victims(need, &cache);
+    assert!(matches!(&d.by, DecidedBy::Fallback(CallError::InvalidAnswer(m)) if m.contains("pinned")), "{:?}", d.by);
+    assert_eq!((d.value, failures(&pinned, Slot::Eviction)), (None, (1, 1)));
+}

@@ -48,6 +48,28 @@ pub(crate) fn check_victims(need: Need, view: &View, ids: &[u64]) -> Result<(), 
     Ok(())
 }
 
+/// Whether any answer can cover `need`: all the unpinned entries together do.
+pub(crate) fn coverable(need: Need, view: &View) -> bool {
+    let (freed, count) = view.entries().filter(|e| !e.pinned).fold((0u64, 0usize), |(freed, count), e| {
+        (freed.saturating_add(cinder::EntryView::size_in(&e, need.basis)), count + 1)
+    });
+    cinder::covers(freed, count, need)
+}
+
+/// An eviction answer as the host takes it (the WIT's rules): `Ok(true)` when it passes
+/// [`check_victims`]; `Ok(false)` when no answer could cover `need` and this one is a best effort
+/// of distinct, unpinned entries of the view (nothing is then evicted and the candidate is not
+/// cached); an error otherwise.
+pub(crate) fn check_answer(need: Need, view: &View, ids: &[u64]) -> Result<bool, CallError> {
+    match check_victims(need, view, ids) {
+        Ok(()) => Ok(true),
+        Err(_) if !coverable(need, view) => {
+            check_victims(Need { amount: 0, basis: need.basis, entries: 0 }, view, ids).map(|()| false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Decisions on small made-up caches, each answered validly, before a plugin may serve: needs
 /// counted in GiB and in bytes, a need of entries only, a pinned entry, and an empty cache. A
 /// policy that ignores `need.amount` or pins fails here, not on the first real eviction.

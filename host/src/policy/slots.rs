@@ -9,7 +9,7 @@ use std::time::Instant;
 use volcache_policy_core as cinder;
 
 use super::builtin::{self, Builtin};
-use super::checks::{check_victims, read_plugin_file, smoke_test};
+use super::checks::{check_answer, check_victims, read_plugin_file, smoke_test};
 use super::engine::PolicyEngine;
 use super::hooks::HookQueue;
 use super::plugin::{PluginInfo, WasmPlugin};
@@ -339,12 +339,13 @@ impl PolicySet {
             Filler::Builtin(_) => return Decided { value: fallback(), by: DecidedBy::Builtin },
             Filler::Wasm(plugin) => plugin,
         };
+        // A best effort when nothing can cover the need is the plugin's answer too (`None`).
         let answer = self.timed(Slot::Eviction, plugin, || {
             let ids = plugin.victims(need.into(), view)?;
-            check_victims(need, view, &ids).map(|()| ids)
+            Ok(check_answer(need, view, &ids)?.then_some(ids))
         });
         match answer {
-            Ok(ids) => Decided { value: Some(ids), by: DecidedBy::Plugin },
+            Ok(value) => Decided { value, by: DecidedBy::Plugin },
             Err(e) => Decided { value: fallback(), by: DecidedBy::Fallback(e) },
         }
     }

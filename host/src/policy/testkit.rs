@@ -6,7 +6,7 @@
 
 use serde::Deserialize;
 
-use super::checks::check_victims;
+use super::checks::check_answer;
 use super::plugin::WasmPlugin;
 use super::{CallError, Candidate, Entry, LoadError, Need, PolicyEngine, SizeBasis, Slot, View};
 
@@ -175,10 +175,7 @@ pub fn run_case(plugin: &WasmPlugin, slot: Slot, case: &Case) -> Result<(), Stri
                     return Err(format!("victims {ids:?}, expected {want:?}"));
                 }
             }
-            let coverable = check_victims(need, &view, &lru_all(&view)).is_ok();
-            if coverable {
-                check_victims(need, &view, &ids).map_err(|e| format!("the host would reject this answer: {e}"))?;
-            }
+            check_answer(need, &view, &ids).map_err(|e| format!("the host would reject this answer: {e}"))?;
             Ok(())
         }
         Slot::Admission => {
@@ -204,11 +201,6 @@ pub fn run_case(plugin: &WasmPlugin, slot: Slot, case: &Case) -> Result<(), Stri
             }
         }
     }
-}
-
-/// Every unpinned entry: if even all of them do not cover a need, no answer can.
-fn lru_all(view: &View) -> Vec<u64> {
-    view.entries().filter(|e| !e.pinned).map(|e| e.id).collect()
 }
 
 /// A small seeded generator (xorshift64*), so that `--seed` replays a failure exactly.
@@ -260,16 +252,11 @@ pub fn random_properties(plugin: &WasmPlugin, slot: Slot, rounds: u32, seed: u64
                 };
                 match plugin.victims(need.into(), &view) {
                     Err(e) => Err(format!("need {need:?}: the call failed: {e}")),
-                    Ok(ids) => {
-                        let coverable = check_victims(need, &view, &lru_all(&view)).is_ok();
-                        let checked = if coverable {
-                            check_victims(need, &view, &ids)
-                        } else {
-                            // Best effort is allowed, but only with real, distinct, unpinned ids.
-                            check_victims(Need { amount: 0, basis: need.basis, entries: 0 }, &view, &ids)
-                        };
-                        checked.map_err(|e| format!("need {need:?} over {} entries: {e}", view.len()))
-                    }
+                    // Best effort is allowed when nothing covers, but only with real, distinct,
+                    // unpinned ids.
+                    Ok(ids) => check_answer(need, &view, &ids)
+                        .map(drop)
+                        .map_err(|e| format!("need {need:?} over {} entries: {e}", view.len())),
                 }
             }
             Slot::Admission | Slot::Capacity => {
