@@ -134,3 +134,77 @@ async fn entries_are_pinned_and_unpinned_over_http_and_counted_in_metrics() {
     let (status, body) = call(&core, "POST", "/v1/cache/entries/999/pin", None).await;
     assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (404, Some("entry_not_found")), "{body}");
 }
+
+/// Like `call`, with the response's `Link` header.
+async fn get_page(core: &Core, path: &str) -> (StatusCode, Option<String>, serde_json::Value) {
+    let request =
+        Request::builder().uri(path).header("authorization", format!("Bearer {TOKEN}")).body(Body::empty()).unwrap();
+    let response = app(state(core)).oneshot(request).await.unwrap();
+    let status = response.status();
+    let link = response.headers().get("link").map(|v| v.to_str().unwrap().to_string());
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, link, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
+
+fn ids(page: &serde_json::Value) -> Vec<String> {
+    page.as_array().unwrap().iter().map(|v| v["id"].as_str().unwrap().to_string()).collect()
+}
+
+/// `limit` and `marker` page through the volumes by id; a full page links to the next one, and
+/// a page still follows when the volume it ended with was deleted meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_are_listed_in_pages_that_survive_a_deleted_marker() {
+    let core = Core::new(limits(0, 0));
+    core.register("img", 1);
+    let mut created = Vec::new();
+    for _ in 0..5 {
+        let (status, volume) = call(&core, "POST", "/v1/volumes", create("img")).await;
+        assert_eq!(status, StatusCode::CREATED, "{volume}");
+        created.push(volume["id"].as_str().unwrap().to_string());
+    }
+    created.sort();
+
+    let (status, link, all) = get_page(&core, "/v1/volumes").await;
+    assert_eq!((status, link, ids(&all)), (StatusCode::OK, None, created.clone()));
+
+    let mut path = "/v1/volumes?limit=2".to_string();
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        assert!(pages < 5, "five volumes in pages of two take three pages, not {pages}+");
+        let (status, link, page) = get_page(&core, &path).await;
+        assert_eq!(status, StatusCode::OK);
+        let got = ids(&page);
+        assert!(got.len() <= 2);
+        seen.extend(got.clone());
+        pages += 1;
+        match link {
+            Some(link) => {
+                let last = got.last().unwrap();
+                assert_eq!(link, format!("</v1/volumes?limit=2&marker={last}>; rel=\"next\""));
+                path = link.trim_start_matches('<').split('>').next().unwrap().to_string();
+            }
+            None => break,
+        }
+    }
+    assert_eq!((seen, pages), (created.clone(), 3));
+
+    // The marker's volume is gone: the next page is still the volumes after it.
+    let (status, _) = call(&core, "DELETE", &format!("/v1/volumes/{}", created[1]), None).await;
+    assert!(status.is_success());
+    let (_, _, after) = get_page(&core, &format!("/v1/volumes?limit=10&marker={}", created[1])).await;
+    assert_eq!(ids(&after), created[2..].to_vec());
+
+    // The internal tenant's cache volume only with all_tenants, and the link keeps the filter.
+    let (_, link, page) = get_page(&core, "/v1/volumes?all_tenants=1&limit=1").await;
+    assert_eq!(ids(&page).len(), 1);
+    assert!(link.unwrap().starts_with("</v1/volumes?all_tenants=1&limit=1&marker="));
+    let (_, _, everything) = get_page(&core, "/v1/volumes?all_tenants=1").await;
+    assert_eq!(ids(&everything).len(), created.len() - 1 + 1, "four users' volumes and the cache volume");
+
+    for bad in ["limit=0", "limit=-1", "limit=many", "marker="] {
+        let (status, _, body) = get_page(&core, &format!("/v1/volumes?{bad}")).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")), "{bad}");
+        assert!(body["error"]["message"].as_str().unwrap().starts_with(bad.split('=').next().unwrap()), "{body}");
+    }
+}

@@ -263,6 +263,31 @@ macro_rules! reads {
                 .collect()
         }
 
+        /// Up to `limit` volumes that `keep` accepts, by ascending id, starting after `after`
+        /// (which need not exist: a page goes on even if the volume it ended with was deleted).
+        pub fn volumes_page(
+            &self,
+            after: Option<&str>,
+            limit: usize,
+            keep: impl Fn(&VolumeRecord) -> bool,
+        ) -> Result<Vec<VolumeRecord>, CatalogError> {
+            use std::ops::Bound;
+            let t = self.txn.open_table(VOLUMES)?;
+            let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+            let mut page = Vec::new();
+            for row in t.range::<&str>((start, Bound::Unbounded))? {
+                if page.len() == limit {
+                    break;
+                }
+                let (k, v) = row?;
+                let volume: VolumeRecord = decode_row("volumes", k.value(), v.value())?;
+                if keep(&volume) {
+                    page.push(volume);
+                }
+            }
+            Ok(page)
+        }
+
         pub fn entry(&self, id: u64) -> Result<Option<EntryRecord>, CatalogError> {
             let t = self.txn.open_table(CACHE_ENTRIES)?;
             let row = t.get(id)?.map(|v| decode_row("image_volume_cache_entries", id, v.value())).transpose();

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::StatusCode;
+use axum::http::header::LINK;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -150,20 +151,49 @@ pub async fn create_volume(
 }
 
 /// Lists volumes; the internal tenant's cache volumes only with `all_tenants=1`.
+/// `GET /v1/volumes[?all_tenants=1][&limit=N][&marker=ID]`: volumes by ascending id. With
+/// `limit`, a full page carries `Link: <...&marker=LAST>; rel="next"` for the next one.
 pub async fn list_volumes(
     State(state): State<AppState>,
     Query(query): Query<BTreeMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<(HeaderMap, Json<Value>), ApiError> {
     let all = match query.get("all_tenants").map(String::as_str) {
         None | Some("0" | "false") => false,
         Some("1" | "true") => true,
         Some(other) => return Err(bad_request(format!("all_tenants: expected 1, true, 0 or false, got {other:?}"))),
     };
+    let limit = match query.get("limit") {
+        None => None,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if n > 0 => Some(n),
+            // More than any catalog holds: everything.
+            Err(_) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => Some(usize::MAX),
+            _ => return Err(bad_request(format!("limit: expected a whole number of at least 1, got {text:?}"))),
+        },
+    };
+    let marker = query.get("marker").cloned();
+    if marker.as_deref() == Some("") {
+        return Err(bad_request("marker: expected the id of the last volume of the previous page, got \"\""));
+    }
     let cache = state.cache.clone();
     let internal = cache.config().internal.project_id.clone();
-    let volumes = blocking(move || Ok(cache.catalog().read(|r| r.volumes())?)).await?;
-    let shown: Vec<Value> = volumes.iter().filter(|v| all || v.project_id != internal).map(volume_json).collect();
-    Ok(Json(json!(shown)))
+    let after = marker.clone();
+    let volumes = blocking(move || {
+        let keep = |v: &VolumeRecord| all || v.project_id != internal;
+        Ok(cache.catalog().read(|r| r.volumes_page(after.as_deref(), limit.unwrap_or(usize::MAX), keep))?)
+    })
+    .await?;
+    let mut headers = HeaderMap::new();
+    if let (Some(limit), Some(last)) = (limit, volumes.last()) {
+        if volumes.len() == limit {
+            let tenants = if all { "all_tenants=1&" } else { "" };
+            let next = format!("</v1/volumes?{tenants}limit={limit}&marker={}>; rel=\"next\"", last.id);
+            if let Ok(value) = HeaderValue::from_str(&next) {
+                headers.insert(LINK, value);
+            }
+        }
+    }
+    Ok((headers, Json(json!(volumes.iter().map(volume_json).collect::<Vec<_>>()))))
 }
 
 pub async fn show_volume(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Json<Value>, ApiError> {
