@@ -115,17 +115,13 @@ fn python_javascript_and_scaffolded_rust_lru_decide_exactly_like_the_built_in() 
             if need.is_zero() {
                 continue;
             }
-            // When no answer can cover the need, the host rejects every answer; the built-in
-            // then decides, and the plugin's failure is counted as an invalid answer.
-            match &got.by {
-                DecidedBy::Plugin => {}
-                DecidedBy::Fallback(CallError::InvalidAnswer(_)) if want.value.is_none() => {}
-                other => panic!("{lang} case {case}: decided by {other:?}"),
-            }
+            // Also when no answer can cover the need: the plugin's best effort is its answer
+            // (`None`: not cached), not a failure.
+            assert_eq!(got.by, DecidedBy::Plugin, "{lang} case {case}: need {need:?}");
             assert_eq!(got.value, want.value, "{lang} case {case}: need {need:?} over {} entries", v.len());
         }
         let status = set.status().into_iter().find(|s| s.slot == Slot::Eviction).unwrap();
-        assert_eq!((status.stats.timeouts, status.stats.traps), (0, 0), "{lang}: {status:?}");
+        assert_eq!((status.stats.failures, status.stats.fallbacks), (0, 0), "{lang}: {status:?}");
     }
 }
 
