@@ -40,7 +40,7 @@ fn config(root: &Path) -> PathBuf {
 
 fn serve(config: &Path) -> Command {
     let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_volcache"));
+    let mut cmd = crate::fixtures::volcache_cmd();
     cmd.args(["serve", "--config", config.to_str().unwrap(), "--listen", &addr])
         .env("VOLCACHE_ADMIN_TOKEN", TOKEN)
         .env("RUST_LOG", "error")
@@ -102,7 +102,7 @@ fn a_damaged_catalog_is_one_line_naming_the_file_and_the_way_out() {
     assert!(line.contains("volcache catalog rebuild"), "the message says what to do: {line}");
 
     // The rebuild sets the damaged file aside and adopts the user's volume.
-    let out = Command::new(env!("CARGO_BIN_EXE_volcache"))
+    let out = crate::fixtures::volcache_cmd()
         .args(["catalog", "rebuild", "--config", cfg.to_str().unwrap()])
         .output()
         .unwrap();
@@ -130,7 +130,7 @@ fn a_missing_catalog_over_a_populated_backend_refuses_to_start_until_rebuilt() {
     assert!(stderr.contains("records no volume") && stderr.contains("volcache catalog rebuild"), "{stderr}");
     assert!(volumes_dir.join(name).exists(), "nothing was removed");
 
-    let out = Command::new(env!("CARGO_BIN_EXE_volcache"))
+    let out = crate::fixtures::volcache_cmd()
         .args(["catalog", "rebuild", "--config", cfg.to_str().unwrap()])
         .output()
         .unwrap();

@@ -1,7 +1,7 @@
 //! `make plugins` output, checked from the outside: component bytes, `plugin inspect`,
 //! `plugin check` on the right and the wrong slots.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use crate::fixtures::{plugin, test_plugin};
 
@@ -10,7 +10,7 @@ const WIT: &str = volcache::policy::WIT_VERSION;
 const BUILTINS: [(&str, &str); 3] = [("lru", "eviction"), ("quota", "capacity"), ("max-size", "admission")];
 
 fn volcache(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_volcache")).args(args).output().expect("run volcache")
+    crate::fixtures::volcache_cmd().args(args).output().expect("run volcache")
 }
 
 fn text(bytes: &[u8]) -> String {

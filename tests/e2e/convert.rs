@@ -299,7 +299,7 @@ fn a_reader_that_stops_early_does_not_fail_a_successful_conversion() {
     // stdout is a pipe whose reader has gone: every write is EPIPE.
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_volcache"))
+    let out = crate::fixtures::volcache_cmd()
         .args(["convert", src.to_str().unwrap(), dst.to_str().unwrap()])
         .stdout(std::process::Stdio::from(writer))
         .stderr(std::process::Stdio::piped())

@@ -21,7 +21,7 @@ struct Daemon {
 
 fn start(config: &Path, crash_at: Option<&str>) -> Daemon {
     let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_volcache"));
+    let mut cmd = crate::fixtures::volcache_cmd();
     cmd.args(["serve", "--config", config.to_str().unwrap(), "--listen", &addr])
         .env("VOLCACHE_ADMIN_TOKEN", TOKEN)
         .env("RUST_LOG", "error")

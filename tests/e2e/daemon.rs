@@ -81,7 +81,7 @@ impl Daemon {
         if dir.path().join("volcache.toml").exists() {
             args.extend(["--config".to_string(), "volcache.toml".to_string()]);
         }
-        let child = Command::new(env!("CARGO_BIN_EXE_volcache"))
+        let child = crate::fixtures::volcache_cmd()
             .args(&args)
             .current_dir(dir.path())
             .env("VOLCACHE_ADMIN_TOKEN", TOKEN)
@@ -414,7 +414,7 @@ fn malformed_and_oversized_requests_get_4xx_not_500() {
 }
 
 fn cli(d: &Daemon, token: &str, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_volcache"))
+    crate::fixtures::volcache_cmd()
         .args(args)
         .env("VOLCACHE_URL", format!("http://{}", d.addr))
         .env("VOLCACHE_ADMIN_TOKEN", token)
@@ -658,7 +658,7 @@ fn without_a_configured_token_the_daemon_writes_one_to_a_0600_file() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_volcache"))
+    let mut child = crate::fixtures::volcache_cmd()
         .args(["serve", "--listen", &addr])
         .current_dir(dir.path())
         .env_remove("VOLCACHE_ADMIN_TOKEN")
@@ -706,7 +706,7 @@ fn a_second_daemon_on_the_same_backend_is_refused() {
     let second_dir = tempfile::tempdir().unwrap();
     config(&second_dir);
     let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_volcache"))
+    let out = crate::fixtures::volcache_cmd()
         .args(["serve", "--listen", &addr, "--config", "volcache.toml"])
         .current_dir(second_dir.path())
         .env("VOLCACHE_ADMIN_TOKEN", TOKEN)
@@ -733,7 +733,7 @@ fn a_busy_port_or_a_missing_backend_path_is_refused_before_any_state_is_created(
     let addr = busy.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let serve = |dir: &Path, listen: &str| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_volcache"));
+        let mut cmd = crate::fixtures::volcache_cmd();
         cmd.args(["serve", "--listen", listen]).current_dir(dir).env("VOLCACHE_ADMIN_TOKEN", TOKEN);
         if dir.join("volcache.toml").exists() {
             cmd.args(["--config", "volcache.toml"]);
@@ -756,7 +756,7 @@ fn a_busy_port_or_a_missing_backend_path_is_refused_before_any_state_is_created(
 fn a_second_daemon_on_the_same_state_directory_is_told_so_in_those_words() {
     let first = Daemon::start();
     let free = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-    let mut second = Command::new(env!("CARGO_BIN_EXE_volcache"));
+    let mut second = crate::fixtures::volcache_cmd();
     second
         .args(["serve", "--listen", &free, "--config", "volcache.toml"])
         .current_dir(first._dir.path())

@@ -146,7 +146,16 @@ pub fn run(tool: &str, args: &[&str]) -> std::process::Output {
 
 /// The `volcache` binary under test.
 pub fn volcache(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_volcache")).args(args).output().expect("run volcache")
+    volcache_cmd().args(args).output().expect("run volcache")
+}
+
+/// The volcache binary, with this test process's own cache directory (`plugin check` and
+/// `plugin inspect` keep compiled components under `$XDG_CACHE_HOME`), so tests leave nothing
+/// in the user's home.
+pub fn volcache_cmd() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_volcache"));
+    cmd.env("XDG_CACHE_HOME", run_dir("xdg-cache"));
+    cmd
 }
 
 pub const MIB: u64 = 1 << 20;

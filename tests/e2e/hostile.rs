@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -62,7 +61,7 @@ async fn every_error_is_json() {
 /// `volcache serve` in `dir` that must refuse to start; its stderr.
 fn refused(dir: &std::path::Path, token: Option<&str>) -> String {
     let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_volcache"));
+    let mut cmd = crate::fixtures::volcache_cmd();
     cmd.args(["serve", "--listen", &addr]).current_dir(dir).env_remove("VOLCACHE_ADMIN_TOKEN");
     if let Some(t) = token {
         cmd.env("VOLCACHE_ADMIN_TOKEN", t);

@@ -200,7 +200,7 @@ fn glance_routes(img: &Images, disk_format: &str, md5: &str, sha512: &str) -> Ha
 
 fn glance_convert(server: &Server, out: &Path) -> std::process::Output {
     let url = format!("glance+http://{}/image/v2/images/c0ffee", server.addr);
-    std::process::Command::new(env!("CARGO_BIN_EXE_volcache"))
+    crate::fixtures::volcache_cmd()
         .args(["convert", &url, out.to_str().unwrap()])
         .env("OS_AUTH_TOKEN", "gAAAA-test-token")
         .output()
@@ -330,7 +330,7 @@ fn https_trusts_the_system_store_or_ssl_cert_file_and_refuses_an_unknown_issuer(
     let url = server.url("image.qcow2");
 
     let (dir, out) = out_dir();
-    let res = std::process::Command::new(env!("CARGO_BIN_EXE_volcache"))
+    let res = crate::fixtures::volcache_cmd()
         .args(["convert", &url, out.to_str().unwrap()])
         .env_remove("SSL_CERT_FILE")
         .env_remove("SSL_CERT_DIR")
@@ -342,7 +342,7 @@ fn https_trusts_the_system_store_or_ssl_cert_file_and_refuses_an_unknown_issuer(
     assert_eq!(err.matches(&url).count(), 1, "the URL is named once: {err}");
     assert!(is_empty(dir.path()), "nothing stays after a refused download");
 
-    let res = std::process::Command::new(env!("CARGO_BIN_EXE_volcache"))
+    let res = crate::fixtures::volcache_cmd()
         .args(["convert", &url, out.to_str().unwrap(), "--json"])
         .env("SSL_CERT_FILE", pki.path().join("ca.pem"))
         .output()

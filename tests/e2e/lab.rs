@@ -2,12 +2,12 @@
 //! policies side by side, the Belady bound, contained plugin failures, and the output files.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use crate::fixtures::{plugin, test_plugin};
 
 fn volcache(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_volcache")).args(args).output().expect("run volcache");
+    let out = crate::fixtures::volcache_cmd().args(args).output().expect("run volcache");
     assert!(
         out.status.success(),
         "volcache {args:?}: {}{}",
@@ -161,7 +161,7 @@ fn a_daemon_records_its_workload_and_the_simulator_replays_it() {
     call("POST", "/v1/volumes", serde_json::json!({"image_id": "b", "size": 1}));
 
     let trace = d._dir.path().join("exported.csv");
-    let out = Command::new(env!("CARGO_BIN_EXE_volcache"))
+    let out = crate::fixtures::volcache_cmd()
         .args(["trace", "export", "--url", &format!("http://{}", d.addr), "-o", trace.to_str().unwrap()])
         .env("VOLCACHE_ADMIN_TOKEN", TOKEN)
         .output()
@@ -222,7 +222,7 @@ fn plugin_test_replays_a_trace_and_fails_a_plugin_that_fails_there() {
     assert_eq!(numbers(replay[0]), numbers(replay[1]), "the wasm LRU replays like the built-in: {stdout}");
 
     let evil = test_plugin("evil").display().to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_volcache"))
+    let out = crate::fixtures::volcache_cmd()
         .args([
             "plugin",
             "test",
@@ -406,7 +406,7 @@ fn without_a_font_the_png_is_left_out_and_says_why() {
     )
     .unwrap();
     let out = dir.path().join("out");
-    let run = Command::new(env!("CARGO_BIN_EXE_volcache"))
+    let run = crate::fixtures::volcache_cmd()
         .args(["simulate", "--trace", &trace, "--max-size-gb", "20", "--out", out.to_str().unwrap()])
         .env("FONTCONFIG_FILE", &conf)
         .output()

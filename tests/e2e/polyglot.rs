@@ -44,7 +44,7 @@ fn built() -> &'static Built {
         let mut out = Vec::new();
         for (name, lang) in [("lru-py", "python"), ("lru-js", "js"), ("lru-rs", "rust")] {
             let project = dir.join(name);
-            let new = Command::new(env!("CARGO_BIN_EXE_volcache"))
+            let new = crate::fixtures::volcache_cmd()
                 .args(["plugin", "new", name, "--lang", lang, "--slot", "eviction", "--dir"])
                 .arg(&project)
                 .output()
@@ -129,7 +129,7 @@ fn python_javascript_and_scaffolded_rust_lru_decide_exactly_like_the_built_in() 
 fn scaffolded_projects_pass_their_own_cases_and_random_checks() {
     let b = built();
     for (path, project) in [(&b.py, "lru-py"), (&b.js, "lru-js"), (&b.rust, "lru-rs")] {
-        let out = Command::new(env!("CARGO_BIN_EXE_volcache"))
+        let out = crate::fixtures::volcache_cmd()
             .args(["plugin", "test"])
             .arg(path)
             .args(["--slot", "eviction", "--random", "100", "--cases"])

@@ -1,8 +1,6 @@
 //! Warm-up (`POST /v1/cache/warm`, `volcache cache warm`): an entry filled ahead of the first
 //! create, without a user volume, under the policies, with progress on the event stream.
 
-use std::process::Command;
-
 use serde_json::{json, Value};
 
 use crate::daemon::{sse_until, Daemon, TOKEN};
@@ -17,7 +15,7 @@ fn until_warm_ends(d: &Daemon) -> std::thread::JoinHandle<Vec<(String, Value)>> 
 }
 
 fn cli(d: &Daemon, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_volcache"))
+    crate::fixtures::volcache_cmd()
         .args(args)
         .args(["--url", &format!("http://{}", d.addr)])
         .env("VOLCACHE_ADMIN_TOKEN", TOKEN)
