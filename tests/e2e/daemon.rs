@@ -471,6 +471,36 @@ fn cli_shows_units_and_where_a_volume_came_from_and_refuses_a_misspelled_param()
     assert!(err.contains("[possible values: admission, capacity, eviction]"), "{err}");
 }
 
+/// `volume list --limit N` shows a page and says on stderr how to ask for the next one, which
+/// `--marker` then gives; the last page says nothing more.
+#[test]
+fn cli_lists_volumes_a_page_at_a_time() {
+    let d = Daemon::with_images(1, &["img"]);
+    for _ in 0..3 {
+        let out = cli(&d, TOKEN, &["volume", "create", "--image", "img", "--size", "1"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let ids = |out: &std::process::Output| -> Vec<String> {
+        let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        page.as_array().unwrap().iter().map(|v| v["id"].as_str().unwrap().to_string()).collect()
+    };
+    let all = ids(&cli(&d, TOKEN, &["volume", "list", "--json"]));
+    assert_eq!(all.len(), 3);
+
+    let out = cli(&d, TOKEN, &["volume", "list", "--limit", "2", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(ids(&out), all[..2].to_vec());
+    let hint = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(hint.contains(&format!("volcache volume list --limit 2 --marker {}", all[1])), "{hint}");
+
+    let out = cli(&d, TOKEN, &["volume", "list", "--limit", "2", "--marker", &all[1], "--json"]);
+    assert_eq!(ids(&out), all[2..].to_vec());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("more volumes"), "the last page");
+
+    let out = cli(&d, TOKEN, &["volume", "list", "--limit", "0"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--limit"));
+}
+
 #[test]
 fn cli_client_drives_the_daemon() {
     let d = Daemon::start();

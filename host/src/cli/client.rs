@@ -85,11 +85,17 @@ pub enum ImageCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
-    /// List volumes (with --all-tenants, the cache's own too).
+    /// List volumes by id (with --all-tenants, the cache's own too), all or a page at a time.
     List {
         /// Also the cache's own volumes (the internal tenant's).
         #[arg(long)]
         all_tenants: bool,
+        /// At most this many volumes; a full page says how to ask for the next one.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+        /// The volumes after this id (the last one of the previous page).
+        #[arg(long)]
+        marker: Option<String>,
     },
     /// Show one volume: where its data came from (cache entry and clone mode, or why not).
     Show {
@@ -322,11 +328,44 @@ pub fn image(conn: &Connection, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
     show(conn.json, &value, IMAGE_FIELDS)
 }
 
+/// `text` as a URL query value: unreserved characters as they are, every other byte %-encoded.
+fn query_value(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 pub fn volume(conn: &Connection, cmd: VolumeCommand) -> anyhow::Result<ExitCode> {
     let c = Client::new(conn)?;
     let value = match cmd {
-        VolumeCommand::List { all_tenants } => {
-            c.call("GET", if all_tenants { "/v1/volumes?all_tenants=1" } else { "/v1/volumes" }, None)?
+        VolumeCommand::List { all_tenants, limit, marker } => {
+            let mut query: Vec<String> = Vec::new();
+            if all_tenants {
+                query.push("all_tenants=1".into());
+            }
+            if let Some(limit) = limit {
+                query.push(format!("limit={limit}"));
+            }
+            if let Some(marker) = &marker {
+                query.push(format!("marker={}", query_value(marker)));
+            }
+            let path =
+                if query.is_empty() { "/v1/volumes".to_string() } else { format!("/v1/volumes?{}", query.join("&")) };
+            let page = c.call("GET", &path, None)?;
+            let shown = page.as_array().map_or(0, Vec::len) as u64;
+            if let (Some(limit), Some(last)) = (limit, page.as_array().and_then(|p| p.last())) {
+                if shown == limit {
+                    let tenants = if all_tenants { " --all-tenants" } else { "" };
+                    eprintln!(
+                        "more volumes may follow: volcache volume list{tenants} --limit {limit} --marker {}",
+                        last["id"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+            page
         }
         VolumeCommand::Show { id } => {
             return details(conn.json, &c.call("GET", &format!("/v1/volumes/{id}"), None)?, VOLUME_DETAILS)
