@@ -679,4 +679,22 @@ fn a_looping_shadow_policy_never_slows_live_hits() {
     let status = shadow.status();
     assert!(status["shadow"]["failures"].as_u64().unwrap() > 0, "the shadow's timeouts are counted: {status}");
     assert_eq!(c.cache.policies().status()[2].stats.failures, 0, "the live policy never failed");
+
+    // Records offered faster than the stuck shadow takes them: its queue (4,096) fills, and the
+    // rest are dropped and counted (offering never waits: a waiting offer would drop nothing).
+    let offered = 6_000u64;
+    for i in 0..offered {
+        let record = volcache::lab::trace::Record {
+            time_ms: 1_000 + i,
+            op: volcache::lab::trace::Op::Request,
+            image: format!("flood-{i}"),
+            version: 1,
+            size_bytes: 1 << 30,
+        };
+        shadow.feed(&record, None);
+    }
+    let dropped = shadow.status()["dropped_records"].as_u64().unwrap();
+    // Each of the shadow's decisions now loops for 200 ms: it takes a handful of records at most
+    // meanwhile.
+    assert!(dropped >= offered - 4_096 - 50, "{dropped} of {offered} dropped");
 }
