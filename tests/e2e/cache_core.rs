@@ -697,4 +697,13 @@ fn a_looping_shadow_policy_never_slows_live_hits() {
     // Each of the shadow's decisions now loops for 200 ms: it takes a handful of records at most
     // meanwhile.
     assert!(dropped >= offered - 4_096 - 50, "{dropped} of {offered} dropped");
+
+    // Detached, it stops replaying what is queued (4,096 decisions of 200 ms each otherwise):
+    // once the decision under way ends, its count of requests no longer moves.
+    assert!(c.cache.workload().shadows().remove(Slot::Eviction));
+    let requests = || shadow.status()["shadow"]["requests"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let before = requests();
+    std::thread::sleep(Duration::from_millis(1_000));
+    assert_eq!(requests(), before, "a detached shadow went on replaying its queue");
 }

@@ -7,7 +7,7 @@
 //! the built-in. Promoting a shadow is an ordinary swap.
 #![forbid(unsafe_code)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
@@ -35,6 +35,15 @@ pub struct Shadow {
     tx: SyncSender<(Record, Option<CacheOutcome>)>,
     dropped: AtomicU64,
     state: Arc<Mutex<State>>,
+    /// Set when the shadow is detached (or dropped): its thread stops at the next record instead
+    /// of replaying what is still queued (up to 4,096 decisions of a plugin that may be slow).
+    closed: Arc<AtomicBool>,
+}
+
+impl Drop for Shadow {
+    fn drop(&mut self) {
+        self.close();
+    }
 }
 
 impl std::fmt::Debug for Shadow {
@@ -83,10 +92,15 @@ impl Shadow {
         let state = Arc::new(Mutex::new(State { set, sim, live: Outcome::default() }));
         let (tx, rx) = mpsc::sync_channel::<(Record, Option<CacheOutcome>)>(QUEUE_LEN);
         let worker = state.clone();
+        let closed = Arc::new(AtomicBool::new(false));
+        let stop = closed.clone();
         std::thread::Builder::new()
             .name(format!("shadow-{slot}"))
             .spawn(move || {
                 for (record, outcome) in rx {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
                     let state = &mut *worker.lock().unwrap_or_else(|p| p.into_inner());
                     live_account(&mut state.live, &record, outcome);
                     state.sim.apply(&state.set, &record);
@@ -103,7 +117,13 @@ impl Shadow {
             tx,
             dropped: AtomicU64::new(0),
             state,
+            closed,
         }))
+    }
+
+    /// Stops the shadow's thread at its next record (the decision under way finishes).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
     }
 
     /// Offers a record, never waiting.
@@ -152,6 +172,9 @@ impl Shadows {
     /// Attaches `shadow`, replacing the slot's previous one.
     pub fn put(&self, shadow: Arc<Shadow>) {
         let mut attached = self.attached.lock().unwrap_or_else(|p| p.into_inner());
+        for old in attached.iter().filter(|s| s.slot == shadow.slot) {
+            old.close();
+        }
         attached.retain(|s| s.slot != shadow.slot);
         attached.push(shadow);
     }
@@ -160,6 +183,9 @@ impl Shadows {
     pub fn remove(&self, slot: Slot) -> bool {
         let mut attached = self.attached.lock().unwrap_or_else(|p| p.into_inner());
         let before = attached.len();
+        for old in attached.iter().filter(|s| s.slot == slot) {
+            old.close();
+        }
         attached.retain(|s| s.slot != slot);
         attached.len() != before
     }
