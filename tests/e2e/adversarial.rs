@@ -241,3 +241,29 @@ fn a_best_effort_when_nothing_covers_is_an_answer_not_a_failure() {
     assert!(matches!(&d.by, DecidedBy::Fallback(CallError::InvalidAnswer(m)) if m.contains("pinned")), "{:?}", d.by);
     assert_eq!((d.value, failures(&pinned, Slot::Eviction)), (None, (1, 1)));
 }
+
+/// Events still queued for a plugin that was swapped out are skipped: the event thread does not
+/// go on running the old plugin's hooks (up to the queue's 4,096, each up to its budget).
+#[test]
+fn events_queued_for_a_swapped_out_plugin_are_skipped() {
+    use volcache::policy::{Builtin, EngineOptions, PolicyEngine};
+    // A budget long enough that the swap below surely comes while the first hook still loops
+    // (a hook's budget is at most the call deadline).
+    let budget = Duration::from_secs(1);
+    let options = EngineOptions { event_deadline: budget, call_deadline: budget, ..EngineOptions::default() };
+    let set = PolicySet::new(PolicyEngine::new(options).unwrap(), limits());
+    let spec = PolicySpec {
+        source: PolicySource::File(test_plugin("evil")),
+        params: vec![("mode".into(), "hook-loop".into())],
+    };
+    set.swap(Slot::Eviction, spec).unwrap();
+    for id in 0..100 {
+        set.notify(&PolicyEvent::Hit { id, now_ms: id });
+    }
+    set.swap(Slot::Eviction, PolicySpec { source: PolicySource::Builtin(Builtin::Lru), params: vec![] }).unwrap();
+    set.flush_events();
+    let stats = set.status().into_iter().find(|s| s.slot == Slot::Eviction).unwrap().stats;
+    // The hook running at the swap, if one was, ends at its budget; none queued after it runs
+    // (without the skip, 5 would fail before the hooks were switched off).
+    assert!(stats.events_failed <= 1 && stats.events_delivered == 0, "{stats:?}");
+}

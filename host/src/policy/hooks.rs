@@ -5,6 +5,7 @@
 //! short event budget (`EngineOptions::event_deadline`). A plugin whose hooks fail
 //! [`FAILURES_TO_DISABLE`] times in a row gets no more events (logged once, counted, shown in
 //! `GET /v1/policies`); its decisions go on, and a swap brings a fresh plugin with hooks enabled.
+//! Events still queued for a plugin that was swapped out are skipped.
 #![forbid(unsafe_code)]
 
 use std::sync::mpsc::{self, SyncSender, TrySendError};
@@ -50,7 +51,7 @@ impl HookQueue {
 
     /// Queues `event` for `plugin`, never waiting.
     pub(crate) fn push(&self, slot: Slot, plugin: Arc<WasmPlugin>, event: PolicyEvent, stats: &SlotStats) {
-        if plugin.hooks().disabled() {
+        if plugin.hooks().skipped() {
             return;
         }
         match self.tx.try_send(Job::Deliver { slot, plugin, event }) {
@@ -69,7 +70,9 @@ impl HookQueue {
 }
 
 pub(crate) fn deliver(slot: Slot, plugin: &WasmPlugin, event: &PolicyEvent, stats: &SlotStats) {
-    if plugin.hooks().disabled() {
+    // Switched off, or swapped out since the event was queued: a plugin that left its slot
+    // does not keep the thread busy with what was queued for it.
+    if plugin.hooks().skipped() {
         return;
     }
     let result = plugin.notify(event);

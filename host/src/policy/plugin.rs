@@ -435,11 +435,23 @@ pub(crate) const FAILURES_TO_DISABLE: u32 = 5;
 pub(crate) struct HookHealth {
     failures_in_a_row: AtomicU32,
     disabled: AtomicBool,
+    /// The plugin left its slot (a swap): events still queued for it are skipped.
+    retired: AtomicBool,
 }
 
 impl HookHealth {
     pub(crate) fn disabled(&self) -> bool {
         self.disabled.load(Ordering::Relaxed)
+    }
+
+    /// Whether events for this plugin are skipped: its hooks were switched off, or it left its
+    /// slot.
+    pub(crate) fn skipped(&self) -> bool {
+        self.disabled() || self.retired.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
     }
 
     /// Records one outcome; answers true exactly when this failure switched the hooks off.

@@ -247,7 +247,10 @@ impl PolicySet {
         let _one_swap_at_a_time = self.swapping.lock().unwrap_or_else(|p| p.into_inner());
         let filled = Arc::new(self.prepare(slot, spec)?);
         let status = status_of(slot, &filled, self.stats[slot.index()].snapshot());
-        *self.slots[slot.index()].write().unwrap_or_else(|p| p.into_inner()) = filled;
+        let old = std::mem::replace(&mut *self.slots[slot.index()].write().unwrap_or_else(|p| p.into_inner()), filled);
+        if let Filler::Wasm(plugin) = &old.filler {
+            plugin.hooks().retire();
+        }
         tracing::info!(%slot, policy = %status.name, version = %status.version, source = %status.source, "policy slot swapped");
         Ok(status)
     }
