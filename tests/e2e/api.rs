@@ -208,3 +208,46 @@ async fn volumes_are_listed_in_pages_that_survive_a_deleted_marker() {
         assert!(body["error"]["message"].as_str().unwrap().starts_with(bad.split('=').next().unwrap()), "{body}");
     }
 }
+
+#[tokio::test]
+async fn images_are_listed_in_pages_that_survive_a_deleted_marker() {
+    let core = Core::new(limits(0, 0));
+    let mut registered: Vec<String> = ["d", "a", "e", "c", "b"].iter().map(|i| format!("img-{i}")).collect();
+    for id in &registered {
+        core.register(id, 1);
+    }
+    registered.sort();
+
+    let (status, link, all) = get_page(&core, "/v1/images").await;
+    assert_eq!((status, link, ids(&all)), (StatusCode::OK, None, registered.clone()));
+
+    let (mut path, mut seen, mut pages) = ("/v1/images?limit=2".to_string(), Vec::new(), 0);
+    loop {
+        assert!(pages < 5, "five images in pages of two take three pages, not {pages}+");
+        let (status, link, page) = get_page(&core, &path).await;
+        assert_eq!(status, StatusCode::OK);
+        let got = ids(&page);
+        seen.extend(got.clone());
+        pages += 1;
+        match link {
+            Some(link) => {
+                assert_eq!(link, format!("</v1/images?limit=2&marker={}>; rel=\"next\"", got.last().unwrap()));
+                path = link.trim_start_matches('<').split('>').next().unwrap().to_string();
+            }
+            None => break,
+        }
+    }
+    assert_eq!((seen, pages), (registered.clone(), 3));
+
+    // The marker's image is gone: the next page is still the images after it.
+    let (status, _) = call(&core, "DELETE", "/v1/images/img-b", None).await;
+    assert!(status.is_success());
+    let (_, _, after) = get_page(&core, "/v1/images?limit=10&marker=img-b").await;
+    assert_eq!(ids(&after), registered[2..].to_vec());
+
+    for bad in ["limit=0", "limit=x", "marker="] {
+        let (status, _, body) = get_page(&core, &format!("/v1/images?{bad}")).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")), "{bad}");
+        assert!(body["error"]["message"].as_str().unwrap().starts_with(bad.split('=').next().unwrap()), "{body}");
+    }
+}

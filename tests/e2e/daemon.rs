@@ -474,8 +474,8 @@ fn cli_shows_units_and_where_a_volume_came_from_and_refuses_a_misspelled_param()
 /// `volume list --limit N` shows a page and says on stderr how to ask for the next one, which
 /// `--marker` then gives; the last page says nothing more.
 #[test]
-fn cli_lists_volumes_a_page_at_a_time() {
-    let d = Daemon::with_images(1, &["img"]);
+fn cli_lists_volumes_and_images_a_page_at_a_time() {
+    let d = Daemon::with_images(1, &["img", "img-b", "img-c"]);
     for _ in 0..3 {
         let out = cli(&d, TOKEN, &["volume", "create", "--image", "img", "--size", "1"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -495,10 +495,23 @@ fn cli_lists_volumes_a_page_at_a_time() {
 
     let out = cli(&d, TOKEN, &["volume", "list", "--limit", "2", "--marker", &all[1], "--json"]);
     assert_eq!(ids(&out), all[2..].to_vec());
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("more volumes"), "the last page");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("may follow"), "the last page");
 
     let out = cli(&d, TOKEN, &["volume", "list", "--limit", "0"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--limit"));
+
+    // Images page the same way, by id.
+    let out = cli(&d, TOKEN, &["image", "list", "--limit", "2", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(ids(&out), ["img", "img-b"]);
+    let hint = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(hint.contains("volcache image list --limit 2 --marker img-b"), "{hint}");
+    let out = cli(&d, TOKEN, &["image", "list", "--limit", "2", "--marker", "img-b", "--json"]);
+    assert_eq!(ids(&out), ["img-c"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("may follow"), "the last page");
+    let out = cli(&d, TOKEN, &["image", "list"]);
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(["img", "img-b", "img-c"].iter().all(|i| table.contains(i)), "{table}");
 }
 
 #[test]

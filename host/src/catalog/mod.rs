@@ -228,6 +228,30 @@ fn decode_row<T: for<'de> serde::Deserialize<'de>>(
     decode(bytes).map_err(|source| CatalogError::Decode { table, key: key.to_string(), source })
 }
 
+/// Up to `limit` rows of `table` that `keep` accepts, by ascending key, after `after`.
+fn page<T: for<'de> serde::Deserialize<'de>>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    name: &'static str,
+    after: Option<&str>,
+    limit: usize,
+    keep: impl Fn(&T) -> bool,
+) -> Result<Vec<T>, CatalogError> {
+    use std::ops::Bound;
+    let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut page = Vec::new();
+    for row in table.range::<&str>((start, Bound::Unbounded))? {
+        if page.len() == limit {
+            break;
+        }
+        let (k, v) = row?;
+        let record: T = decode_row(name, k.value(), v.value())?;
+        if keep(&record) {
+            page.push(record);
+        }
+    }
+    Ok(page)
+}
+
 /// Reads shared by `Reader` and `Writer`.
 macro_rules! reads {
     () => {
@@ -271,21 +295,12 @@ macro_rules! reads {
             limit: usize,
             keep: impl Fn(&VolumeRecord) -> bool,
         ) -> Result<Vec<VolumeRecord>, CatalogError> {
-            use std::ops::Bound;
-            let t = self.txn.open_table(VOLUMES)?;
-            let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-            let mut page = Vec::new();
-            for row in t.range::<&str>((start, Bound::Unbounded))? {
-                if page.len() == limit {
-                    break;
-                }
-                let (k, v) = row?;
-                let volume: VolumeRecord = decode_row("volumes", k.value(), v.value())?;
-                if keep(&volume) {
-                    page.push(volume);
-                }
-            }
-            Ok(page)
+            page(&self.txn.open_table(VOLUMES)?, "volumes", after, limit, keep)
+        }
+
+        /// Up to `limit` images by ascending id, starting after `after` (as [`Self::volumes_page`]).
+        pub fn images_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<ImageRecord>, CatalogError> {
+            page(&self.txn.open_table(IMAGES)?, "images", after, limit, |_| true)
         }
 
         pub fn entry(&self, id: u64) -> Result<Option<EntryRecord>, CatalogError> {

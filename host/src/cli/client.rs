@@ -31,10 +31,24 @@ pub struct Connection {
     pub json: bool,
 }
 
+/// `--limit N [--marker ID]` of a list command.
+#[derive(Debug, Args)]
+pub struct PageArgs {
+    /// At most this many rows; a full page says how to ask for the next one.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    limit: Option<u64>,
+    /// The rows after this id (the last one of the previous page).
+    #[arg(long)]
+    marker: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// List images.
-    List,
+    /// List images by id, all or a page at a time.
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+    },
     /// Show one image.
     Show {
         /// The image's id.
@@ -90,12 +104,8 @@ pub enum VolumeCommand {
         /// Also the cache's own volumes (the internal tenant's).
         #[arg(long)]
         all_tenants: bool,
-        /// At most this many volumes; a full page says how to ask for the next one.
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-        limit: Option<u64>,
-        /// The volumes after this id (the last one of the previous page).
-        #[arg(long)]
-        marker: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Show one volume: where its data came from (cache entry and clone mode, or why not).
     Show {
@@ -305,7 +315,7 @@ const POLICY_FIELDS: &[&str] = &["slot", "kind", "name", "version", "source"];
 pub fn image(conn: &Connection, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
     let c = Client::new(conn)?;
     let value = match cmd {
-        ImageCommand::List => c.call("GET", "/v1/images", None)?,
+        ImageCommand::List { page } => list_page(&c, "/v1/images", Vec::new(), &page, "volcache image list")?,
         ImageCommand::Show { id } => c.call("GET", &format!("/v1/images/{id}"), None)?,
         ImageCommand::Create { source, name, id, disk_format, checksum, refresh_interval } => {
             let name = name.unwrap_or_else(|| source.rsplit('/').next().unwrap_or(&source).to_string());
@@ -338,34 +348,39 @@ fn query_value(text: &str) -> String {
         .collect()
 }
 
+/// One page of the list at `path` (all of it without `--limit`); a full page prints on stderr
+/// the `command` that shows the next one.
+fn list_page(c: &Client, path: &str, mut query: Vec<String>, page: &PageArgs, command: &str) -> anyhow::Result<Value> {
+    if let Some(limit) = page.limit {
+        query.push(format!("limit={limit}"));
+    }
+    if let Some(marker) = &page.marker {
+        query.push(format!("marker={}", query_value(marker)));
+    }
+    let path = if query.is_empty() { path.to_string() } else { format!("{path}?{}", query.join("&")) };
+    let rows = c.call("GET", &path, None)?;
+    let shown = rows.as_array().map_or(0, Vec::len) as u64;
+    if let (Some(limit), Some(last)) = (page.limit, rows.as_array().and_then(|p| p.last())) {
+        if shown == limit {
+            eprintln!(
+                "more may follow: {command} --limit {limit} --marker {}",
+                last["id"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    Ok(rows)
+}
+
 pub fn volume(conn: &Connection, cmd: VolumeCommand) -> anyhow::Result<ExitCode> {
     let c = Client::new(conn)?;
     let value = match cmd {
-        VolumeCommand::List { all_tenants, limit, marker } => {
-            let mut query: Vec<String> = Vec::new();
-            if all_tenants {
-                query.push("all_tenants=1".into());
-            }
-            if let Some(limit) = limit {
-                query.push(format!("limit={limit}"));
-            }
-            if let Some(marker) = &marker {
-                query.push(format!("marker={}", query_value(marker)));
-            }
-            let path =
-                if query.is_empty() { "/v1/volumes".to_string() } else { format!("/v1/volumes?{}", query.join("&")) };
-            let page = c.call("GET", &path, None)?;
-            let shown = page.as_array().map_or(0, Vec::len) as u64;
-            if let (Some(limit), Some(last)) = (limit, page.as_array().and_then(|p| p.last())) {
-                if shown == limit {
-                    let tenants = if all_tenants { " --all-tenants" } else { "" };
-                    eprintln!(
-                        "more volumes may follow: volcache volume list{tenants} --limit {limit} --marker {}",
-                        last["id"].as_str().unwrap_or_default()
-                    );
-                }
-            }
-            page
+        VolumeCommand::List { all_tenants, page } => {
+            let (filters, command) = if all_tenants {
+                (vec!["all_tenants=1".to_string()], "volcache volume list --all-tenants")
+            } else {
+                (Vec::new(), "volcache volume list")
+            };
+            list_page(&c, "/v1/volumes", filters, &page, command)?
         }
         VolumeCommand::Show { id } => {
             return details(conn.json, &c.call("GET", &format!("/v1/volumes/{id}"), None)?, VOLUME_DETAILS)

@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::header::LINK;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::paging::Paging;
 use super::AppState;
 use crate::cache::evict::Pin;
 use crate::cache::{images, CacheError, Cancel, CreateVolume};
@@ -25,7 +25,7 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(&e))?.map_err(ApiError::from)
 }
 
-fn bad_request(message: impl Into<String>) -> ApiError {
+pub(super) fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
@@ -63,10 +63,18 @@ pub async fn create_image(
     Ok((StatusCode::CREATED, Json(json!(image))))
 }
 
-pub async fn list_images(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// `GET /v1/images[?limit=N][&marker=ID]`: images by ascending id, a page at a time with
+/// `limit` (see [`Paging`]).
+pub async fn list_images(
+    State(state): State<AppState>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Result<(HeaderMap, Json<Value>), ApiError> {
+    let paging = Paging::from_query(&query, "image")?;
     let cache = state.cache.clone();
-    let images = blocking(move || Ok(cache.catalog().read(|r| r.images())?)).await?;
-    Ok(Json(json!(images)))
+    let (after, rows) = (paging.marker.clone(), paging.rows());
+    let images = blocking(move || Ok(cache.catalog().read(|r| r.images_page(after.as_deref(), rows))?)).await?;
+    let headers = paging.next_link("/v1/images?", images.len(), images.last().map(|i| i.id.as_str()));
+    Ok((headers, Json(json!(images))))
 }
 
 pub async fn show_image(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Json<Value>, ApiError> {
@@ -162,37 +170,17 @@ pub async fn list_volumes(
         Some("1" | "true") => true,
         Some(other) => return Err(bad_request(format!("all_tenants: expected 1, true, 0 or false, got {other:?}"))),
     };
-    let limit = match query.get("limit") {
-        None => None,
-        Some(text) => match text.parse::<usize>() {
-            Ok(n) if n > 0 => Some(n),
-            // More than any catalog holds: everything.
-            Err(_) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => Some(usize::MAX),
-            _ => return Err(bad_request(format!("limit: expected a whole number of at least 1, got {text:?}"))),
-        },
-    };
-    let marker = query.get("marker").cloned();
-    if marker.as_deref() == Some("") {
-        return Err(bad_request("marker: expected the id of the last volume of the previous page, got \"\""));
-    }
+    let paging = Paging::from_query(&query, "volume")?;
     let cache = state.cache.clone();
     let internal = cache.config().internal.project_id.clone();
-    let after = marker.clone();
+    let (after, rows) = (paging.marker.clone(), paging.rows());
     let volumes = blocking(move || {
         let keep = |v: &VolumeRecord| all || v.project_id != internal;
-        Ok(cache.catalog().read(|r| r.volumes_page(after.as_deref(), limit.unwrap_or(usize::MAX), keep))?)
+        Ok(cache.catalog().read(|r| r.volumes_page(after.as_deref(), rows, keep))?)
     })
     .await?;
-    let mut headers = HeaderMap::new();
-    if let (Some(limit), Some(last)) = (limit, volumes.last()) {
-        if volumes.len() == limit {
-            let tenants = if all { "all_tenants=1&" } else { "" };
-            let next = format!("</v1/volumes?{tenants}limit={limit}&marker={}>; rel=\"next\"", last.id);
-            if let Ok(value) = HeaderValue::from_str(&next) {
-                headers.insert(LINK, value);
-            }
-        }
-    }
+    let path = if all { "/v1/volumes?all_tenants=1&" } else { "/v1/volumes?" };
+    let headers = paging.next_link(path, volumes.len(), volumes.last().map(|v| v.id.as_str()));
     Ok((headers, Json(json!(volumes.iter().map(volume_json).collect::<Vec<_>>()))))
 }
 

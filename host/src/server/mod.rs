@@ -10,6 +10,7 @@ mod cache;
 mod error;
 mod listen;
 mod observe;
+mod paging;
 pub(crate) mod policies;
 mod trace;
 mod ui;
