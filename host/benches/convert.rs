@@ -19,7 +19,7 @@ use volcache::sparse::DataExtents;
 
 #[path = "common/files.rs"]
 mod files;
-use files::{run, same_bytes};
+use files::{real_images, run, same_bytes};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -190,24 +190,6 @@ fn read_whole(path: &Path) -> u64 {
             n => read += n as u64,
         }
     }
-}
-
-/// The real Debian images (scripts/real-image.sh) in `VOLCACHE_REAL_IMAGES` or
-/// ~/.cache/volcache-bench, built when missing; `None` (said on stderr) when they cannot be.
-fn real_images(full: bool) -> Option<PathBuf> {
-    if !full {
-        return None;
-    }
-    let dir = std::env::var_os("VOLCACHE_REAL_IMAGES").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/volcache-bench")
-    });
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/real-image.sh");
-    let built = Command::new(&script).arg(&dir).status().is_ok_and(|s| s.success());
-    if !built {
-        eprintln!("no real Debian image ({} failed): the real-disk rows are left out", script.display());
-        return None;
-    }
-    Some(dir)
 }
 
 fn main() {

@@ -43,15 +43,8 @@ fn cinder_pipeline(url: &str, tmp: &Path, volume: &Path) -> Duration {
 
 /// The source image: the real Debian qcow2 (full runs), else a synthetic cloud-like one.
 fn source_image(dir: &Path, full: bool) -> (PathBuf, PathBuf, &'static str) {
-    if full {
-        let real = std::env::var_os("VOLCACHE_REAL_IMAGES").map(PathBuf::from).unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/volcache-bench")
-        });
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/real-image.sh");
-        if Command::new(&script).arg(&real).status().is_ok_and(|s| s.success()) {
-            return (real.join("debian.qcow2"), real.join("debian.raw"), "Debian 12 on ext4, 4 GiB disk");
-        }
-        eprintln!("no real image ({} failed): using a synthetic one", script.display());
+    if let Some(real) = common::real_images(full) {
+        return (real.join("debian.qcow2"), real.join("debian.raw"), "Debian 12 on ext4, 4 GiB disk");
     }
     let raw = dir.join("synthetic.raw");
     let size = if full { 4 * GIB } else { 64 * MIB };

@@ -19,8 +19,10 @@ use std::time::{Duration, Instant};
 use common::{GIB, MIB};
 use volcache::backend::file::FileBackend;
 use volcache::backend::Backend;
+use volcache::cache::images::NewImage;
 use volcache::cache::{CacheService, CreateVolume};
 use volcache::catalog::{CacheOutcome, Catalog};
+use volcache::image::DiskFormat;
 
 /// Serves one image body under many paths and counts the GETs of each.
 struct Server {
@@ -158,4 +160,52 @@ fn main() {
         ten_images.as_secs_f64() / (10.0 * miss.as_secs_f64())
     );
     println!("hits/s (create + delete of a hit): 1 client {single:.0}/s, 4 clients {four:.0}/s");
+    if let Some(dir) = common::real_images(full) {
+        let (miss, storm) = real_storm(&cache, &dir.join("debian.qcow2"), storm_size);
+        println!(
+            "real image, Debian 12 qcow2 ({} MiB) over HTTP without ranges (spooled): one miss {:.2} s, {storm_size} creates at once {:.2} s = {:.2}x (1 download)",
+            std::fs::metadata(dir.join("debian.qcow2")).map_or(0, |m| m.len()) / MIB,
+            miss.as_secs_f64(),
+            storm.as_secs_f64(),
+            storm.as_secs_f64() / miss.as_secs_f64()
+        );
+    }
+}
+
+/// One miss, then a storm of `storm_size` creates from another registration, of the qcow2 at
+/// `qcow2` served over HTTP (volumes the image's size); checks one download for the storm.
+fn real_storm(cache: &Arc<CacheService>, qcow2: &std::path::Path, storm_size: usize) -> (Duration, Duration) {
+    let server = Server::start(std::fs::read(qcow2).unwrap());
+    let register = |id: &str| {
+        let image = cache
+            .register_image(NewImage {
+                id: Some(id.into()),
+                name: id.into(),
+                source: format!("http://{}/{id}.qcow2", server.addr),
+                disk_format: DiskFormat::Qcow2,
+                checksum: None,
+                refresh_interval_seconds: None,
+            })
+            .unwrap();
+        CreateVolume {
+            image_id: id.into(),
+            size: image.virtual_size.div_ceil(GIB),
+            project_id: "bench".into(),
+            user_id: "bench".into(),
+        }
+    };
+    let one = register("real-one");
+    // Both start with no dirty pages of the rows before to write back.
+    let settle = || assert!(std::process::Command::new("sync").status().unwrap().success());
+    settle();
+    let t = Instant::now();
+    assert_eq!(cache.create_volume(&one).unwrap().volume.cache, Some(CacheOutcome::Miss));
+    let miss = t.elapsed();
+    let storm = register("real-storm");
+    let before = server.gets("/real-storm.qcow2");
+    settle();
+    let (took, outcomes) = common::storm(cache, vec![storm; storm_size]);
+    assert_eq!(server.gets("/real-storm.qcow2") - before, 1, "one download for the whole storm");
+    assert_eq!(outcomes.iter().filter(|o| **o == CacheOutcome::Miss).count(), 1);
+    (miss, took)
 }

@@ -1,8 +1,8 @@
-//! What the conversion benchmarks (`convert`, `miss`) share: running a tool and comparing
-//! outputs. Apart from `common/mod.rs` so that `convert` takes only this.
+//! What the conversion benchmarks (`convert`, `miss`) share: running a tool, comparing
+//! outputs, the real Debian images. Apart from `common/mod.rs` so that `convert` takes only this.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Runs `cmd` and fails the benchmark, with its stderr, if it fails.
@@ -41,4 +41,23 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> usize {
         }
     }
     n
+}
+
+/// The real Debian images (scripts/real-image.sh) in `VOLCACHE_REAL_IMAGES` or
+/// ~/.cache/volcache-bench, built when missing; `None` (said on stderr) when they cannot be.
+#[allow(dead_code, reason = "not every bench uses real images")]
+pub fn real_images(full: bool) -> Option<PathBuf> {
+    if !full {
+        return None;
+    }
+    let dir = std::env::var_os("VOLCACHE_REAL_IMAGES").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/volcache-bench")
+    });
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/real-image.sh");
+    let built = Command::new(&script).arg(&dir).status().is_ok_and(|s| s.success());
+    if !built {
+        eprintln!("no real Debian image ({} failed): its rows are left out", script.display());
+        return None;
+    }
+    Some(dir)
 }

@@ -19,7 +19,7 @@ use volcache::policy::{CinderLimits, EngineOptions, PolicyEngine, PolicySet};
 
 mod files;
 #[allow(unused_imports, reason = "not every bench uses them")]
-pub use files::{run, same_bytes};
+pub use files::{real_images, run, same_bytes};
 
 pub const MIB: u64 = 1 << 20;
 pub const GIB: u64 = 1 << 30;
