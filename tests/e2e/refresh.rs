@@ -400,3 +400,34 @@ fn a_warm_up_during_another_fill_of_the_image_ends_at_once_as_joined() {
     assert_eq!(core.cache.stats().unwrap().fills, 1);
     assert_eq!(core.cache.warm_counts().into_iter().find(|(k, _)| *k == "joined").unwrap().1, 1);
 }
+
+#[test]
+fn the_refresh_loop_reads_the_images_only_when_they_changed() {
+    let source = Source::start(body(1, 8), "v1");
+    let core = Core::new(limits(0, 0));
+    register(&core, &source, Some(3600)).unwrap();
+    core.register("plain", 1);
+    let ids =
+        |done: Vec<(String, Result<Refreshed, CacheError>)>| done.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+
+    // First sight: the image with an interval is checked; the next ticks find nothing due and
+    // do not read the images again (an unchanged source writes nothing).
+    assert_eq!(ids(core.cache.refresh_due()), ["img"]);
+    let scans = core.cache.refresh_scans();
+    for _ in 0..3 {
+        assert!(core.cache.refresh_due().is_empty());
+    }
+    assert_eq!(core.cache.refresh_scans(), scans, "ticks with no change read the images again");
+
+    // Any change to the images is seen at the next tick: an interval given to another image
+    // makes it due at once; a deleted one leaves the schedule.
+    let patch = |interval| ImagePatch { refresh_interval_seconds: Some(interval), ..ImagePatch::default() };
+    core.cache.patch_image("plain", patch(60)).unwrap();
+    assert_eq!(ids(core.cache.refresh_due()), ["plain"]);
+    assert_eq!(core.cache.refresh_scans(), scans + 1);
+    core.cache.delete_image("plain").unwrap();
+    assert!(core.cache.refresh_due().is_empty());
+    assert_eq!(core.cache.refresh_scans(), scans + 2);
+    assert!(core.cache.refresh_due().is_empty());
+    assert_eq!(core.cache.refresh_scans(), scans + 2);
+}

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::fill::{FillOutcome, Replace};
@@ -40,6 +40,11 @@ pub enum Refreshed {
 #[derive(Debug, Default)]
 pub struct RefreshState {
     checked: Mutex<HashMap<String, Instant>>,
+    /// The images that carry a refresh interval (id, seconds), as of a catalog images version:
+    /// a tick reads the images again only when they may have changed.
+    schedule: Mutex<Option<(u64, Arc<Vec<(String, u64)>>)>>,
+    /// How many times the images were read to build the schedule.
+    pub scans: AtomicU64,
     pub unchanged: AtomicU64,
     pub updated: AtomicU64,
     pub refilled: AtomicU64,
@@ -74,49 +79,75 @@ impl CacheService {
     /// Checks every image whose refresh interval has passed since its last check (or since
     /// start); returns what each check did. Failures are logged and counted, never fatal.
     pub fn refresh_due(&self) -> Vec<(String, Result<Refreshed, CacheError>)> {
-        let images = match self.catalog.read(|r| r.images()) {
-            Ok(images) => images,
-            Err(e) => {
-                tracing::warn!(error = %e, "refresh: cannot list images");
-                return Vec::new();
-            }
-        };
+        let Some(schedule) = self.refresh_schedule() else { return Vec::new() };
         let now = Instant::now();
-        let due: Vec<ImageRecord> = {
+        let due: Vec<String> = {
             let mut checked = self.refresh.checked.lock().unwrap_or_else(|p| p.into_inner());
-            let ids: std::collections::HashSet<&str> = images.iter().map(|i| i.id.as_str()).collect();
+            let ids: std::collections::HashSet<&str> = schedule.iter().map(|(id, _)| id.as_str()).collect();
             checked.retain(|id, _| ids.contains(id.as_str()));
-            images
-                .into_iter()
-                .filter(|i| {
-                    let Some(every) = i.refresh_interval_seconds else { return false };
-                    let last = checked.entry(i.id.clone()).or_insert(now);
-                    if *last == now || now.duration_since(*last) >= Duration::from_secs(every) {
+            schedule
+                .iter()
+                .filter(|(id, every)| {
+                    let last = checked.entry(id.clone()).or_insert(now);
+                    if *last == now || now.duration_since(*last) >= Duration::from_secs(*every) {
                         *last = now;
                         true
                     } else {
                         false
                     }
                 })
+                .map(|(id, _)| id.clone())
                 .collect()
         };
         due.into_iter()
-            .map(|image| {
-                let result = self.refresh_image(&image.id);
+            .map(|image_id| {
+                let result = self.refresh_image(&image_id);
                 let counter = match &result {
                     Ok(Refreshed::Unchanged) => &self.refresh.unchanged,
                     Ok(Refreshed::Updated) => &self.refresh.updated,
                     Ok(Refreshed::Refilled(_)) => &self.refresh.refilled,
                     Ok(Refreshed::Deferred(_)) => &self.refresh.deferred,
                     Err(e) => {
-                        tracing::warn!(image_id = %image.id, error = %e, "refresh check failed; the entry stays as it is");
+                        tracing::warn!(image_id = %image_id, error = %e, "refresh check failed; the entry stays as it is");
                         &self.refresh.failed
                     }
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                (image.id, result)
+                (image_id, result)
             })
             .collect()
+    }
+
+    /// The images with a refresh interval, read from the catalog only when its images changed
+    /// since the last read (a daemon with 10,000 images decoded them all every second).
+    /// `None` when the catalog cannot be read (logged).
+    fn refresh_schedule(&self) -> Option<Arc<Vec<(String, u64)>>> {
+        // Read before the images: a change committed meanwhile moves it again, so the next tick
+        // reads once more rather than keep a stale schedule.
+        let version = self.catalog.images_version();
+        let mut cached = self.refresh.schedule.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, schedule)) = cached.as_ref() {
+            if *at == version {
+                return Some(Arc::clone(schedule));
+            }
+        }
+        let images = match self.catalog.read(|r| r.images()) {
+            Ok(images) => images,
+            Err(e) => {
+                tracing::warn!(error = %e, "refresh: cannot list images");
+                return None;
+            }
+        };
+        self.refresh.scans.fetch_add(1, Ordering::Relaxed);
+        let schedule: Arc<Vec<(String, u64)>> =
+            Arc::new(images.into_iter().filter_map(|i| Some((i.id, i.refresh_interval_seconds?))).collect());
+        *cached = Some((version, Arc::clone(&schedule)));
+        Some(schedule)
+    }
+
+    /// How many times the refresh loop has read the images (it does when they changed).
+    pub fn refresh_scans(&self) -> u64 {
+        self.refresh.scans.load(Ordering::Relaxed)
     }
 
     /// Refresh counts since start, by result.

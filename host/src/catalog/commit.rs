@@ -50,11 +50,13 @@ impl Catalog {
             let (seq, result) = {
                 let _writing = self.writing();
                 let txn = db.begin_write()?;
-                let Some(result) = f(&mut Writer { txn: &txn })? else {
+                let mut writer = Writer::new(&txn);
+                let Some(result) = f(&mut writer)? else {
                     txn.abort()?;
                     return Ok(None);
                 };
-                (self.commit_lazily(txn)?, result)
+                let touched = writer.touched_images;
+                (self.commit_lazily(txn, touched)?, result)
             };
             self.make_durable(&db, seq)?;
             Ok(Some(result))
@@ -76,8 +78,10 @@ impl Catalog {
         let result = (|| {
             let _writing = self.writing();
             let txn = db.begin_write()?;
-            let result = f(&mut Writer { txn: &txn })?;
-            self.commit_lazily(txn)?;
+            let mut writer = Writer::new(&txn);
+            let result = f(&mut writer)?;
+            let touched = writer.touched_images;
+            self.commit_lazily(txn, touched)?;
             Ok(result)
         })();
         // A commit that did not reach the disk proves nothing about the disk: it does not clear
@@ -92,9 +96,12 @@ impl Catalog {
 
     /// Group commit, step 1: commits without waiting for the disk and returns the commit's
     /// sequence number. Concurrent writers each commit this way, then share one fsync.
-    fn commit_lazily(&self, mut txn: WriteTransaction) -> Result<u64, CatalogError> {
+    fn commit_lazily(&self, mut txn: WriteTransaction, touched_images: bool) -> Result<u64, CatalogError> {
         txn.set_durability(redb::Durability::None).map_err(|e| CatalogError::Storage(e.to_string()))?;
         txn.commit()?;
+        if touched_images {
+            self.images_version.fetch_add(1, Ordering::SeqCst);
+        }
         // Counted only once committed: a durable commit that reads the counter covers it.
         Ok(self.committed.fetch_add(1, Ordering::SeqCst) + 1)
     }
@@ -124,7 +131,7 @@ impl Catalog {
         // and now wait behind this one. Counted before the lock, they would each wait for a
         // disk flush of their own.
         let covered = self.committed.load(Ordering::SeqCst);
-        Writer { txn: &txn }.add_meta("durable_commits", 1)?;
+        Writer::new(&txn).add_meta("durable_commits", 1)?;
         #[cfg(test)]
         std::thread::sleep(*self.slow_flush.lock().unwrap_or_else(|p| p.into_inner()));
         txn.commit()?;

@@ -42,6 +42,9 @@ pub struct Catalog {
     durable: std::sync::Mutex<u64>,
     /// Writers between asking for the write lock and committing (see [`Catalog::make_durable`]).
     writing: std::sync::atomic::AtomicUsize,
+    /// Changes with every commit that wrote the images table, and with every reopen (which may
+    /// lose lazy commits): see [`Catalog::images_version`].
+    images_version: std::sync::atomic::AtomicU64,
     /// Tests only: how long a durable commit takes beyond the disk's own time (a slow disk).
     #[cfg(test)]
     slow_flush: std::sync::Mutex<std::time::Duration>,
@@ -57,6 +60,14 @@ pub struct Reader<'t> {
 #[expect(missing_debug_implementations, reason = "a transaction handle has nothing to show")]
 pub struct Writer<'t> {
     txn: &'t WriteTransaction,
+    /// This transaction wrote the images table.
+    touched_images: bool,
+}
+
+impl<'t> Writer<'t> {
+    fn new(txn: &'t WriteTransaction) -> Self {
+        Writer { txn, touched_images: false }
+    }
 }
 
 /// The message of a caught panic.
@@ -108,6 +119,7 @@ impl Catalog {
             committed: Default::default(),
             durable: Default::default(),
             writing: Default::default(),
+            images_version: Default::default(),
             #[cfg(test)]
             slow_flush: Default::default(),
         };
@@ -182,6 +194,7 @@ impl Catalog {
         let old = std::mem::replace(&mut *db, Arc::new(Catalog::reopen_placeholder()?));
         drop(old);
         *db = Arc::new(Catalog::create(&self.path)?);
+        self.images_version.fetch_add(1, Ordering::SeqCst);
         self.failed.store(false, Ordering::SeqCst);
         tracing::warn!(catalog = %self.path.display(), "catalog reopened after an I/O failure");
         Ok(())
@@ -208,6 +221,13 @@ impl Catalog {
             _ => {}
         }
         result
+    }
+
+    /// A number that changes whenever the images table may have changed (a commit that wrote
+    /// it, a reopen): a reader that cached something derived from the images rereads them only
+    /// when it moved. Equal numbers mean nothing changed; the value itself means nothing.
+    pub fn images_version(&self) -> u64 {
+        self.images_version.load(Ordering::SeqCst)
     }
 
     fn handle(&self) -> Result<Arc<Database>, CatalogError> {
@@ -408,11 +428,13 @@ impl Writer<'_> {
     }
 
     pub fn put_image(&mut self, image: &ImageRecord) -> Result<(), CatalogError> {
+        self.touched_images = true;
         self.txn.open_table(IMAGES)?.insert(image.id.as_str(), encode(image).as_slice())?;
         Ok(())
     }
 
     pub fn delete_image(&mut self, id: &str) -> Result<bool, CatalogError> {
+        self.touched_images = true;
         Ok(self.txn.open_table(IMAGES)?.remove(id)?.is_some())
     }
 

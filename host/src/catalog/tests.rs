@@ -98,3 +98,35 @@ fn concurrent_writers_share_durable_commits() {
     let c = Catalog::open(&path).unwrap();
     assert_eq!(c.read(|r| r.entries()).unwrap().len() as u64, threads * writes);
 }
+
+#[test]
+fn the_images_version_moves_with_image_writes_and_reopens_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Catalog::open(&dir.path().join("catalog.redb")).unwrap();
+    let image = ImageRecord {
+        id: "img".into(),
+        name: "img".into(),
+        source: "/srv/img.raw".into(),
+        disk_format: crate::image::DiskFormat::Raw,
+        checksum: None,
+        virtual_size: 1,
+        updated_at: "t".into(),
+        created_at: "t".into(),
+        refresh_interval_seconds: None,
+        source_version: None,
+    };
+    let v0 = c.images_version();
+    c.write(|w| w.put_entry("s", &entry(1, "img"))).unwrap();
+    c.write_lazily(|w| w.add_meta("x", 1)).unwrap();
+    assert_eq!(c.images_version(), v0, "writes of other tables");
+    c.write(|w| w.put_image(&image)).unwrap();
+    let v1 = c.images_version();
+    assert_ne!(v1, v0);
+    c.write_lazily(|w| w.delete_image("img")).unwrap();
+    let v2 = c.images_version();
+    assert_ne!(v2, v1, "a lazy commit counts too");
+    // A reopen after an I/O failure may lose lazy commits: the images may have changed.
+    c.failed.store(true, Ordering::SeqCst);
+    c.read(|r| r.images()).unwrap();
+    assert_ne!(c.images_version(), v2);
+}
