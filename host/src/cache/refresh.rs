@@ -36,13 +36,16 @@ pub enum Refreshed {
     Deferred(String),
 }
 
+/// The images that carry a refresh interval: (id, seconds).
+type Schedule = Arc<Vec<(String, u64)>>;
+
 /// When each image was last checked, and counts by result, for the metrics.
 #[derive(Debug, Default)]
 pub struct RefreshState {
     checked: Mutex<HashMap<String, Instant>>,
     /// The images that carry a refresh interval (id, seconds), as of a catalog images version:
     /// a tick reads the images again only when they may have changed.
-    schedule: Mutex<Option<(u64, Arc<Vec<(String, u64)>>)>>,
+    schedule: Mutex<Option<(u64, Schedule)>>,
     /// How many times the images were read to build the schedule.
     pub scans: AtomicU64,
     pub unchanged: AtomicU64,
@@ -121,7 +124,7 @@ impl CacheService {
     /// The images with a refresh interval, read from the catalog only when its images changed
     /// since the last read (a daemon with 10,000 images decoded them all every second).
     /// `None` when the catalog cannot be read (logged).
-    fn refresh_schedule(&self) -> Option<Arc<Vec<(String, u64)>>> {
+    fn refresh_schedule(&self) -> Option<Schedule> {
         // Read before the images: a change committed meanwhile moves it again, so the next tick
         // reads once more rather than keep a stale schedule.
         let version = self.catalog.images_version();
@@ -139,7 +142,7 @@ impl CacheService {
             }
         };
         self.refresh.scans.fetch_add(1, Ordering::Relaxed);
-        let schedule: Arc<Vec<(String, u64)>> =
+        let schedule: Schedule =
             Arc::new(images.into_iter().filter_map(|i| Some((i.id, i.refresh_interval_seconds?))).collect());
         *cached = Some((version, Arc::clone(&schedule)));
         Some(schedule)
