@@ -1,11 +1,17 @@
 //! Load on the real daemon over HTTP on 127.0.0.1: sustained volume creates that hit the cache,
 //! and `GET /v1/cache/entries` with 200 entries, from 1 and 4 client threads.
 //!
-//! `cargo bench --bench api` prints the table. Under `cargo test` it runs a few requests only.
+//! `cargo bench --bench api` prints the table, for the file backend in the temporary directory
+//! (whatever file system it is on) and on a loop-mounted XFS with reflink (root). Under
+//! `cargo test` it runs a few requests only.
+
+#[allow(dead_code, reason = "this bench takes only the loop XFS from what the benches share")]
+mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -65,16 +71,17 @@ fn load(
     (latencies.len() as f64 / elapsed.as_secs_f64(), pct(50), pct(99))
 }
 
-fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
-    let dir = tempfile::tempdir().unwrap();
+type Row = (&'static str, usize, (f64, Duration, Duration));
+
+/// Starts the daemon in `dir` (its state and volumes there), fills its cache and measures it.
+fn measure_in(dir: &Path, full: bool) -> (usize, Vec<Row>) {
     let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     // The images are files in the daemon's directory, which it must be allowed to read.
-    std::fs::write(dir.path().join("volcache.toml"), "image_source_dirs = [\".\"]\n").unwrap();
+    std::fs::write(dir.join("volcache.toml"), "image_source_dirs = [\".\"]\n").unwrap();
     let _daemon = Daemon(
         Command::new(env!("CARGO_BIN_EXE_volcache"))
             .args(["serve", "--config", "volcache.toml", "--listen", &addr])
-            .current_dir(dir.path())
+            .current_dir(dir)
             .env("VOLCACHE_ADMIN_TOKEN", TOKEN)
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
@@ -90,7 +97,7 @@ fn main() {
     // Images of 16 MiB with 1 MiB of data; 200 of them fill 200 cache entries.
     let images = if full { 200 } else { 3 };
     for i in 0..images {
-        let path = dir.path().join(format!("img{i}.raw"));
+        let path = dir.join(format!("img{i}.raw"));
         let f = std::fs::File::create(&path).unwrap();
         f.set_len(16 << 20).unwrap();
         f.write_all_at(&vec![i as u8 + 1; 1 << 20], 4 << 20).unwrap();
@@ -103,16 +110,23 @@ fn main() {
         );
     }
     let n = if full { 400 } else { 4 };
-    let rows = [
+    let rows = vec![
         ("POST /v1/volumes (hits)", 1, load(&addr, 1, n, "POST", "/v1/volumes", br#"{"image_id": "img0", "size": 1}"#)),
         ("POST /v1/volumes (hits)", 4, load(&addr, 4, n, "POST", "/v1/volumes", br#"{"image_id": "img1", "size": 1}"#)),
         ("GET /v1/cache/entries", 1, load(&addr, 1, n * 5, "GET", "/v1/cache/entries", b"")),
         ("GET /v1/cache/entries", 4, load(&addr, 4, n * 5, "GET", "/v1/cache/entries", b"")),
     ];
-    if !full {
-        return;
-    }
-    println!("load on the daemon over HTTP on 127.0.0.1 ({images} cache entries, file backend on ext4)");
+    (images, rows)
+}
+
+/// The type of the file system `dir` is on, as `findmnt` names it (`ext4`, `xfs`, `tmpfs`).
+fn fs_type(dir: &Path) -> String {
+    let out = Command::new("findmnt").args(["-n", "-o", "FSTYPE", "-T"]).arg(dir).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn print(title: &str, rows: &[Row]) {
+    println!("{title}");
     println!("{:<26} | {:>7} | {:>9} | {:>9} | {:>9}", "request", "clients", "req/s", "p50", "p99");
     for (name, clients, (rate, p50, p99)) in rows {
         println!(
@@ -121,4 +135,21 @@ fn main() {
             p99.as_secs_f64() * 1e3
         );
     }
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let dir = tempfile::tempdir().unwrap();
+    let (images, rows) = measure_in(dir.path(), full);
+    if !full {
+        return;
+    }
+    let kind = fs_type(dir.path());
+    let clone = if kind == "xfs" || kind == "btrfs" { "a reflink" } else { "an extent copy of 1 MiB" };
+    print(&format!("load on the daemon over HTTP on 127.0.0.1 ({images} cache entries, file backend on {kind}: each hit {clone})"), &rows);
+    // The same on XFS with reflink (a loop device; needs root), where a hit copies no data.
+    println!();
+    let xfs = common::Xfs::new(8 << 30);
+    let (images, rows) = measure_in(&xfs.mnt, full);
+    print(&format!("the same on XFS with reflink, a loop device ({images} cache entries, each hit a reflink)"), &rows);
 }
