@@ -58,11 +58,7 @@ fn measure(iterations: usize, mut f: impl FnMut()) -> (Duration, Duration) {
 
 /// Median and 99th percentile of `a` and of `b`, timed alternately (a b, b a, a b, ...) so that
 /// whatever drifts during the run (frequency, the page cache, a neighbour) weighs on both alike.
-fn measure_pair(
-    iterations: usize,
-    mut a: impl FnMut(),
-    mut b: impl FnMut(),
-) -> ((Duration, Duration), (Duration, Duration)) {
+fn measure_pair(iterations: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> Pair {
     for _ in 0..iterations.div_ceil(10) {
         a();
         b();
@@ -88,6 +84,13 @@ fn measure_pair(
     };
     (stats(ta), stats(tb))
 }
+
+/// The median and p99 of native calls, then of wasm calls ([`measure_pair`]).
+type Pair = ((Duration, Duration), (Duration, Duration));
+
+/// Rounds of alternating native and wasm calls per size; the table gives the median round and
+/// the range of the rounds' ratios.
+const ROUNDS: usize = 5;
 
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
@@ -124,8 +127,8 @@ fn main() {
         .collect();
 
     if full {
-        println!("eviction decision latency: LRU choosing ~10% of the cache, median (p99) of repeated calls");
-        print!("{:>8} | {:>20} | {:>20} | {:>11}", "entries", "native LRU", "wasm LRU (Rust)", "wasm/native");
+        println!("eviction decision latency: LRU choosing ~10% of the cache, median (p99) of repeated calls; wasm/native: the median of {ROUNDS} rounds (their range)");
+        print!("{:>8} | {:>20} | {:>20} | {:>18}", "entries", "native LRU", "wasm LRU (Rust)", "wasm/native");
         for (lang, _) in &others {
             print!(" | {:>20} | {:>8}", format!("{lang} LRU"), "/native");
         }
@@ -151,22 +154,38 @@ fn main() {
             continue;
         }
         let iterations = (2_000_000 / n as usize).clamp(200, 5_000);
-        let ((n50, n99), (w50, w99)) = measure_pair(
-            iterations,
-            || {
-                std::hint::black_box(native.victims(need, &cache));
-            },
-            || {
-                std::hint::black_box(wasm.victims(need, &cache));
-            },
-        );
+        // Several rounds, each alternating native and wasm calls: the ratio of each round's
+        // medians, so that the spread of the ratio within one run shows too.
+        let rounds: Vec<_> = (0..ROUNDS)
+            .map(|_| {
+                measure_pair(
+                    iterations,
+                    || {
+                        std::hint::black_box(native.victims(need, &cache));
+                    },
+                    || {
+                        std::hint::black_box(wasm.victims(need, &cache));
+                    },
+                )
+            })
+            .collect();
+        let mid = |pick: fn(&Pair) -> Duration| {
+            let mut v: Vec<Duration> = rounds.iter().map(pick).collect();
+            v.sort_unstable();
+            v[v.len() / 2]
+        };
+        let (n50, n99, w50, w99) = (mid(|r| r.0 .0), mid(|r| r.0 .1), mid(|r| r.1 .0), mid(|r| r.1 .1));
+        let mut ratios: Vec<f64> = rounds.iter().map(|((n, _), (w, _))| us(*w) / us(*n)).collect();
+        ratios.sort_by(f64::total_cmp);
         print!(
-            "{n:>8} | {:>9.2} us ({:>6.2}) | {:>9.2} us ({:>6.2}) | {:>10.2}x",
+            "{n:>8} | {:>9.2} us ({:>6.2}) | {:>9.2} us ({:>6.2}) | {:>5.2}x ({:.2}-{:.2})",
             us(n50),
             us(n99),
             us(w50),
             us(w99),
-            us(w50) / us(n50)
+            ratios[ratios.len() / 2],
+            ratios[0],
+            ratios[ratios.len() - 1]
         );
         for (_, set) in &others {
             let (p50, p99) = measure((200_000 / n as usize).clamp(20, 500), || {
