@@ -197,6 +197,26 @@ fn reconciliation_sets_aside_a_user_volume_no_record_names() {
     assert!(c.cache.reconcile().unwrap().quarantined.is_empty(), "set aside once");
 }
 
+/// A user volume whose record stays but whose volume is gone (removed behind volcache's back,
+/// or its name lost in a power cut): reported at every start, the record kept for the operator,
+/// and deleting it through the service works and ends the reports.
+#[test]
+fn reconciliation_reports_a_user_volume_whose_volume_is_gone() {
+    let c = Core::new(limits(0, 0));
+    c.register("img", 1);
+    let gone = c.create("img", 1).unwrap().volume;
+    let kept = c.create("img", 1).unwrap().volume;
+    c.memory.remove(&gone.backend_name).unwrap();
+    let done = c.cache.reconcile().unwrap();
+    assert_eq!(done.user_volumes_missing, vec![gone.id.clone()]);
+    assert!(done.quarantined.is_empty() && done.entries_without_volume_dropped.is_empty(), "{done:?}");
+    assert!(c.cache.catalog().read(|r| r.volume(&gone.id)).unwrap().is_some(), "the record stays");
+    assert_eq!(c.cache.reconcile().unwrap().user_volumes_missing, vec![gone.id.clone()], "reported again");
+    c.cache.delete_volume(&gone.id).unwrap();
+    assert!(c.cache.reconcile().unwrap().user_volumes_missing.is_empty());
+    assert!(c.memory.exists(&kept.backend_name).unwrap(), "the other volume untouched");
+}
+
 /// A clone as large as its entry is not resized (on RBD a resize opens the clone and its parent
 /// and takes the exclusive lock: a third of a hit); a larger one is grown.
 #[test]

@@ -13,7 +13,9 @@
 //! removed, entries whose volume is missing are dropped, and user volumes (`volume-*`) no
 //! record names are set aside under the quarantine project like those of a `Create` intent
 //! (intents are committed lazily, so a power cut can lose one whose volume reached the disk).
-//! Volumes named `volume-*` are never removed except through their own `Delete` intent. Last,
+//! Volumes named `volume-*` are never removed except through their own `Delete` intent, and a
+//! user volume whose record remains but whose volume is gone is reported (logged, and in
+//! [`Reconciled::user_volumes_missing`]), its record kept. Last,
 //! the backend frees what removed volumes still held if their clones are gone (RBD trash).
 #![forbid(unsafe_code)]
 
@@ -34,6 +36,9 @@ pub struct Reconciled {
     pub held_volumes_freed: u64,
     /// Partial downloads a crash left in the spool directory.
     pub spool_files_removed: u64,
+    /// User volumes whose record stays but whose backend volume is gone (removed behind
+    /// volcache's back, or its name lost in a power cut): reported, never dropped.
+    pub user_volumes_missing: Vec<String>,
 }
 
 impl CacheService {
@@ -140,6 +145,15 @@ impl CacheService {
                 self.evict(&entry, EvictReason::Lost)?;
                 done.entries_without_volume_dropped.push(entry.id);
             }
+        }
+        // A user's volume is never forgotten silently: one whose volume is gone is reported, and
+        // its record stays for the operator (deleting it through the API removes the record).
+        for volume in volumes.iter().filter(|v| v.cache_entry.is_none() && !listed.contains(v.backend_name.as_str())) {
+            tracing::error!(
+                volume_id = %volume.id, volume = %volume.backend_name, project = %volume.project_id,
+                "a user volume is recorded but missing from the backend; its data is lost: tell its owner, then delete it"
+            );
+            done.user_volumes_missing.push(volume.id.clone());
         }
         done.held_volumes_freed = self.backend().collect_garbage()?;
         done.spool_files_removed = self.clear_spool();
