@@ -135,6 +135,38 @@ async fn entries_are_pinned_and_unpinned_over_http_and_counted_in_metrics() {
     assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (404, Some("entry_not_found")), "{body}");
 }
 
+/// What start-up reconciliation found that needs an operator shows in /metrics as gauges.
+#[tokio::test]
+async fn volumes_lost_or_set_aside_at_start_are_gauges_in_metrics() {
+    let core = Core::new(limits(0, 0));
+    core.register("img", 1);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (status, volume) = call(&core, "POST", "/v1/volumes", create("img")).await;
+        assert_eq!(status, StatusCode::CREATED);
+        ids.push(volume["id"].as_str().unwrap().to_string());
+    }
+    let gauges = |text: &str| -> (String, String) {
+        let value = |name: &str| text.lines().find(|l| l.starts_with(name)).unwrap_or_default().to_string();
+        (value("volcache_start_user_volumes_missing{"), value("volcache_start_volumes_set_aside{"))
+    };
+    let metrics = || async {
+        let request = Request::builder().uri("/metrics").body(Body::empty()).unwrap();
+        let response = app(state(&core)).oneshot(request).await.unwrap();
+        String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    };
+    let (missing, aside) = gauges(&metrics().await);
+    assert!(missing.ends_with(" 0") && aside.ends_with(" 0"), "{missing} / {aside}");
+
+    // One volume's backend volume gone, another's record gone: one of each at the next start.
+    let record = |id: &str| core.cache.catalog().read(|r| r.volume(id)).unwrap().unwrap();
+    core.memory.remove(&record(&ids[0]).backend_name).unwrap();
+    core.cache.catalog().write(|w| w.delete_volume(&ids[1])).unwrap();
+    core.cache.reconcile().unwrap();
+    let (missing, aside) = gauges(&metrics().await);
+    assert!(missing.ends_with(" 1") && aside.ends_with(" 1"), "{missing} / {aside}");
+}
+
 /// Like `call`, with the response's `Link` header.
 async fn get_page(core: &Core, path: &str) -> (StatusCode, Option<String>, serde_json::Value) {
     let request =

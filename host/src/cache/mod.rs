@@ -253,6 +253,8 @@ pub struct CacheService {
     clone_modes: stats::CloneModes,
     /// Refresh checks: when each image was last checked, and results.
     refresh: refresh::RefreshState,
+    /// What the last start-up reconciliation found (for the metrics).
+    reconciled: std::sync::Mutex<Option<reconcile::Reconciled>>,
     /// The workload: the trace (when the daemon records one) and the shadow policies.
     workload: Arc<crate::lab::record::Workload>,
 }
@@ -282,6 +284,7 @@ impl CacheService {
             warm_counts: Default::default(),
             clone_modes: Default::default(),
             refresh: Default::default(),
+            reconciled: Default::default(),
             workload: Arc::default(),
         }
     }

@@ -157,6 +157,12 @@ impl CacheService {
         }
         done.held_volumes_freed = self.backend().collect_garbage()?;
         done.spool_files_removed = self.clear_spool();
+        *self.reconciled.lock().unwrap_or_else(|p| p.into_inner()) = Some(done.clone());
         Ok(done)
+    }
+
+    /// What the last reconciliation found; `None` before the first.
+    pub fn last_reconciled(&self) -> Option<Reconciled> {
+        self.reconciled.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }

@@ -171,6 +171,23 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         fills.sum_seconds
     );
 
+    // What start-up found that an operator must act on (both stay until the next start).
+    let reconciled = state.cache.last_reconciled().unwrap_or_default();
+    metric(
+        &mut out,
+        "volcache_start_user_volumes_missing",
+        "gauge",
+        "User volumes recorded but missing from the backend at the last start (their data is lost; see the log).",
+        &one(reconciled.user_volumes_missing.len() as u64),
+    );
+    metric(
+        &mut out,
+        "volcache_start_volumes_set_aside",
+        "gauge",
+        "Volumes set aside under the quarantine project at the last start (delete them or hand them back).",
+        &one(reconciled.quarantined.len() as u64),
+    );
+
     // Counters since start by one label, every value present (zeros included).
     let by = |label: &str, counts: Vec<(&'static str, u64)>| -> Vec<(String, f64)> {
         counts.into_iter().map(|(value, n)| (format!("{{{label}=\"{value}\"}}"), n as f64)).collect()
