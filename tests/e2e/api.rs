@@ -135,7 +135,8 @@ async fn entries_are_pinned_and_unpinned_over_http_and_counted_in_metrics() {
     assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (404, Some("entry_not_found")), "{body}");
 }
 
-/// What start-up reconciliation found that needs an operator shows in /metrics as gauges.
+/// What start-up reconciliation found that needs an operator shows in /metrics as gauges, until
+/// the operator deals with it.
 #[tokio::test]
 async fn volumes_lost_or_set_aside_at_start_are_gauges_in_metrics() {
     let core = Core::new(limits(0, 0));
@@ -165,6 +166,14 @@ async fn volumes_lost_or_set_aside_at_start_are_gauges_in_metrics() {
     core.cache.reconcile().unwrap();
     let (missing, aside) = gauges(&metrics().await);
     assert!(missing.ends_with(" 1") && aside.ends_with(" 1"), "{missing} / {aside}");
+
+    // Each drops out once the operator has dealt with it (here: deleted both); no restart.
+    for id in &ids[..2] {
+        let (status, body) = call(&core, "DELETE", &format!("/v1/volumes/{id}"), None).await;
+        assert!(status.is_success(), "{body}");
+    }
+    let (missing, aside) = gauges(&metrics().await);
+    assert!(missing.ends_with(" 0") && aside.ends_with(" 0"), "{missing} / {aside}");
 }
 
 /// Like `call`, with the response's `Link` header.

@@ -165,4 +165,23 @@ impl CacheService {
     pub fn last_reconciled(&self) -> Option<Reconciled> {
         self.reconciled.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// Of the volumes the last reconciliation reported (missing from the backend, set aside),
+    /// how many are still recorded (a record still under the quarantine project for the
+    /// latter): each drops out once an operator deletes or hands it back.
+    pub fn awaiting_operator(&self) -> Result<(usize, usize), CacheError> {
+        let Some(done) = self.last_reconciled() else { return Ok((0, 0)) };
+        let still = |ids: &[String], keep: &dyn Fn(&VolumeRecord) -> bool| -> Result<usize, CacheError> {
+            let mut n = 0;
+            for id in ids {
+                if self.catalog().read(|r| r.volume(id))?.is_some_and(|v| keep(&v)) {
+                    n += 1;
+                }
+            }
+            Ok(n)
+        };
+        let missing = still(&done.user_volumes_missing, &|_| true)?;
+        let aside = still(&done.quarantined, &|v| v.project_id == recover::QUARANTINE_PROJECT)?;
+        Ok((missing, aside))
+    }
 }

@@ -76,9 +76,11 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
 /// `GET /metrics`.
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let cache = state.cache.clone();
-    let (stats, fills) = tokio::task::spawn_blocking(move || cache.stats().map(|s| (s, cache.fill_histogram())))
-        .await
-        .map_err(|e| ApiError::internal(&e))??;
+    let (stats, fills, (missing, aside)) = tokio::task::spawn_blocking(move || {
+        Ok::<_, crate::cache::CacheError>((cache.stats()?, cache.fill_histogram(), cache.awaiting_operator()?))
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))??;
     let host = format!("{{host=\"{}\"}}", state.cache.config().host.replace('"', ""));
     let one = |v: u64| vec![(host.clone(), v as f64)];
     let mut out = String::new();
@@ -171,21 +173,20 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         fills.sum_seconds
     );
 
-    // What start-up found that an operator must act on (both stay until the next start).
-    let reconciled = state.cache.last_reconciled().unwrap_or_default();
+    // What start-up found that an operator must act on, until they do.
     metric(
         &mut out,
         "volcache_start_user_volumes_missing",
         "gauge",
-        "User volumes recorded but missing from the backend at the last start (their data is lost; see the log).",
-        &one(reconciled.user_volumes_missing.len() as u64),
+        "User volumes the last start found recorded but missing from the backend (their data is lost; see the log), still recorded.",
+        &one(missing as u64),
     );
     metric(
         &mut out,
         "volcache_start_volumes_set_aside",
         "gauge",
-        "Volumes set aside under the quarantine project at the last start (delete them or hand them back).",
-        &one(reconciled.quarantined.len() as u64),
+        "Volumes the last start set aside under the quarantine project, still there (delete them or hand them back).",
+        &one(aside as u64),
     );
 
     // Counters since start by one label, every value present (zeros included).
