@@ -171,17 +171,19 @@ impl CacheService {
     /// latter): each drops out once an operator deletes or hands it back.
     pub fn awaiting_operator(&self) -> Result<(usize, usize), CacheError> {
         let Some(done) = self.last_reconciled() else { return Ok((0, 0)) };
-        let still = |ids: &[String], keep: &dyn Fn(&VolumeRecord) -> bool| -> Result<usize, CacheError> {
-            let mut n = 0;
-            for id in ids {
-                if self.catalog().read(|r| r.volume(id))?.is_some_and(|v| keep(&v)) {
-                    n += 1;
-                }
+        // One read transaction for all of them: after a catalog rebuild there may be thousands.
+        let counts = self.catalog().read(|r| {
+            let mut missing = 0;
+            for id in &done.user_volumes_missing {
+                missing += usize::from(r.volume(id)?.is_some());
             }
-            Ok(n)
-        };
-        let missing = still(&done.user_volumes_missing, &|_| true)?;
-        let aside = still(&done.quarantined, &|v| v.project_id == recover::QUARANTINE_PROJECT)?;
+            let mut aside = 0;
+            for id in &done.quarantined {
+                aside += usize::from(r.volume(id)?.is_some_and(|v| v.project_id == recover::QUARANTINE_PROJECT));
+            }
+            Ok((missing, aside))
+        })?;
+        let (missing, aside) = counts;
         Ok((missing, aside))
     }
 }
