@@ -172,7 +172,7 @@ impl CacheService {
     pub fn awaiting_operator(&self) -> Result<(usize, usize), CacheError> {
         let Some(done) = self.last_reconciled() else { return Ok((0, 0)) };
         // One read transaction for all of them: after a catalog rebuild there may be thousands.
-        let counts = self.catalog().read(|r| {
+        Ok(self.catalog().read(|r| {
             let mut missing = 0;
             for id in &done.user_volumes_missing {
                 missing += usize::from(r.volume(id)?.is_some());
@@ -182,8 +182,6 @@ impl CacheService {
                 aside += usize::from(r.volume(id)?.is_some_and(|v| v.project_id == recover::QUARANTINE_PROJECT));
             }
             Ok((missing, aside))
-        })?;
-        let (missing, aside) = counts;
-        Ok((missing, aside))
+        })?)
     }
 }
