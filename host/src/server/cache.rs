@@ -25,12 +25,8 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(&e))?.map_err(ApiError::from)
 }
 
-pub(super) fn bad_request(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
-}
-
 fn body<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| bad_request(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,7 +45,7 @@ pub async fn create_image(
     raw: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: NewImage = body(&raw)?;
-    let disk_format: DiskFormat = req.disk_format.parse().map_err(bad_request)?;
+    let disk_format: DiskFormat = req.disk_format.parse().map_err(ApiError::bad_request)?;
     let new = images::NewImage {
         id: req.id,
         name: req.name,
@@ -136,7 +132,7 @@ pub async fn create_volume(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: NewVolume = body(&raw)?;
     if req.size == 0 || req.size > 64 * 1024 {
-        return Err(bad_request("size: expected 1 to 65536 GiB"));
+        return Err(ApiError::bad_request("size: expected 1 to 65536 GiB"));
     }
     let cache = state.cache.clone();
     // The server drops this handler when its client disconnects: the guard then cancels a
@@ -168,7 +164,9 @@ pub async fn list_volumes(
     let all = match query.get("all_tenants").map(String::as_str) {
         None | Some("0" | "false") => false,
         Some("1" | "true") => true,
-        Some(other) => return Err(bad_request(format!("all_tenants: expected 1, true, 0 or false, got {other:?}"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("all_tenants: expected 1, true, 0 or false, got {other:?}")))
+        }
     };
     let paging = Paging::from_query(&query, "volume")?;
     let cache = state.cache.clone();

@@ -21,6 +21,11 @@ impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError { status, code, message: message.into() }
     }
+
+    /// 400 `bad_request`: the request itself is wrong; `message` names what and how.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
 }
 
 impl IntoResponse for ApiError {

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use axum::http::header::LINK;
 use axum::http::{HeaderMap, HeaderValue};
 
-use super::cache::bad_request;
 use super::error::ApiError;
 
 /// A list request's page, checked.
@@ -30,12 +29,16 @@ impl Paging {
                 Ok(n) if n > 0 => Some(n),
                 // More than any catalog holds: everything.
                 Err(_) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => Some(usize::MAX),
-                _ => return Err(bad_request(format!("limit: expected a whole number of at least 1, got {text:?}"))),
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "limit: expected a whole number of at least 1, got {text:?}"
+                    )))
+                }
             },
         };
         let marker = query.get("marker").cloned();
         if marker.as_deref() == Some("") {
-            return Err(bad_request(format!(
+            return Err(ApiError::bad_request(format!(
                 "marker: expected the id of the last {what} of the previous page, got \"\""
             )));
         }

@@ -112,8 +112,8 @@ fn spec_from(
     let spec = if content_type.starts_with("application/wasm") {
         PolicySpec { source: PolicySource::Bytes(body.to_vec()), params: query.into_iter().collect() }
     } else if content_type.starts_with("application/json") {
-        let put: PutPolicy = serde_json::from_slice(body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))?;
+        let put: PutPolicy =
+            serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
         let source = match (put.builtin, put.plugin) {
             (Some(b), None) => PolicySource::Builtin(b.parse()?),
             (None, Some(p)) => {

@@ -20,11 +20,7 @@ pub struct TraceQuery {
 pub async fn get_trace(State(state): State<AppState>, Query(q): Query<TraceQuery>) -> Result<Response, ApiError> {
     let format = q.format.unwrap_or_else(|| "csv".into());
     if !["csv", "jsonl", "libcachesim"].contains(&format.as_str()) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("format {format:?}: expected csv, jsonl or libcachesim"),
-        ));
+        return Err(ApiError::bad_request(format!("format {format:?}: expected csv, jsonl or libcachesim")));
     }
     if state.cache.workload().recorder().is_none() {
         return Err(ApiError::new(
