@@ -68,9 +68,7 @@ async fn failures_are_classified_and_leak_nothing() {
     let (status, health) = call(&core, "GET", "/healthz", None).await;
     assert_eq!((status.as_u16(), health["status"].as_str()), (200, Some("ok")), "{health}");
     // Each failure is counted under its reason in /metrics.
-    let request = Request::builder().uri("/metrics").body(Body::empty()).unwrap();
-    let response = app(state(&core)).oneshot(request).await.unwrap();
-    let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let text = metrics(&core).await;
     for reason in ["source", "no_space", "unavailable"] {
         let line = format!("volcache_cache_fill_failures_total{{reason=\"{reason}\"}} 1");
         assert!(text.contains(&line), "{line} missing from:\n{text}");
@@ -125,9 +123,7 @@ async fn entries_are_pinned_and_unpinned_over_http_and_counted_in_metrics() {
     let id = entries[0]["id"].as_u64().unwrap();
     let (status, entry) = call(&core, "POST", &format!("/v1/cache/entries/{id}/pin"), None).await;
     assert_eq!((status.as_u16(), entry["pinned"].as_bool()), (200, Some(true)), "{entry}");
-    let request = Request::builder().uri("/metrics").body(Body::empty()).unwrap();
-    let response = app(state(&core)).oneshot(request).await.unwrap();
-    let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let text = metrics(&core).await;
     assert!(text.lines().any(|l| l.starts_with("volcache_cache_pinned_entries") && l.ends_with(" 1")), "{text}");
     let (status, entry) = call(&core, "DELETE", &format!("/v1/cache/entries/{id}/pin"), None).await;
     assert_eq!((status.as_u16(), entry["pinned"].as_bool()), (200, Some(false)), "{entry}");
@@ -151,12 +147,7 @@ async fn volumes_lost_or_set_aside_at_start_are_gauges_in_metrics() {
         let value = |name: &str| text.lines().find(|l| l.starts_with(name)).unwrap_or_default().to_string();
         (value("volcache_start_user_volumes_missing{"), value("volcache_start_volumes_set_aside{"))
     };
-    let metrics = || async {
-        let request = Request::builder().uri("/metrics").body(Body::empty()).unwrap();
-        let response = app(state(&core)).oneshot(request).await.unwrap();
-        String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
-    };
-    let (missing, aside) = gauges(&metrics().await);
+    let (missing, aside) = gauges(&metrics(&core).await);
     assert!(missing.ends_with(" 0") && aside.ends_with(" 0"), "{missing} / {aside}");
 
     // One volume's backend volume gone, another's record gone: one of each at the next start.
@@ -164,7 +155,7 @@ async fn volumes_lost_or_set_aside_at_start_are_gauges_in_metrics() {
     core.memory.remove(&record(&ids[0]).backend_name).unwrap();
     core.cache.catalog().write(|w| w.delete_volume(&ids[1])).unwrap();
     core.cache.reconcile().unwrap();
-    let (missing, aside) = gauges(&metrics().await);
+    let (missing, aside) = gauges(&metrics(&core).await);
     assert!(missing.ends_with(" 1") && aside.ends_with(" 1"), "{missing} / {aside}");
 
     // Each drops out once the operator has dealt with it (here: deleted both); no restart.
@@ -172,8 +163,15 @@ async fn volumes_lost_or_set_aside_at_start_are_gauges_in_metrics() {
         let (status, body) = call(&core, "DELETE", &format!("/v1/volumes/{id}"), None).await;
         assert!(status.is_success(), "{body}");
     }
-    let (missing, aside) = gauges(&metrics().await);
+    let (missing, aside) = gauges(&metrics(&core).await);
     assert!(missing.ends_with(" 0") && aside.ends_with(" 0"), "{missing} / {aside}");
+}
+
+/// The text of `GET /metrics`.
+async fn metrics(core: &Core) -> String {
+    let request = Request::builder().uri("/metrics").body(Body::empty()).unwrap();
+    let response = app(state(core)).oneshot(request).await.unwrap();
+    String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
 }
 
 /// Like `call`, with the response's `Link` header.
