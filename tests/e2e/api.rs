@@ -131,6 +131,53 @@ async fn entries_are_pinned_and_unpinned_over_http_and_counted_in_metrics() {
     assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (404, Some("entry_not_found")), "{body}");
 }
 
+#[tokio::test]
+async fn entries_are_listed_in_pages_that_survive_an_evicted_marker() {
+    let core = Core::new(limits(0, 0));
+    for i in 0..5 {
+        core.register(&format!("img-{i}"), 1);
+        assert_eq!(call(&core, "POST", "/v1/volumes", create(&format!("img-{i}"))).await.0, StatusCode::CREATED);
+    }
+    let entry_ids = |v: &serde_json::Value| -> Vec<u64> {
+        v.as_array().unwrap().iter().map(|e| e["id"].as_u64().unwrap()).collect()
+    };
+    let (status, link, all) = get_page(&core, "/v1/cache/entries").await;
+    let mut every = entry_ids(&all);
+    every.sort_unstable();
+    assert_eq!((status, link, entry_ids(&all).len()), (StatusCode::OK, None, 5));
+    assert_eq!(entry_ids(&all), every, "by ascending id");
+
+    let (mut path, mut seen, mut pages) = ("/v1/cache/entries?limit=2".to_string(), Vec::new(), 0);
+    loop {
+        assert!(pages < 5, "five entries in pages of two take three pages, not {pages}+");
+        let (status, link, page) = get_page(&core, &path).await;
+        assert_eq!(status, StatusCode::OK);
+        let got = entry_ids(&page);
+        seen.extend(got.clone());
+        pages += 1;
+        match link {
+            Some(link) => {
+                assert_eq!(link, format!("</v1/cache/entries?limit=2&marker={}>; rel=\"next\"", got.last().unwrap()));
+                path = link.trim_start_matches('<').split('>').next().unwrap().to_string();
+            }
+            None => break,
+        }
+    }
+    assert_eq!((seen, pages), (every.clone(), 3));
+
+    // The marker's entry is evicted: the next page is still the entries after it.
+    let (status, _) = call(&core, "DELETE", &format!("/v1/cache/entries/{}", every[1]), None).await;
+    assert!(status.is_success());
+    let (_, _, after) = get_page(&core, &format!("/v1/cache/entries?limit=10&marker={}", every[1])).await;
+    assert_eq!(entry_ids(&after), every[2..].to_vec());
+
+    for bad in ["limit=0", "marker=", "marker=first", "marker=-1"] {
+        let (status, _, body) = get_page(&core, &format!("/v1/cache/entries?{bad}")).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")), "{bad}");
+        assert!(body["error"]["message"].as_str().unwrap().starts_with(bad.split('=').next().unwrap()), "{body}");
+    }
+}
+
 /// What start-up reconciliation found that needs an operator shows in /metrics as gauges, until
 /// the operator deals with it.
 #[tokio::test]

@@ -474,7 +474,7 @@ fn cli_shows_units_and_where_a_volume_came_from_and_refuses_a_misspelled_param()
 /// `volume list --limit N` shows a page and says on stderr how to ask for the next one, which
 /// `--marker` then gives; the last page says nothing more.
 #[test]
-fn cli_lists_volumes_and_images_a_page_at_a_time() {
+fn cli_lists_volumes_images_and_entries_a_page_at_a_time() {
     let d = Daemon::with_images(1, &["img", "img-b", "img-c"]);
     for _ in 0..3 {
         let out = cli(&d, TOKEN, &["volume", "create", "--image", "img", "--size", "1"]);
@@ -512,6 +512,16 @@ fn cli_lists_volumes_and_images_a_page_at_a_time() {
     let out = cli(&d, TOKEN, &["image", "list"]);
     let table = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(["img", "img-b", "img-c"].iter().all(|i| table.contains(i)), "{table}");
+
+    // And cache entries (one here: max_count is 1), by their numeric id.
+    let out = cli(&d, TOKEN, &["cache", "entries", "--limit", "1", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entry = page[0]["id"].as_u64().unwrap();
+    let hint = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(hint.contains(&format!("volcache cache entries --limit 1 --marker {entry}")), "{hint}");
+    let out = cli(&d, TOKEN, &["cache", "entries", "--limit", "1", "--marker", &entry.to_string(), "--json"]);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(), serde_json::json!([]));
 }
 
 #[test]

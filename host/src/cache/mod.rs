@@ -448,13 +448,14 @@ impl CacheService {
     }
 
     pub fn scope_entries(&self) -> Result<Vec<EntryRecord>, CacheError> {
+        self.scope_entries_page(None, usize::MAX)
+    }
+
+    /// Up to `limit` of the scope's entries by ascending id, after entry `after`.
+    pub fn scope_entries_page(&self, after: Option<u64>, limit: usize) -> Result<Vec<EntryRecord>, CacheError> {
         let scope = self.config.scope();
-        Ok(self
-            .catalog
-            .read(|r| r.entries())?
-            .into_iter()
-            .filter(|e| e.cluster_name.as_deref().unwrap_or(&e.host) == scope)
-            .collect())
+        let in_scope = |e: &EntryRecord| e.cluster_name.as_deref().unwrap_or(&e.host) == scope;
+        Ok(self.catalog.read(|r| r.entries_page(after, limit, in_scope))?)
     }
 }
 

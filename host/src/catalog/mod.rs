@@ -350,6 +350,30 @@ macro_rules! reads {
                 .collect()
         }
 
+        /// Up to `limit` entries that `keep` accepts, by ascending id, after entry `after`
+        /// (which need not exist any more).
+        pub fn entries_page(
+            &self,
+            after: Option<u64>,
+            limit: usize,
+            keep: impl Fn(&EntryRecord) -> bool,
+        ) -> Result<Vec<EntryRecord>, CatalogError> {
+            use std::ops::Bound;
+            let t = self.txn.open_table(CACHE_ENTRIES)?;
+            let mut page = Vec::new();
+            for row in t.range::<u64>((after.map_or(Bound::Unbounded, Bound::Excluded), Bound::Unbounded))? {
+                if page.len() == limit {
+                    break;
+                }
+                let (k, v) = row?;
+                let entry: EntryRecord = decode_row("image_volume_cache_entries", k.value(), v.value())?;
+                if keep(&entry) {
+                    page.push(entry);
+                }
+            }
+            Ok(page)
+        }
+
         pub fn intents(&self) -> Result<Vec<IntentRecord>, CatalogError> {
             let t = self.txn.open_table(INTENTS)?;
             t.iter()?

@@ -130,8 +130,11 @@ pub enum VolumeCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
-    /// List cache entries.
-    Entries,
+    /// List cache entries by id, all or a page at a time.
+    Entries {
+        #[command(flatten)]
+        page: PageArgs,
+    },
     /// Evict one entry.
     Evict {
         /// The entry's id (`cache entries`).
@@ -362,10 +365,12 @@ fn list_page(c: &Client, path: &str, mut query: Vec<String>, page: &PageArgs, co
     let shown = rows.as_array().map_or(0, Vec::len) as u64;
     if let (Some(limit), Some(last)) = (page.limit, rows.as_array().and_then(|p| p.last())) {
         if shown == limit {
-            eprintln!(
-                "more may follow: {command} --limit {limit} --marker {}",
-                last["id"].as_str().unwrap_or_default()
-            );
+            // Volume and image ids are strings, entry ids numbers.
+            let id = match &last["id"] {
+                Value::String(id) => id.clone(),
+                other => other.to_string(),
+            };
+            eprintln!("more may follow: {command} --limit {limit} --marker {id}");
         }
     }
     Ok(rows)
@@ -406,7 +411,11 @@ pub fn volume(conn: &Connection, cmd: VolumeCommand) -> anyhow::Result<ExitCode>
 pub fn cache(conn: &Connection, cmd: CacheCommand) -> anyhow::Result<ExitCode> {
     let c = Client::new(conn)?;
     match cmd {
-        CacheCommand::Entries => show(conn.json, &c.call("GET", "/v1/cache/entries", None)?, ENTRY_FIELDS),
+        CacheCommand::Entries { page } => show(
+            conn.json,
+            &list_page(&c, "/v1/cache/entries", Vec::new(), &page, "volcache cache entries")?,
+            ENTRY_FIELDS,
+        ),
         CacheCommand::Evict { id } => {
             show(conn.json, &c.call("DELETE", &format!("/v1/cache/entries/{id}"), None)?, ENTRY_FIELDS)
         }

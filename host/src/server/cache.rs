@@ -198,10 +198,27 @@ pub async fn delete_volume(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn list_entries(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// `GET /v1/cache/entries[?limit=N][&marker=ID]`: the scope's entries by ascending id, a page
+/// at a time with `limit` (see [`Paging`]).
+pub async fn list_entries(
+    State(state): State<AppState>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Result<(HeaderMap, Json<Value>), ApiError> {
+    let paging = Paging::from_query(&query, "entry")?;
+    let after = match &paging.marker {
+        None => None,
+        Some(text) => Some(text.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "marker: expected the id of the last entry of the previous page (a whole number), got {text:?}"
+            ))
+        })?),
+    };
     let cache = state.cache.clone();
-    let entries = blocking(move || cache.scope_entries()).await?;
-    Ok(Json(json!(entries)))
+    let rows = paging.rows();
+    let entries = blocking(move || cache.scope_entries_page(after, rows)).await?;
+    let last = entries.last().map(|e| e.id.to_string());
+    let headers = paging.next_link("/v1/cache/entries?", entries.len(), last.as_deref());
+    Ok((headers, Json(json!(entries))))
 }
 
 pub async fn evict_entry(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<StatusCode, ApiError> {
