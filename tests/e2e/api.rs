@@ -147,23 +147,8 @@ async fn entries_are_listed_in_pages_that_survive_an_evicted_marker() {
     assert_eq!((status, link, entry_ids(&all).len()), (StatusCode::OK, None, 5));
     assert_eq!(entry_ids(&all), every, "by ascending id");
 
-    let (mut path, mut seen, mut pages) = ("/v1/cache/entries?limit=2".to_string(), Vec::new(), 0);
-    loop {
-        assert!(pages < 5, "five entries in pages of two take three pages, not {pages}+");
-        let (status, link, page) = get_page(&core, &path).await;
-        assert_eq!(status, StatusCode::OK);
-        let got = entry_ids(&page);
-        seen.extend(got.clone());
-        pages += 1;
-        match link {
-            Some(link) => {
-                assert_eq!(link, format!("</v1/cache/entries?limit=2&marker={}>; rel=\"next\"", got.last().unwrap()));
-                path = link.trim_start_matches('<').split('>').next().unwrap().to_string();
-            }
-            None => break,
-        }
-    }
-    assert_eq!((seen, pages), (every.clone(), 3));
+    let (seen, pages) = walk_pages(&core, "/v1/cache/entries?limit=2", 5).await;
+    assert_eq!((seen, pages), (every.iter().map(u64::to_string).collect(), 3));
 
     // The marker's entry is evicted: the next page is still the entries after it.
     let (status, _) = call(&core, "DELETE", &format!("/v1/cache/entries/{}", every[1]), None).await;
@@ -236,6 +221,24 @@ fn ids(page: &serde_json::Value) -> Vec<String> {
     page.as_array().unwrap().iter().map(|v| v["id"].as_str().unwrap().to_string()).collect()
 }
 
+/// Follows `Link: rel="next"` from `first` (a list path ending in `?...limit=N`), checking that
+/// each link names the page's last id: every id seen, in order, and how many pages it took.
+async fn walk_pages(core: &Core, first: &str, max_pages: usize) -> (Vec<String>, usize) {
+    let (mut path, mut seen, mut pages) = (first.to_string(), Vec::new(), 0);
+    loop {
+        assert!(pages < max_pages, "{first}: more than {max_pages} pages");
+        let (status, link, page) = get_page(core, &path).await;
+        assert_eq!(status, StatusCode::OK);
+        // Volume and image ids are strings, entry ids numbers.
+        let got: Vec<String> = page.as_array().unwrap().iter().map(|v| v["id"].to_string().replace('"', "")).collect();
+        seen.extend(got.clone());
+        pages += 1;
+        let Some(link) = link else { return (seen, pages) };
+        assert_eq!(link, format!("<{first}&marker={}>; rel=\"next\"", got.last().unwrap()));
+        path = link.trim_start_matches('<').split('>').next().unwrap().to_string();
+    }
+}
+
 /// `limit` and `marker` page through the volumes by id; a full page links to the next one, and
 /// a page still follows when the volume it ended with was deleted meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,26 +256,7 @@ async fn volumes_are_listed_in_pages_that_survive_a_deleted_marker() {
     let (status, link, all) = get_page(&core, "/v1/volumes").await;
     assert_eq!((status, link, ids(&all)), (StatusCode::OK, None, created.clone()));
 
-    let mut path = "/v1/volumes?limit=2".to_string();
-    let mut seen = Vec::new();
-    let mut pages = 0;
-    loop {
-        assert!(pages < 5, "five volumes in pages of two take three pages, not {pages}+");
-        let (status, link, page) = get_page(&core, &path).await;
-        assert_eq!(status, StatusCode::OK);
-        let got = ids(&page);
-        assert!(got.len() <= 2);
-        seen.extend(got.clone());
-        pages += 1;
-        match link {
-            Some(link) => {
-                let last = got.last().unwrap();
-                assert_eq!(link, format!("</v1/volumes?limit=2&marker={last}>; rel=\"next\""));
-                path = link.trim_start_matches('<').split('>').next().unwrap().to_string();
-            }
-            None => break,
-        }
-    }
+    let (seen, pages) = walk_pages(&core, "/v1/volumes?limit=2", 5).await;
     assert_eq!((seen, pages), (created.clone(), 3));
 
     // The marker's volume is gone: the next page is still the volumes after it.
@@ -307,22 +291,7 @@ async fn images_are_listed_in_pages_that_survive_a_deleted_marker() {
     let (status, link, all) = get_page(&core, "/v1/images").await;
     assert_eq!((status, link, ids(&all)), (StatusCode::OK, None, registered.clone()));
 
-    let (mut path, mut seen, mut pages) = ("/v1/images?limit=2".to_string(), Vec::new(), 0);
-    loop {
-        assert!(pages < 5, "five images in pages of two take three pages, not {pages}+");
-        let (status, link, page) = get_page(&core, &path).await;
-        assert_eq!(status, StatusCode::OK);
-        let got = ids(&page);
-        seen.extend(got.clone());
-        pages += 1;
-        match link {
-            Some(link) => {
-                assert_eq!(link, format!("</v1/images?limit=2&marker={}>; rel=\"next\"", got.last().unwrap()));
-                path = link.trim_start_matches('<').split('>').next().unwrap().to_string();
-            }
-            None => break,
-        }
-    }
+    let (seen, pages) = walk_pages(&core, "/v1/images?limit=2", 5).await;
     assert_eq!((seen, pages), (registered.clone(), 3));
 
     // The marker's image is gone: the next page is still the images after it.
