@@ -137,8 +137,12 @@ fn a_misbehaving_plugin_in_the_simulator_is_contained_and_counted() {
     let rows = results(Path::new(&out));
     let (cinder, invalid, looping) = (&rows[0], &rows[1], &rows[2]);
     for (name, bad) in [("invalid", invalid), ("loop", looping)] {
-        assert!(bad["failures"].as_u64().unwrap() > 0, "{name}: {bad}");
-        assert_eq!(bad["failures"], bad["fallbacks"], "{name}: every failure was decided by the built-in");
+        // Every failed decision is made by the built-in (a fallback); the outcome below equal
+        // to Cinder's proves it. Other calls with nothing to decide instead (an expiry round, an
+        // event hook) may fail too when a loaded machine stretches them past the 5 ms deadline,
+        // so failures may exceed fallbacks, never the other way.
+        let (failures, fallbacks) = (bad["failures"].as_u64().unwrap(), bad["fallbacks"].as_u64().unwrap());
+        assert!(fallbacks > 0 && failures >= fallbacks, "{name}: {bad}");
         for field in ["hits", "fills", "evictions", "bytes_hit"] {
             assert_eq!(bad[field], cinder[field], "{name}: {field}: the fallback is Cinder's rule");
         }
