@@ -156,11 +156,7 @@ async fn entries_are_listed_in_pages_that_survive_an_evicted_marker() {
     let (_, _, after) = get_page(&core, &format!("/v1/cache/entries?limit=10&marker={}", every[1])).await;
     assert_eq!(entry_ids(&after), every[2..].to_vec());
 
-    for bad in ["limit=0", "marker=", "marker=first", "marker=-1"] {
-        let (status, _, body) = get_page(&core, &format!("/v1/cache/entries?{bad}")).await;
-        assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")), "{bad}");
-        assert!(body["error"]["message"].as_str().unwrap().starts_with(bad.split('=').next().unwrap()), "{body}");
-    }
+    assert_bad_paging(&core, "/v1/cache/entries", &["limit=0", "marker=", "marker=first", "marker=-1"]).await;
 }
 
 /// What start-up reconciliation found that needs an operator shows in /metrics as gauges, until
@@ -221,6 +217,16 @@ fn ids(page: &serde_json::Value) -> Vec<String> {
     page.as_array().unwrap().iter().map(|v| v["id"].as_str().unwrap().to_string()).collect()
 }
 
+/// Each of `params` on the list at `path` is a 400 `bad_request` whose message starts with the
+/// parameter's name.
+async fn assert_bad_paging(core: &Core, path: &str, params: &[&str]) {
+    for bad in params {
+        let (status, _, body) = get_page(core, &format!("{path}?{bad}")).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")), "{bad}");
+        assert!(body["error"]["message"].as_str().unwrap().starts_with(bad.split('=').next().unwrap()), "{body}");
+    }
+}
+
 /// Follows `Link: rel="next"` from `first` (a list path ending in `?...limit=N`), checking that
 /// each link names the page's last id: every id seen, in order, and how many pages it took.
 async fn walk_pages(core: &Core, first: &str, max_pages: usize) -> (Vec<String>, usize) {
@@ -272,11 +278,7 @@ async fn volumes_are_listed_in_pages_that_survive_a_deleted_marker() {
     let (_, _, everything) = get_page(&core, "/v1/volumes?all_tenants=1").await;
     assert_eq!(ids(&everything).len(), created.len() - 1 + 1, "four users' volumes and the cache volume");
 
-    for bad in ["limit=0", "limit=-1", "limit=many", "marker="] {
-        let (status, _, body) = get_page(&core, &format!("/v1/volumes?{bad}")).await;
-        assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")), "{bad}");
-        assert!(body["error"]["message"].as_str().unwrap().starts_with(bad.split('=').next().unwrap()), "{body}");
-    }
+    assert_bad_paging(&core, "/v1/volumes", &["limit=0", "limit=-1", "limit=many", "marker="]).await;
 }
 
 #[tokio::test]
@@ -300,9 +302,5 @@ async fn images_are_listed_in_pages_that_survive_a_deleted_marker() {
     let (_, _, after) = get_page(&core, "/v1/images?limit=10&marker=img-b").await;
     assert_eq!(ids(&after), registered[2..].to_vec());
 
-    for bad in ["limit=0", "limit=x", "marker="] {
-        let (status, _, body) = get_page(&core, &format!("/v1/images?{bad}")).await;
-        assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")), "{bad}");
-        assert!(body["error"]["message"].as_str().unwrap().starts_with(bad.split('=').next().unwrap()), "{body}");
-    }
+    assert_bad_paging(&core, "/v1/images", &["limit=0", "limit=x", "marker="]).await;
 }
