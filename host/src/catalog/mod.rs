@@ -249,17 +249,23 @@ fn decode_row<T: for<'de> serde::Deserialize<'de>>(
 }
 
 /// Up to `limit` rows of `table` that `keep` accepts, by ascending key, after `after`.
-fn page<T: for<'de> serde::Deserialize<'de>>(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
+fn page<'a, K, KR, T>(
+    table: &impl ReadableTable<K, &'static [u8]>,
     name: &'static str,
-    after: Option<&str>,
+    after: Option<KR>,
     limit: usize,
     keep: impl Fn(&T) -> bool,
-) -> Result<Vec<T>, CatalogError> {
+) -> Result<Vec<T>, CatalogError>
+where
+    K: redb::Key + 'static,
+    KR: std::borrow::Borrow<K::SelfType<'a>> + 'a,
+    for<'k> K::SelfType<'k>: ToString,
+    T: for<'de> serde::Deserialize<'de>,
+{
     use std::ops::Bound;
     let start = after.map_or(Bound::Unbounded, Bound::Excluded);
     let mut page = Vec::new();
-    for row in table.range::<&str>((start, Bound::Unbounded))? {
+    for row in table.range::<KR>((start, Bound::Unbounded))? {
         if page.len() == limit {
             break;
         }
@@ -358,20 +364,7 @@ macro_rules! reads {
             limit: usize,
             keep: impl Fn(&EntryRecord) -> bool,
         ) -> Result<Vec<EntryRecord>, CatalogError> {
-            use std::ops::Bound;
-            let t = self.txn.open_table(CACHE_ENTRIES)?;
-            let mut page = Vec::new();
-            for row in t.range::<u64>((after.map_or(Bound::Unbounded, Bound::Excluded), Bound::Unbounded))? {
-                if page.len() == limit {
-                    break;
-                }
-                let (k, v) = row?;
-                let entry: EntryRecord = decode_row("image_volume_cache_entries", k.value(), v.value())?;
-                if keep(&entry) {
-                    page.push(entry);
-                }
-            }
-            Ok(page)
+            page(&self.txn.open_table(CACHE_ENTRIES)?, "image_volume_cache_entries", after, limit, keep)
         }
 
         pub fn intents(&self) -> Result<Vec<IntentRecord>, CatalogError> {
