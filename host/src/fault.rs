@@ -15,7 +15,6 @@ pub const POINTS: &[&str] = &[
     "fill:after-write",
     "clone:after-intent",
     "clone:after-clone",
-    "clone:after-resize",
     "evict:after-catalog",
     "direct:after-write",
 ];

@@ -195,6 +195,26 @@ async fn volumes_lost_or_set_aside_at_start_are_gauges_in_metrics() {
     assert!(missing.ends_with(" 0") && aside.ends_with(" 0"), "{missing} / {aside}");
 }
 
+/// How much the catalog writes and flushes shows in /metrics (group commit's sharing is
+/// tested in the catalog): a hit over HTTP is one transaction and one flush.
+#[tokio::test]
+async fn catalog_commits_and_flushes_are_counted_in_metrics() {
+    let core = Core::new(limits(0, 0));
+    core.register("img", 1);
+    assert_eq!(call(&core, "POST", "/v1/volumes", create("img")).await.0, StatusCode::CREATED);
+    let counts = |text: &str| -> (u64, u64) {
+        let value = |name: &str| -> u64 {
+            let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in {text}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        (value("volcache_catalog_commits_total{"), value("volcache_catalog_flushes_total{"))
+    };
+    let (commits, flushes) = counts(&metrics(&core).await);
+    assert!(commits >= flushes && flushes > 0, "{commits} commits, {flushes} flushes");
+    assert_eq!(call(&core, "POST", "/v1/volumes", create("img")).await.0, StatusCode::CREATED);
+    assert_eq!(counts(&metrics(&core).await), (commits + 1, flushes + 1), "one hit");
+}
+
 /// The text of `GET /metrics`.
 async fn metrics(core: &Core) -> String {
     let request = Request::builder().uri("/metrics").body(Body::empty()).unwrap();

@@ -129,6 +129,17 @@ pub fn conformance(backend: &dyn Backend) -> CloneMode {
     assert!(matches!(backend.clone_volume("nothing", "x"), Err(BackendError::NotFound(_))));
     assert!(!backend.exists("x").unwrap(), "a failed clone leaves nothing");
     assert!(matches!(backend.clone_volume("entry", "user"), Err(BackendError::Exists(_))));
+
+    // Cloned and grown in one step (a hit larger than its entry): the source's bytes, then
+    // zeros. A size below the source's is refused; the caller removes what it may have left.
+    backend.clone_grown("entry", "grown", Some(100 * MIB)).unwrap();
+    assert_eq!(backend.size("grown").unwrap(), 100 * MIB);
+    let grown = read(backend, "grown");
+    assert_eq!(grown[..64 * MIB as usize], original[..]);
+    assert!(grown[64 * MIB as usize..].iter().all(|&b| b == 0), "grown space reads as zeros");
+    assert!(matches!(backend.clone_grown("entry", "small", Some(MIB)), Err(BackendError::Shrink { .. })));
+    backend.remove("small").unwrap();
+    backend.remove("grown").unwrap();
     for bad in ["../escape", "", ".hidden", "a/b"] {
         assert!(matches!(backend.create(bad, 1), Err(BackendError::BadName(_))), "{bad:?}");
     }

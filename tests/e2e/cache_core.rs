@@ -2,6 +2,7 @@
 //! fault-injecting wrapper (milliseconds a case, no root). Each regression test is named after
 //! the defect it guards against; `concurrent_model` runs thousands of random concurrent cases.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
@@ -159,20 +160,46 @@ fn kinds(events: &[CacheEvent]) -> Vec<(&str, &str)> {
     events.iter().map(|e| (e.event_type.trim_start_matches("image_volume_cache."), e.image_id.as_str())).collect()
 }
 
-/// A hit waits for the disk once: its intent is committed lazily and made durable by the
-/// commit of the volume's record (group commit counts every fsync'd commit in `meta`).
+/// A hit is one catalog transaction, and waits for the disk once: no intent is recorded for its
+/// clone (reconciliation finds a clone without a record by listing the backend), and a writer
+/// alone commits durably itself instead of adding a flush transaction (group commit counts
+/// every fsync'd commit in `meta`).
 #[test]
-fn a_hit_waits_for_one_durable_commit() {
+fn a_hit_is_one_catalog_transaction_and_one_flush() {
     let c = Core::new(limits(0, 0));
     c.register("a", 1);
     c.create("a", 1).unwrap();
-    let durable = || c.cache.catalog().read(|r| r.meta("durable_commits")).unwrap();
-    let before = durable();
+    let catalog = c.cache.catalog();
+    let durable = || catalog.read(|r| r.meta("durable_commits")).unwrap();
+    let (flushes, commits) = (durable(), catalog.commits());
     let hit = c.create("a", 1).unwrap();
     assert_eq!(hit.volume.cache, Some(CacheOutcome::Hit));
-    assert_eq!(durable() - before, 1, "durable commits for one hit");
+    assert_eq!((catalog.commits() - commits, durable() - flushes), (1, 1), "(transactions, flushes) for one hit");
     c.cache.delete_volume(&hit.volume.id).unwrap();
-    assert_eq!(durable() - before, 2, "and one for its delete");
+    assert_eq!(durable() - flushes, 2, "and one flush for its delete");
+}
+
+/// A clone whose undo cannot remove it (the hit failed after the clone, then so did the
+/// removal) is recorded as a `Create` intent then, so the leftover is accounted for while the
+/// daemon runs, and reconciliation sets it aside; it is never removed.
+#[test]
+fn a_clone_whose_undo_fails_is_recorded_and_set_aside() {
+    let c = Core::new(limits(0, 0));
+    c.register("a", 1);
+    c.create("a", 1).unwrap();
+    let before: HashSet<String> = c.memory.list().unwrap().into_iter().collect();
+    c.faulty.inject(Fault { op: Op::Resize, prefix: "volume-".into(), after: 0, times: 1, errno: libc::EIO });
+    c.faulty.inject(Fault { op: Op::Remove, prefix: "volume-".into(), after: 0, times: 1, errno: libc::EIO });
+    c.create("a", 2).unwrap_err();
+    let left: Vec<String> = c.memory.list().unwrap().into_iter().filter(|n| !before.contains(n)).collect();
+    assert_eq!(left.len(), 1, "the clone stays: its removal failed");
+    let intents = c.cache.catalog().read(|r| r.intents()).unwrap();
+    let pending: Vec<&str> = intents.iter().map(|i| i.intent.backend_name()).collect();
+    assert_eq!(pending, vec![left[0].as_str()], "recorded once its undo failed");
+    let done = c.cache.reconcile().unwrap();
+    assert_eq!(done.quarantined.len(), 1, "{done:?}");
+    assert!(c.memory.exists(&left[0]).unwrap(), "set aside, never removed");
+    assert!(c.cache.catalog().read(|r| r.intents()).unwrap().is_empty());
 }
 
 /// A volume no record names, with no intent either (a power cut lost the lazily committed

@@ -110,18 +110,34 @@ impl Backend for FileBackend {
     }
 
     fn clone_volume(&self, src: &str, dst: &str) -> Result<CloneMode, BackendError> {
+        self.clone_grown(src, dst, None)
+    }
+
+    /// Reflinks (or copies sparsely), grows, then one `fsync` makes the clone's extents, its
+    /// size and its name durable together.
+    fn clone_grown(&self, src: &str, dst: &str, size: Option<u64>) -> Result<CloneMode, BackendError> {
         let source = self.open(src, "clone")?;
         let target = self.create_new(dst, "clone")?;
         let io_err = |source| BackendError::Io { op: "clone", name: dst.to_string(), source };
-        let result = match sys::reflink(&source, &target) {
-            Ok(()) => Ok(CloneMode::Reflink),
-            Err(e) if sys::is_unsupported(&e) => {
-                let size = source.metadata().map_err(io_err)?.len();
-                sparse_copy(&source, &target, size).map(|()| CloneMode::SparseCopy).map_err(io_err)
+        let result = (|| {
+            let length = source.metadata().map_err(io_err)?.len();
+            let mode = match sys::reflink(&source, &target) {
+                Ok(()) => CloneMode::Reflink,
+                Err(e) if sys::is_unsupported(&e) => {
+                    sparse_copy(&source, &target, length).map_err(io_err)?;
+                    CloneMode::SparseCopy
+                }
+                Err(e) => return Err(io_err(e)),
+            };
+            if let Some(size) = size {
+                if size < length {
+                    return Err(BackendError::Shrink { name: dst.into(), size: length, requested: size });
+                }
+                target.set_len(size).map_err(io_err)?;
             }
-            Err(e) => Err(io_err(e)),
-        };
-        let result = result.and_then(|mode| target.sync_all().map(|()| mode).map_err(io_err));
+            target.sync_all().map_err(io_err)?;
+            Ok(mode)
+        })();
         if result.is_err() {
             // Never leave a half-made clone behind.
             let _ = fs::remove_file(self.dir.join(dst));
@@ -130,13 +146,15 @@ impl Backend for FileBackend {
     }
 
     fn resize(&self, name: &str, size: u64) -> Result<(), BackendError> {
+        let io_err = |source| BackendError::Io { op: "resize", name: name.into(), source };
         let file = self.open_rw(name)?;
-        let current =
-            file.metadata().map_err(|source| BackendError::Io { op: "resize", name: name.into(), source })?.len();
+        let current = file.metadata().map_err(io_err)?.len();
         if size < current {
             return Err(BackendError::Shrink { name: name.into(), size: current, requested: size });
         }
-        file.set_len(size).map_err(|source| BackendError::Io { op: "resize", name: name.into(), source })
+        file.set_len(size).map_err(io_err)?;
+        // The new size must survive a power cut like the record that states it.
+        file.sync_data().map_err(io_err)
     }
 
     fn remove(&self, name: &str) -> Result<(), BackendError> {

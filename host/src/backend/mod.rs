@@ -106,9 +106,22 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn seal(&self, _name: &str) -> Result<(), BackendError> {
         Ok(())
     }
-    /// Makes `dst` a copy of `src` sharing as much storage as the backend can.
+    /// Makes `dst` a copy of `src` sharing as much storage as the backend can; durable when it
+    /// returns.
     fn clone_volume(&self, src: &str, dst: &str) -> Result<CloneMode, BackendError>;
-    /// Grows a volume to `size` bytes (new space reads as zeros); shrinking is refused.
+    /// [`Backend::clone_volume`], then grows the clone to `size` bytes when one is given
+    /// ([`Backend::resize`]); durable when it returns. A backend that can make both one durable
+    /// change overrides it (the file backend: one flush instead of two). On an error the clone
+    /// may exist: the caller removes it.
+    fn clone_grown(&self, src: &str, dst: &str, size: Option<u64>) -> Result<CloneMode, BackendError> {
+        let mode = self.clone_volume(src, dst)?;
+        if let Some(size) = size {
+            self.resize(dst, size)?;
+        }
+        Ok(mode)
+    }
+    /// Grows a volume to `size` bytes (new space reads as zeros); shrinking is refused. Durable
+    /// when it returns.
     fn resize(&self, name: &str, size: u64) -> Result<(), BackendError>;
     /// Removes a volume; removing one that does not exist is not an error. A volume that
     /// still has clones leaves the listing at once; its storage is freed with its last clone

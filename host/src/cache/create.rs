@@ -232,7 +232,8 @@ impl CacheService {
     }
 
     /// Clones the user's volume from a leased cache entry: the user's volume is the child,
-    /// never the parent. `also` runs in the transaction that records the volume.
+    /// never the parent. `also` runs in the transaction that records the volume, the hit's
+    /// only catalog transaction (no intent is recorded: see [`IntentGuard::unrecorded`]).
     fn clone_from(
         &self,
         req: &CreateVolume,
@@ -251,16 +252,13 @@ impl CacheService {
             .map(|v| (v.backend_name, Some(v.size)))
             .unwrap_or_else(|| (format!("cache-{}", entry.id), None));
         let intent = Intent::Create { volume_id: volume.id.clone(), backend_name: volume.backend_name.clone() };
-        let guard = IntentGuard::begin_lazily(self, intent, &volume.backend_name)?;
+        let guard = IntentGuard::unrecorded(self, intent, &volume.backend_name);
         fault::point("clone:after-intent");
-        let mode = self.backend.clone_volume(&source, &volume.backend_name)?;
+        let grow = source_gib.is_none_or(|gib| volume.size > gib).then_some(volume.size * GIB);
+        let mode = self.backend.clone_grown(&source, &volume.backend_name, grow)?;
         fault::point("clone:after-clone");
         volume.cloned_from = Some(entry.id);
         volume.clone_mode = serde_json::to_value(mode).ok().and_then(|v| v.as_str().map(String::from));
-        if source_gib.is_none_or(|gib| volume.size > gib) {
-            self.backend.resize(&volume.backend_name, volume.size * GIB)?;
-        }
-        fault::point("clone:after-resize");
         guard.commit(|w| {
             w.put_volume(&volume)?;
             also(w)?;

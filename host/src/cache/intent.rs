@@ -4,13 +4,14 @@
 //! work: it removes the volume it was making and clears the intent. A crash leaves the intent
 //! for [`super::reconcile`].
 //!
-//! A clone's intent is committed lazily (no fsync of its own): the result's commit, which is
-//! durable, makes it durable too, so a hit waits for the disk once. A power cut can lose such an
-//! intent after its volume reached the disk; reconciliation finds the volume anyway, because it
-//! lists the backend: a `volume-*` volume no record names is set aside like one whose intent
-//! survived. Fills and direct writes (seconds of download, where one flush is nothing) keep
-//! durable intents: the first fill of a new catalog must not look like a lost catalog at the
-//! next start (see [`super::recover::check_catalog_matches`]).
+//! A clone's intent is not written at all unless its undo fails: a crash between the clone and
+//! its record leaves a `volume-*` volume that no record names, which reconciliation finds by
+//! listing the backend and sets aside exactly as it would for a recorded `Create` intent. So a
+//! hit is one catalog transaction, not three. An undo that cannot remove the clone records the
+//! intent then, so the leftover is accounted for while the daemon runs too. Fills and direct
+//! writes (seconds of download, where one flush is nothing) keep durable intents: the first fill
+//! of a new catalog must not look like a lost catalog at the next start (see
+//! [`super::recover::check_catalog_matches`]).
 #![forbid(unsafe_code)]
 
 use super::{now_ms, CacheError, CacheService};
@@ -20,7 +21,9 @@ use crate::catalog::{Intent, Writer};
 #[derive(Debug)]
 pub struct IntentGuard<'a> {
     service: &'a CacheService,
-    id: u64,
+    /// The intent's row; `None` until an undo fails for an [`IntentGuard::unrecorded`] one.
+    id: Option<u64>,
+    intent: Intent,
     /// The backend volume this change makes, removed on undo.
     volume: String,
     done: bool,
@@ -29,15 +32,15 @@ pub struct IntentGuard<'a> {
 impl<'a> IntentGuard<'a> {
     /// Records `intent`, which makes backend volume `volume`, durably.
     pub fn begin(service: &'a CacheService, intent: Intent, volume: &str) -> Result<Self, CacheError> {
-        let id = service.catalog().write(|w| w.begin(intent, now_ms()))?;
-        Ok(IntentGuard { service, id, volume: volume.to_string(), done: false })
+        let id = service.catalog().write(|w| w.begin(intent.clone(), now_ms()))?;
+        Ok(IntentGuard { service, id: Some(id), intent, volume: volume.to_string(), done: false })
     }
 
-    /// Records `intent` without waiting for the disk: only for a change whose volume
-    /// reconciliation finds without it (a `volume-*` clone of an existing entry).
-    pub fn begin_lazily(service: &'a CacheService, intent: Intent, volume: &str) -> Result<Self, CacheError> {
-        let id = service.catalog().write_lazily(|w| w.begin(intent, now_ms()))?;
-        Ok(IntentGuard { service, id, volume: volume.to_string(), done: false })
+    /// Guards `intent` without recording it: only for a change whose volume reconciliation
+    /// finds and treats the same without it (a `volume-*` clone of an existing entry). The
+    /// intent is recorded only if the undo cannot remove the volume.
+    pub fn unrecorded(service: &'a CacheService, intent: Intent, volume: &str) -> Self {
+        IntentGuard { service, id: None, intent, volume: volume.to_string(), done: false }
     }
 
     /// Runs `f` and clears the intent in one transaction. `f` answering `None` aborts the
@@ -49,7 +52,9 @@ impl<'a> IntentGuard<'a> {
         let id = self.id;
         let result = self.service.catalog().write_or_abort(|w| {
             let Some(r) = f(w)? else { return Ok(None) };
-            w.end(id)?;
+            if let Some(id) = id {
+                w.end(id)?;
+            }
             Ok(Some(r))
         })?;
         self.done = result.is_some();
@@ -63,12 +68,20 @@ impl Drop for IntentGuard<'_> {
             return;
         }
         if let Err(e) = self.service.backend().remove(&self.volume) {
-            // The intent stays: reconciliation removes the volume at the next start.
+            // The intent stays (recorded now if it was not): reconciliation resolves it at the
+            // next start.
             tracing::error!(volume = %self.volume, error = %e, "could not remove a half-made volume; left for start-up reconciliation");
+            if self.id.is_none() {
+                let intent = self.intent.clone();
+                if let Err(e) = self.service.catalog().write(|w| w.begin(intent, now_ms())) {
+                    tracing::error!(volume = %self.volume, error = %e, "could not record the half-made volume either; start-up reconciliation will find it on the backend");
+                }
+            }
             return;
         }
-        if let Err(e) = self.service.catalog().write_lazily(|w| w.end(self.id)) {
-            tracing::error!(intent = self.id, error = %e, "could not clear an undone intent; start-up reconciliation will");
+        let Some(id) = self.id else { return };
+        if let Err(e) = self.service.catalog().write_lazily(|w| w.end(id)) {
+            tracing::error!(intent = id, error = %e, "could not clear an undone intent; start-up reconciliation will");
         }
     }
 }

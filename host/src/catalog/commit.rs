@@ -1,7 +1,8 @@
-//! How transactions reach the disk: reads, and writes with group commit. Each writer commits
-//! without waiting for the disk; then one fsync'd commit covers every commit finished before it
-//! took the write lock, so concurrent writers share a flush. Records whose loss reconciliation
-//! covers may skip the flush altogether ([`Catalog::write_lazily`]).
+//! How transactions reach the disk: reads, and writes with group commit. A writer alone commits
+//! durably, one transaction and one fsync. Writers that overlap each commit without waiting for
+//! the disk; then one fsync'd commit covers every commit finished before it took the write lock,
+//! so they share a flush. Records whose loss reconciliation covers may skip the flush altogether
+//! ([`Catalog::write_lazily`]).
 
 use std::sync::atomic::Ordering;
 
@@ -56,6 +57,13 @@ impl Catalog {
                     return Ok(None);
                 };
                 let touched = writer.touched_images;
+                if self.writing.load(Ordering::SeqCst) == 1 {
+                    // Nobody to share a flush with: this commit is the flush, and no second
+                    // transaction is needed to make it durable.
+                    writer.add_meta("durable_commits", 1)?;
+                    self.commit_durably(txn, touched)?;
+                    return Ok(Some(result));
+                }
                 (self.commit_lazily(txn, touched)?, result)
             };
             self.make_durable(&db, seq)?;
@@ -99,11 +107,30 @@ impl Catalog {
     fn commit_lazily(&self, mut txn: WriteTransaction, touched_images: bool) -> Result<u64, CatalogError> {
         txn.set_durability(redb::Durability::None).map_err(|e| CatalogError::Storage(e.to_string()))?;
         txn.commit()?;
+        Ok(self.committed_one(touched_images))
+    }
+
+    /// Commits `txn` and waits for the disk: it covers every commit counted so far, which
+    /// [`Catalog::make_durable`] then need not flush again.
+    fn commit_durably(&self, txn: WriteTransaction, touched_images: bool) -> Result<(), CatalogError> {
+        // Read with the write lock held: every commit counted so far has finished.
+        let covered = self.committed.load(Ordering::SeqCst);
+        #[cfg(test)]
+        std::thread::sleep(*self.slow_flush.lock().unwrap_or_else(|p| p.into_inner()));
+        txn.commit()?;
+        self.committed_one(touched_images);
+        self.flushes.fetch_add(1, Ordering::SeqCst);
+        self.durable.fetch_max(covered, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Counts a commit that returned; answers its sequence number.
+    fn committed_one(&self, touched_images: bool) -> u64 {
         if touched_images {
             self.images_version.fetch_add(1, Ordering::SeqCst);
         }
         // Counted only once committed: a durable commit that reads the counter covers it.
-        Ok(self.committed.fetch_add(1, Ordering::SeqCst) + 1)
+        self.committed.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     /// Group commit, step 2: returns once commit `seq` is on disk. The first writer to get here
@@ -115,8 +142,8 @@ impl Catalog {
     /// redb file holds only durable commits: the lazy ones vanish with it, so a write that
     /// answered an error left nothing behind.
     fn make_durable(&self, db: &Database, seq: u64) -> Result<(), CatalogError> {
-        let mut durable = self.durable.lock().unwrap_or_else(|p| p.into_inner());
-        if *durable >= seq {
+        let _flushing = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
+        if self.durable.load(Ordering::SeqCst) >= seq {
             return Ok(());
         }
         // Writers already under way commit first (briefly), so that this flush covers them.
@@ -125,17 +152,16 @@ impl Catalog {
             std::thread::yield_now();
         }
         let txn = db.begin_write()?;
-        // Read with the write lock held: every commit counted so far has finished (a writer
-        // counts its commit after it returns), so this commit covers them all, including
-        // those that committed while the previous durable commit was on its way to the disk
-        // and now wait behind this one. Counted before the lock, they would each wait for a
-        // disk flush of their own.
-        let covered = self.committed.load(Ordering::SeqCst);
+        // A writer that committed durably while this one waited for the lock may have covered it.
+        if self.durable.load(Ordering::SeqCst) >= seq {
+            txn.abort()?;
+            return Ok(());
+        }
+        // Every commit counted so far has finished (a writer counts its commit after it
+        // returns), so this commit covers them all, including those that committed while the
+        // previous durable commit was on its way to the disk and now wait behind this one.
+        // Counted before the lock, they would each wait for a disk flush of their own.
         Writer::new(&txn).add_meta("durable_commits", 1)?;
-        #[cfg(test)]
-        std::thread::sleep(*self.slow_flush.lock().unwrap_or_else(|p| p.into_inner()));
-        txn.commit()?;
-        *durable = covered;
-        Ok(())
+        self.commit_durably(txn, false)
     }
 }

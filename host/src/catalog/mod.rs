@@ -39,7 +39,11 @@ pub struct Catalog {
     last_failure: std::sync::Mutex<Option<String>>,
     /// Group commit: commits made so far, and how many of them are known to be on disk.
     committed: std::sync::atomic::AtomicU64,
-    durable: std::sync::Mutex<u64>,
+    durable: std::sync::atomic::AtomicU64,
+    /// Durable commits made since the catalog was opened: each one waited for the disk.
+    flushes: std::sync::atomic::AtomicU64,
+    /// Held by the writer that flushes for the others (see [`Catalog::make_durable`]).
+    flushing: std::sync::Mutex<()>,
     /// Writers between asking for the write lock and committing (see [`Catalog::make_durable`]).
     writing: std::sync::atomic::AtomicUsize,
     /// Changes with every commit that wrote the images table, and with every reopen (which may
@@ -118,6 +122,8 @@ impl Catalog {
             last_failure: Default::default(),
             committed: Default::default(),
             durable: Default::default(),
+            flushes: Default::default(),
+            flushing: Default::default(),
             writing: Default::default(),
             images_version: Default::default(),
             #[cfg(test)]
@@ -228,6 +234,18 @@ impl Catalog {
     /// when it moved. Equal numbers mean nothing changed; the value itself means nothing.
     pub fn images_version(&self) -> u64 {
         self.images_version.load(Ordering::SeqCst)
+    }
+
+    /// Write transactions committed since this catalog was opened, durable or not (group
+    /// commit's own flushes included): what a request costs the catalog.
+    pub fn commits(&self) -> u64 {
+        self.committed.load(Ordering::SeqCst)
+    }
+
+    /// Durable commits (disk flushes) since this catalog was opened: with
+    /// [`Catalog::commits`], how much group commit shares.
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::SeqCst)
     }
 
     fn handle(&self) -> Result<Arc<Database>, CatalogError> {

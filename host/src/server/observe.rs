@@ -156,6 +156,21 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         "Bytes not written thanks to hits.",
         &one(stats.bytes_not_written),
     );
+    let catalog = state.cache.catalog();
+    metric(
+        &mut out,
+        "volcache_catalog_commits_total",
+        "counter",
+        "Catalog write transactions committed since the daemon started.",
+        &one(catalog.commits()),
+    );
+    metric(
+        &mut out,
+        "volcache_catalog_flushes_total",
+        "counter",
+        "Catalog commits that waited for the disk since the daemon started (overlapping writers share one).",
+        &one(catalog.flushes()),
+    );
 
     let _ = writeln!(
         out,
