@@ -267,3 +267,38 @@ fn events_queued_for_a_swapped_out_plugin_are_skipped() {
     // (without the skip, 5 would fail before the hooks were switched off).
     assert!(stats.events_failed <= 1 && stats.events_delivered == 0, "{stats:?}");
 }
+
+/// A new plugin starts with counters of its own (`since_loaded`, from its `loaded_at`), so an
+/// operator sees how the plugin now in the slot behaves; the slot's counters go on across swaps.
+#[test]
+fn a_swapped_in_plugin_counts_from_zero_and_the_slot_keeps_its_history() {
+    let set = evil(Slot::Eviction, "panic");
+    let need = Need { amount: 25, basis: SizeBasis::Provisioned, entries: 2 };
+    let big = view(2 * TRIGGER, 5, true);
+    assert!(matches!(set.victims(need, &big).by, DecidedBy::Fallback(_)));
+    let status = || set.status().into_iter().find(|s| s.slot == Slot::Eviction).unwrap();
+    let before = status();
+    let mine = before.since_loaded.clone().expect("a plugin's own counters");
+    assert_eq!((mine.calls, mine.failures, mine.fallbacks), (1, 1, 1), "{mine:?}");
+
+    std::thread::sleep(Duration::from_millis(2));
+    let spec =
+        PolicySpec { source: PolicySource::File(test_plugin("evil")), params: vec![("mode".into(), "none".into())] };
+    set.swap(Slot::Eviction, spec).unwrap();
+    let fresh = status();
+    assert_ne!(fresh.loaded_at, before.loaded_at, "loaded again");
+    let mine = fresh.since_loaded.clone().unwrap();
+    assert_eq!((mine.calls, mine.failures, mine.fallbacks), (0, 0, 0), "the new plugin starts at zero: {mine:?}");
+    assert_eq!((fresh.stats.failures, fresh.stats.fallbacks), (1, 1), "the slot keeps its history");
+
+    assert_eq!(set.victims(need, &big).by, DecidedBy::Plugin);
+    let after = status();
+    assert_eq!(after.since_loaded.unwrap().calls, 1);
+    assert_eq!(after.stats.calls, before.stats.calls + 1);
+    set.swap(
+        Slot::Eviction,
+        PolicySpec { source: PolicySource::Builtin(volcache::policy::Builtin::Lru), params: vec![] },
+    )
+    .unwrap();
+    assert_eq!(status().since_loaded, None, "a built-in's decisions are not counted");
+}

@@ -578,6 +578,17 @@ fn cli_client_drives_the_daemon() {
     assert!(params.contains(&serde_json::json!(["note", odd])), "{capacity}");
     assert!(params.contains(&serde_json::json!(["image_volume_cache_max_count", "4"])), "{capacity}");
     assert!(!params.iter().any(|p| p[0] == "b" || p[0] == "d"), "{capacity}");
+    // The table gives the plugin now in each slot its own counts, a built-in none.
+    let out = cli(&d, TOKEN, &["policy", "list"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    let header = table.lines().next().unwrap_or_default();
+    assert!(
+        ["LOADED_AT", "CALLS", "FAILURES", "FALLBACKS"].iter().all(|c| header.to_uppercase().contains(c)),
+        "{table}"
+    );
+    let row = |slot: &str| table.lines().find(|l| l.trim_start().starts_with(slot)).unwrap_or_default().to_string();
+    assert!(row("capacity").split_whitespace().rev().take(3).all(|c| c.parse::<u64>().is_ok()), "{table}");
+    assert!(row("eviction").split_whitespace().rev().take(3).all(|c| c == "-"), "{table}");
     let out = cli(&d, TOKEN, &["policy", "set", "eviction", "--plugin", plugin("quota").to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrong_slot"), "{}", String::from_utf8_lossy(&out.stderr));

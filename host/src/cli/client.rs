@@ -165,7 +165,8 @@ pub enum CacheCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Show each slot: plugin, version, calls, failures, latency.
+    /// Show each slot: its policy, when it was loaded, and that plugin's calls, failures and
+    /// fallbacks since (`--json`: also the slot's counters across swaps, and latencies).
     List,
     /// Fill a slot with a built-in (`--builtin lru`) or a component (`--plugin FILE`, uploaded).
     Set {
@@ -313,7 +314,8 @@ const VOLUME_DETAILS: &[&str] = &[
 ];
 const ENTRY_FIELDS: &[&str] =
     &["id", "image_id", "size", "allocated_bytes", "hit_count", "last_used", "pinned", "host"];
-const POLICY_FIELDS: &[&str] = &["slot", "kind", "name", "version", "source"];
+const POLICY_FIELDS: &[&str] =
+    &["slot", "kind", "name", "version", "source", "loaded_at", "calls", "failures", "fallbacks"];
 
 pub fn image(conn: &Connection, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
     let c = Client::new(conn)?;
@@ -487,10 +489,29 @@ fn warm(conn: &Connection, c: &Client, image: &str, no_wait: bool) -> anyhow::Re
     }
 }
 
+/// The counters of the plugin now in each slot (since it was loaded) as columns of its own;
+/// a built-in's decisions are not counted.
+fn plugin_counts(mut slots: Value) -> Value {
+    for slot in slots.as_array_mut().into_iter().flatten() {
+        for key in ["calls", "failures", "fallbacks"] {
+            let count = slot["since_loaded"][key].clone();
+            slot[key] = if count.is_null() { json!("-") } else { count };
+        }
+    }
+    slots
+}
+
 pub fn policy(conn: &Connection, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     let c = Client::new(conn)?;
     let value = match cmd {
-        PolicyCommand::List => c.call("GET", "/v1/policies", None)?,
+        PolicyCommand::List => {
+            let slots = c.call("GET", "/v1/policies", None)?;
+            if conn.json {
+                slots
+            } else {
+                plugin_counts(slots)
+            }
+        }
         PolicyCommand::Unshadow { slot } => {
             c.call("DELETE", &format!("/v1/policies/{slot}/shadow"), None)?;
             println!("detached the {slot} slot's shadow");

@@ -56,7 +56,12 @@ impl HookQueue {
         }
         match self.tx.try_send(Job::Deliver { slot, plugin, event }) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => stats.record_event_dropped(),
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                stats.record_event_dropped();
+                if let Job::Deliver { plugin, .. } = job {
+                    plugin.stats().record_event_dropped();
+                }
+            }
         }
     }
 
@@ -76,9 +81,13 @@ pub(crate) fn deliver(slot: Slot, plugin: &WasmPlugin, event: &PolicyEvent, stat
         return;
     }
     let result = plugin.notify(event);
-    stats.record_event(result.is_ok());
+    for stats in [stats, plugin.stats()] {
+        stats.record_event(result.is_ok());
+        if let Err(error) = &result {
+            stats.record_failure(error);
+        }
+    }
     if let Err(error) = &result {
-        stats.record_failure(error);
         tracing::warn!(%slot, plugin = %plugin.info.name, kind = error.kind(), %error, "policy plugin failed on an event hook");
     }
     if plugin.hooks().record(result.is_ok()) {

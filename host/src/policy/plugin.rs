@@ -150,6 +150,8 @@ pub struct WasmPlugin {
     pub(crate) digest: String,
     live: Mutex<Option<Live>>,
     hooks: HookHealth,
+    /// This plugin's own counters, from its load (the slot's survive swaps).
+    stats: super::stats::SlotStats,
     /// The component's own export names, to name its interfaces as it does in messages.
     exported: Vec<String>,
 }
@@ -232,6 +234,7 @@ impl WasmPlugin {
             digest,
             live: Mutex::new(None),
             hooks: HookHealth::default(),
+            stats: Default::default(),
             exported: component.component_type().exports(engine.engine()).map(|(name, _)| name.to_string()).collect(),
         };
         let mut live = plugin.instantiate().map_err(|e| match e {
@@ -258,6 +261,11 @@ impl WasmPlugin {
 
     pub(crate) fn hooks(&self) -> &HookHealth {
         &self.hooks
+    }
+
+    /// This plugin's counters since it was loaded.
+    pub(crate) fn stats(&self) -> &super::stats::SlotStats {
+        &self.stats
     }
 
     /// `interface` as the component names it (`volcache:policy/eviction@0.1.0` for a 0.1.0

@@ -78,6 +78,8 @@ struct Filled {
     params: Vec<(String, String)>,
     /// Limits used by this slot's built-in policy, and by the fallback when a plugin fails.
     limits: CinderLimits,
+    /// When this filled the slot (RFC 3339).
+    loaded_at: String,
 }
 
 /// One slot's state for operators.
@@ -100,7 +102,12 @@ pub struct SlotStatus {
     pub events_disabled: bool,
     /// Whether the plugin lets entries go without pressure (`expiry`, WIT 0.1.1).
     pub expiry: bool,
+    /// The slot's counters, across every plugin that filled it since the daemon started.
     pub stats: StatsSnapshot,
+    /// When the policy now in the slot was loaded (RFC 3339), and its own counters since then
+    /// (`None` for a built-in, whose decisions are not counted).
+    pub loaded_at: String,
+    pub since_loaded: Option<StatsSnapshot>,
 }
 
 /// The policy slots of one cache scope.
@@ -173,6 +180,7 @@ impl PolicySet {
                 source: "builtin".into(),
                 params: Vec::new(),
                 limits,
+                loaded_at: now_rfc3339(),
             }))
         };
         let stats: Arc<[SlotStats; 3]> = Arc::default();
@@ -222,7 +230,7 @@ impl PolicySet {
         // A plugin's own parameters need not make sense to the built-in; its fallback then keeps
         // the backend's limits.
         let limits = merged().unwrap_or(self.base_limits);
-        let filled = Filled { filler, source, params: spec.params, limits };
+        let filled = Filled { filler, source, params: spec.params, limits, loaded_at: now_rfc3339() };
         if let Filler::Wasm(plugin) = &filled.filler {
             smoke_test(slot, plugin).map_err(LoadError::Smoke)?;
         }
@@ -280,14 +288,20 @@ impl PolicySet {
         falls_back: bool,
         call: impl FnOnce() -> Result<T, CallError>,
     ) -> Result<T, CallError> {
-        let stats = &self.stats[slot.index()];
         let started = Instant::now();
         let result = call();
-        stats.record_call(started.elapsed());
+        let elapsed = started.elapsed();
+        for stats in [&self.stats[slot.index()], plugin.stats()] {
+            stats.record_call(elapsed);
+            if let Err(error) = &result {
+                stats.record_failure(error);
+                if falls_back {
+                    stats.record_fallback();
+                }
+            }
+        }
         if let Err(error) = &result {
-            stats.record_failure(error);
             if falls_back {
-                stats.record_fallback();
                 tracing::warn!(%slot, plugin = %plugin.info.name, kind = error.kind(), %error,
                     "policy plugin failed; this request is decided by the built-in policy");
             } else {
@@ -473,5 +487,14 @@ fn status_of(slot: Slot, filled: &Filled, stats: StatsSnapshot) -> SlotStatus {
         events_disabled,
         expiry: matches!(&filled.filler, Filler::Wasm(p) if p.has_expiry()),
         stats,
+        loaded_at: filled.loaded_at.clone(),
+        since_loaded: match &filled.filler {
+            Filler::Wasm(p) => Some(p.stats().snapshot()),
+            Filler::Builtin(_) => None,
+        },
     }
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }

@@ -118,6 +118,12 @@ async function refreshEntries() {
   $("#entries tbody").replaceChildren(...rows);
 }
 
+function counts(c, since) {
+  const num = (v) => el("td", { class: "num", title: `since ${since}` }, v);
+  if (!c) return [num("-"), num("-"), num("-"), num("-")];
+  return [num(c.calls), num(c.failures), num(c.fallbacks), num(`${c.latency_p50_us} / ${c.latency_p99_us} µs`)];
+}
+
 async function refreshPolicies() {
   const slots = await api("GET", "/v1/policies");
   const pct = (v) => `${(v * 100).toFixed(1)} %`;
@@ -126,9 +132,8 @@ async function refreshPolicies() {
     const shadow = sh ? `${sh.name}: ${pct(sh.live.hit_ratio)} / ${pct(sh.shadow.hit_ratio)} over ${sh.live.requests} requests` : "-";
     return el("tr", { "data-slot": p.slot },
       el("td", {}, p.slot), el("td", { class: "policy-name" }, `${p.name} ${p.version}`), el("td", {}, p.kind),
-      el("td", { class: "num" }, p.stats.calls), el("td", { class: "num" }, p.stats.failures),
-      el("td", { class: "num" }, p.stats.fallbacks),
-      el("td", { class: "num" }, `${p.stats.latency_p50_us} / ${p.stats.latency_p99_us} µs`),
+      // The plugin in the slot now, since it was loaded (a built-in's decisions are not counted).
+      ...counts(p.since_loaded, p.loaded_at),
       el("td", { class: "shadow" }, shadow));
   });
   $("#policies tbody").replaceChildren(...rows);
