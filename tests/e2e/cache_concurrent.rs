@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use volcache::backend::faulty::{Fault, Op};
 use volcache::backend::Backend;
 use volcache::cache::images::{ImagePatch, NewImage};
 use volcache::cache::CacheError;
@@ -102,6 +103,13 @@ fn run_case(seed: u64) {
     let versions =
         Arc::new(Versions { history: IMAGES.iter().map(|_| Mutex::new(vec![0])).collect(), next: AtomicU32::new(1) });
     core.faulty.random(20_000, seed);
+    if rng.below(3) == 0 {
+        // A grown clone whose resize fails and whose removal then fails too: the undo must
+        // leave it accounted for (an intent), like every other leftover.
+        for op in [Op::Resize, Op::Remove] {
+            core.faulty.inject(Fault { op, prefix: "volume-".into(), after: 0, times: 1, errno: libc::EIO });
+        }
+    }
     let log = Arc::new(Mutex::new(Log::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let observer = {
@@ -205,7 +213,8 @@ fn step(
         }
         0..=6 => {
             let low = versions.len(i) - 1;
-            match core.cache.create_volume(&request(id, gib)) {
+            // Sometimes larger than the image: the hit's clone is grown.
+            match core.cache.create_volume(&request(id, gib + rng.below(2))) {
                 Ok(created) => {
                     // One more: a change committed but not yet logged when the create ended.
                     let high = versions.len(i);
