@@ -1,4 +1,5 @@
-//! `volcache image|volume|cache|policy ...`: a client of a running daemon's HTTP API.
+//! `volcache image|volume|cache ...`: a client of a running daemon's HTTP API (the connection
+//! and requests every command shares; `policy ...` lives in [`super::policy`]).
 //!
 //! The address comes from `--url` or `VOLCACHE_URL` (default `http://127.0.0.1:8470`), the
 //! token from `VOLCACHE_ADMIN_TOKEN` or the daemon's token file (`--token-file`, default
@@ -163,39 +164,6 @@ pub enum CacheCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
-pub enum PolicyCommand {
-    /// Show each slot: its policy, when it was loaded, and that plugin's calls, failures and
-    /// fallbacks since (`--json`: also the slot's counters across swaps, and latencies).
-    List,
-    /// Fill a slot with a built-in (`--builtin lru`) or a component (`--plugin FILE`, uploaded).
-    Set {
-        /// The slot to fill.
-        #[arg(value_parser = ["admission", "capacity", "eviction"])]
-        slot: String,
-        /// A built-in policy: max-size (admission), quota (capacity), lru (eviction).
-        #[arg(long, conflicts_with = "plugin", value_parser = ["max-size", "quota", "lru"])]
-        builtin: Option<String>,
-        /// A policy component (.wasm), uploaded to the daemon.
-        #[arg(long)]
-        plugin: Option<PathBuf>,
-        /// KEY=VALUE, repeatable. Built-ins take image_volume_cache_max_size_gb,
-        /// image_volume_cache_max_count and size_basis; a plugin its own (`plugin inspect`).
-        #[arg(long = "param")]
-        params: Vec<String>,
-        /// Attach it as the slot's shadow instead: it sees the same requests on a simulated
-        /// copy of the cache and never changes a live decision (`policy list` compares them).
-        #[arg(long)]
-        shadow: bool,
-    },
-    /// Detach a slot's shadow.
-    Unshadow {
-        /// The slot whose shadow goes.
-        #[arg(value_parser = ["admission", "capacity", "eviction"])]
-        slot: String,
-    },
-}
-
 /// `3600`, `90s`, `30m`, `1h`, `1d` -> seconds.
 fn parse_interval(text: &str) -> Result<u64, String> {
     if let Ok(seconds) = text.parse::<u64>() {
@@ -210,14 +178,14 @@ fn parse_interval(text: &str) -> Result<u64, String> {
 /// then the installed service's state directory.
 const DEFAULT_TOKEN_FILES: [&str; 2] = ["var/admin-token", "/var/lib/volcache/admin-token"];
 
-struct Client {
+pub(super) struct Client {
     base: String,
     token: String,
     agent: ureq::Agent,
 }
 
 impl Client {
-    fn new(conn: &Connection) -> anyhow::Result<Client> {
+    pub(super) fn new(conn: &Connection) -> anyhow::Result<Client> {
         let token = match std::env::var("VOLCACHE_ADMIN_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
             Some(t) => t.trim().to_string(),
             None => {
@@ -249,7 +217,7 @@ impl Client {
         progress::Events::open(&self.agent, &self.base, &self.token)
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub(super) fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let req = self.agent.request(method, &url).set("Authorization", &format!("Bearer {}", self.token));
         let res = match body {
@@ -259,7 +227,7 @@ impl Client {
         Self::answer(&url, res)
     }
 
-    fn upload(&self, path: &str, bytes: &[u8]) -> anyhow::Result<Value> {
+    pub(super) fn upload(&self, path: &str, bytes: &[u8]) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let req = self
             .agent
@@ -314,8 +282,6 @@ const VOLUME_DETAILS: &[&str] = &[
 ];
 const ENTRY_FIELDS: &[&str] =
     &["id", "image_id", "size", "allocated_bytes", "hit_count", "last_used", "pinned", "host"];
-const POLICY_FIELDS: &[&str] =
-    &["slot", "kind", "name", "version", "source", "loaded_at", "calls", "failures", "fallbacks"];
 
 pub fn image(conn: &Connection, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
     let c = Client::new(conn)?;
@@ -487,59 +453,4 @@ fn warm(conn: &Connection, c: &Client, image: &str, no_wait: bool) -> anyhow::Re
         "refused" => bail!("image {image} was not cached: {detail}"),
         _ => bail!("warming image {image} failed: {detail}"),
     }
-}
-
-/// The counters of the plugin now in each slot (since it was loaded) as columns of its own;
-/// a built-in's decisions are not counted.
-fn plugin_counts(mut slots: Value) -> Value {
-    for slot in slots.as_array_mut().into_iter().flatten() {
-        for key in ["calls", "failures", "fallbacks"] {
-            let count = slot["since_loaded"][key].clone();
-            slot[key] = if count.is_null() { json!("-") } else { count };
-        }
-    }
-    slots
-}
-
-pub fn policy(conn: &Connection, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
-    let c = Client::new(conn)?;
-    let value = match cmd {
-        PolicyCommand::List => {
-            let slots = c.call("GET", "/v1/policies", None)?;
-            if conn.json {
-                slots
-            } else {
-                plugin_counts(slots)
-            }
-        }
-        PolicyCommand::Unshadow { slot } => {
-            c.call("DELETE", &format!("/v1/policies/{slot}/shadow"), None)?;
-            println!("detached the {slot} slot's shadow");
-            return Ok(ExitCode::SUCCESS);
-        }
-        PolicyCommand::Set { slot, builtin, plugin, params, shadow } => {
-            let route = if shadow { format!("/v1/policies/{slot}/shadow") } else { format!("/v1/policies/{slot}") };
-            let mut pairs = Vec::new();
-            for p in &params {
-                let (k, v) = p.split_once('=').with_context(|| format!("--param {p:?}: expected KEY=VALUE"))?;
-                pairs.push((k.to_string(), v.to_string()));
-            }
-            match (builtin, plugin) {
-                (Some(b), None) => {
-                    let params: serde_json::Map<String, Value> =
-                        pairs.into_iter().map(|(k, v)| (k, json!(v))).collect();
-                    c.call("PUT", &route, Some(json!({"builtin": b, "params": params})))?
-                }
-                (None, Some(file)) => {
-                    let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-                    // Values may hold '&', '=', '+', '%' or spaces: encode them for the query.
-                    let query = serde_urlencoded::to_string(&pairs).context("encoding --param")?;
-                    let path = if query.is_empty() { route } else { format!("{route}?{query}") };
-                    c.upload(&path, &bytes)?
-                }
-                _ => bail!("give --builtin NAME or --plugin FILE"),
-            }
-        }
-    };
-    show(conn.json, &value, POLICY_FIELDS)
 }

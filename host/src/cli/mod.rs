@@ -4,6 +4,7 @@
 mod client;
 mod lab;
 mod plugin;
+mod policy;
 mod progress;
 mod scaffold;
 mod table;
@@ -99,7 +100,7 @@ pub enum Command {
         #[command(flatten)]
         conn: client::Connection,
         #[command(subcommand)]
-        cmd: client::PolicyCommand,
+        cmd: policy::PolicyCommand,
     },
 }
 
@@ -178,7 +179,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image { conn, cmd } => client::image(&conn, cmd),
         Command::Volume { conn, cmd } => client::volume(&conn, cmd),
         Command::Cache { conn, cmd } => client::cache(&conn, cmd),
-        Command::Policy { conn, cmd } => client::policy(&conn, cmd),
+        Command::Policy { conn, cmd } => policy::policy(&conn, cmd),
         Command::Plugin(cmd) => plugin::run(cmd),
         Command::Trace(cmd) => lab::trace(cmd),
         Command::Simulate(args) => lab::simulate(args),
