@@ -202,8 +202,8 @@ fn a_clone_whose_undo_fails_is_recorded_and_set_aside() {
     assert!(c.cache.catalog().read(|r| r.intents()).unwrap().is_empty());
 }
 
-/// A volume no record names, with no intent either (a power cut lost the lazily committed
-/// intent after the clone reached the disk, or the catalog fell back a commit): reconciliation
+/// A volume no record names, with no intent either (a crash between a clone and its record, as
+/// clones record no intent, or a catalog that fell back a commit): reconciliation
 /// sets it aside under the quarantine project; it never removes it.
 #[test]
 fn reconciliation_sets_aside_a_user_volume_no_record_names() {

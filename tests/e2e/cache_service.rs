@@ -328,7 +328,7 @@ fn reconcile_removes_what_a_crash_left_and_never_a_users_volume() {
     let backend = h.cache.backend();
     // A fill that died after creating its volume, a user create that died after cloning, an
     // orphan cache volume, and a user volume the catalog does not know (set aside, never
-    // removed: a clone whose lazily committed intent a power cut lost looks like this).
+    // removed: a clone cut off before its record looks like this, as clones record no intent).
     backend.create("cache-77", MIB).unwrap();
     backend.create("volume-lost", MIB).unwrap();
     backend.create("cache-99", MIB).unwrap();

@@ -252,7 +252,7 @@ impl CacheService {
             .map(|v| (v.backend_name, Some(v.size)))
             .unwrap_or_else(|| (format!("cache-{}", entry.id), None));
         let intent = Intent::Create { volume_id: volume.id.clone(), backend_name: volume.backend_name.clone() };
-        let guard = IntentGuard::unrecorded(self, intent, &volume.backend_name);
+        let guard = IntentGuard::unrecorded(self, intent);
         fault::point("clone:after-intent");
         let grow = source_gib.is_none_or(|gib| volume.size > gib).then_some(volume.size * GIB);
         let mode = self.backend.clone_grown(&source, &volume.backend_name, grow)?;
@@ -280,7 +280,7 @@ impl CacheService {
         let mut volume = self.user_volume(req, CacheOutcome::Uncached);
         volume.uncached_reason = Some(reason.clone());
         let intent = Intent::Create { volume_id: volume.id.clone(), backend_name: volume.backend_name.clone() };
-        let guard = IntentGuard::begin(self, intent, &volume.backend_name)?;
+        let guard = IntentGuard::begin(self, intent)?;
         self.backend.create(&volume.backend_name, volume.size * GIB)?;
         // Written at the volume's size: the bytes past the image stay zeros, nothing is resized.
         self.write_into(image, &volume.backend_name, Some(volume.size * GIB))?;

@@ -153,7 +153,7 @@ impl CacheService {
         let volume_id = super::new_uuid();
         let backend_name = format!("cache-{entry_id}");
         let intent = Intent::Fill { entry_id, volume_id: volume_id.clone(), backend_name: backend_name.clone() };
-        let guard = IntentGuard::begin(self, intent, &backend_name)?;
+        let guard = IntentGuard::begin(self, intent)?;
         fault::point("fill:after-intent");
         let size = candidate.size_gib * GIB;
         self.backend.create(&backend_name, size)?;

@@ -18,29 +18,36 @@ use super::{now_ms, CacheError, CacheService};
 use crate::catalog::CatalogError;
 use crate::catalog::{Intent, Writer};
 
+/// Where a guard's intent is: a row in the catalog, or (an unrecorded clone) only here.
+#[derive(Debug)]
+enum Row {
+    Recorded(u64),
+    Unrecorded(Intent),
+}
+
 #[derive(Debug)]
 pub struct IntentGuard<'a> {
     service: &'a CacheService,
-    /// The intent's row; `None` until an undo fails for an [`IntentGuard::unrecorded`] one.
-    id: Option<u64>,
-    intent: Intent,
-    /// The backend volume this change makes, removed on undo.
+    row: Row,
+    /// The backend volume this change makes (the intent's), removed on undo.
     volume: String,
     done: bool,
 }
 
 impl<'a> IntentGuard<'a> {
-    /// Records `intent`, which makes backend volume `volume`, durably.
-    pub fn begin(service: &'a CacheService, intent: Intent, volume: &str) -> Result<Self, CacheError> {
-        let id = service.catalog().write(|w| w.begin(intent.clone(), now_ms()))?;
-        Ok(IntentGuard { service, id: Some(id), intent, volume: volume.to_string(), done: false })
+    /// Records `intent` durably.
+    pub fn begin(service: &'a CacheService, intent: Intent) -> Result<Self, CacheError> {
+        let volume = intent.backend_name().to_string();
+        let id = service.catalog().write(|w| w.begin(intent, now_ms()))?;
+        Ok(IntentGuard { service, row: Row::Recorded(id), volume, done: false })
     }
 
     /// Guards `intent` without recording it: only for a change whose volume reconciliation
     /// finds and treats the same without it (a `volume-*` clone of an existing entry). The
     /// intent is recorded only if the undo cannot remove the volume.
-    pub fn unrecorded(service: &'a CacheService, intent: Intent, volume: &str) -> Self {
-        IntentGuard { service, id: None, intent, volume: volume.to_string(), done: false }
+    pub fn unrecorded(service: &'a CacheService, intent: Intent) -> Self {
+        let volume = intent.backend_name().to_string();
+        IntentGuard { service, row: Row::Unrecorded(intent), volume, done: false }
     }
 
     /// Runs `f` and clears the intent in one transaction. `f` answering `None` aborts the
@@ -49,7 +56,10 @@ impl<'a> IntentGuard<'a> {
         mut self,
         f: impl FnOnce(&mut Writer<'_>) -> Result<Option<R>, CatalogError>,
     ) -> Result<Option<R>, CacheError> {
-        let id = self.id;
+        let id = match self.row {
+            Row::Recorded(id) => Some(id),
+            Row::Unrecorded(_) => None,
+        };
         let result = self.service.catalog().write_or_abort(|w| {
             let Some(r) = f(w)? else { return Ok(None) };
             if let Some(id) = id {
@@ -67,21 +77,22 @@ impl Drop for IntentGuard<'_> {
         if self.done {
             return;
         }
+        let catalog = self.service.catalog();
         if let Err(e) = self.service.backend().remove(&self.volume) {
             // The intent stays (recorded now if it was not): reconciliation resolves it at the
             // next start.
             tracing::error!(volume = %self.volume, error = %e, "could not remove a half-made volume; left for start-up reconciliation");
-            if self.id.is_none() {
-                let intent = self.intent.clone();
-                if let Err(e) = self.service.catalog().write(|w| w.begin(intent, now_ms())) {
+            if let Row::Unrecorded(intent) = &self.row {
+                if let Err(e) = catalog.write(|w| w.begin(intent.clone(), now_ms())) {
                     tracing::error!(volume = %self.volume, error = %e, "could not record the half-made volume either; start-up reconciliation will find it on the backend");
                 }
             }
             return;
         }
-        let Some(id) = self.id else { return };
-        if let Err(e) = self.service.catalog().write_lazily(|w| w.end(id)) {
-            tracing::error!(intent = id, error = %e, "could not clear an undone intent; start-up reconciliation will");
+        if let Row::Recorded(id) = self.row {
+            if let Err(e) = catalog.write_lazily(|w| w.end(id)) {
+                tracing::error!(intent = id, error = %e, "could not clear an undone intent; start-up reconciliation will");
+            }
         }
     }
 }
