@@ -177,16 +177,20 @@ fn main() {
         (q, "synthetic")
     };
     let server = common::RangeServer::start(Arc::new(std::fs::read(&qcow2).unwrap()), None);
-    let image = cache
-        .register_image(volcache::cache::images::NewImage {
-            id: Some("http".into()),
-            name: "http".into(),
-            source: server.url(),
-            disk_format: volcache::image::DiskFormat::Qcow2,
-            checksum: None,
-            refresh_interval_seconds: None,
-        })
-        .unwrap();
+    // The served qcow2, registered as image `id`.
+    let register_http = |id: &str| {
+        cache
+            .register_image(volcache::cache::images::NewImage {
+                id: Some(id.into()),
+                name: id.into(),
+                source: server.url(),
+                disk_format: volcache::image::DiskFormat::Qcow2,
+                checksum: None,
+                refresh_interval_seconds: None,
+            })
+            .unwrap()
+    };
+    let image = register_http("http");
     let http_req = volcache::cache::CreateVolume {
         image_id: "http".into(),
         size: image.virtual_size.div_ceil(GIB),
@@ -224,16 +228,7 @@ fn main() {
     let (miss_ours, miss_cinder) = (median(miss_ours), median(miss_cinder));
     // The boot storm again, from this qcow2 over HTTP (the real image in full runs), against
     // its miss just measured: volumes the image's size, as that miss.
-    let storm_image = cache
-        .register_image(volcache::cache::images::NewImage {
-            id: Some("http-storm".into()),
-            name: "http-storm".into(),
-            source: server.url(),
-            disk_format: volcache::image::DiskFormat::Qcow2,
-            checksum: None,
-            refresh_interval_seconds: None,
-        })
-        .unwrap();
+    let storm_image = register_http("http-storm");
     let storm_req = volcache::cache::CreateVolume { image_id: storm_image.id.clone(), ..http_req.clone() };
     drop_caches();
     let (http_storm_time, outcomes) = common::storm(&cache, vec![storm_req; storm_size]);

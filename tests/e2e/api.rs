@@ -165,12 +165,7 @@ async fn entries_are_listed_in_pages_that_survive_an_evicted_marker() {
 async fn volumes_lost_or_set_aside_at_start_are_gauges_in_metrics() {
     let core = Core::new(limits(0, 0));
     core.register("img", 1);
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        let (status, volume) = call(&core, "POST", "/v1/volumes", create("img")).await;
-        assert_eq!(status, StatusCode::CREATED);
-        ids.push(volume["id"].as_str().unwrap().to_string());
-    }
+    let ids = create_volumes(&core, "img", 3).await;
     let gauges = |text: &str| -> (String, String) {
         let value = |name: &str| text.lines().find(|l| l.starts_with(name)).unwrap_or_default().to_string();
         (value("volcache_start_user_volumes_missing{"), value("volcache_start_volumes_set_aside{"))
@@ -213,6 +208,17 @@ async fn catalog_commits_and_flushes_are_counted_in_metrics() {
     assert!(commits >= flushes && flushes > 0, "{commits} commits, {flushes} flushes");
     assert_eq!(call(&core, "POST", "/v1/volumes", create("img")).await.0, StatusCode::CREATED);
     assert_eq!(counts(&metrics(&core).await), (commits + 1, flushes + 1), "one hit");
+}
+
+/// Creates `n` volumes from `image` over the API; their ids.
+async fn create_volumes(core: &Core, image: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let (status, volume) = call(core, "POST", "/v1/volumes", create(image)).await;
+        assert_eq!(status, StatusCode::CREATED, "{volume}");
+        ids.push(volume["id"].as_str().unwrap().to_string());
+    }
+    ids
 }
 
 /// The text of `GET /metrics`.
@@ -271,12 +277,7 @@ async fn walk_pages(core: &Core, first: &str, max_pages: usize) -> (Vec<String>,
 async fn volumes_are_listed_in_pages_that_survive_a_deleted_marker() {
     let core = Core::new(limits(0, 0));
     core.register("img", 1);
-    let mut created = Vec::new();
-    for _ in 0..5 {
-        let (status, volume) = call(&core, "POST", "/v1/volumes", create("img")).await;
-        assert_eq!(status, StatusCode::CREATED, "{volume}");
-        created.push(volume["id"].as_str().unwrap().to_string());
-    }
+    let mut created = create_volumes(&core, "img", 5).await;
     created.sort();
 
     let (status, link, all) = get_page(&core, "/v1/volumes").await;

@@ -220,6 +220,9 @@ fn an_operator_drives_the_console_in_a_headless_browser() {
     let (_, policies) = api(&d, "GET", "/v1/policies/eviction", None);
     assert_eq!(policies["kind"], "wasm", "{policies}");
     b.wait_text("#policies tr[data-slot='eviction'] td:nth-child(3)", "wasm");
+    // Its own counts, from its load (none yet); a built-in's are not counted.
+    let calls = |slot: &str| b.text(&format!("#policies tr[data-slot='{slot}'] td:nth-child(4)"));
+    assert_eq!((calls("eviction").as_str(), calls("admission").as_str()), ("0", "-"));
     b.wait("#events li[data-event='policy.changed']");
 
     // The token is not asked again in this tab.
