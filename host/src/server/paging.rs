@@ -1,6 +1,6 @@
-//! `?limit=N&marker=ID` on the lists that can grow large (volumes, images): rows by ascending
-//! id, a page at a time, and a `Link: <...>; rel="next"` header on a full page. A marker whose
-//! row was deleted meanwhile still works: the next page starts after it.
+//! `?limit=N&marker=ID` on the lists that can grow large (volumes, images, cache entries): rows
+//! by ascending id, a page at a time, and a `Link: <...>; rel="next"` header on a full page. A
+//! marker whose row was deleted meanwhile still works: the next page starts after it.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
